@@ -1,0 +1,63 @@
+# Two commands matter: `make run` (local Kafka + collector) and `make test` (installs, lints, tests).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+LISTEN ?= 127.0.0.1:4789
+HEALTH ?= 127.0.0.1:8080
+TOPIC ?= flows
+KAFKA ?= 127.0.0.1:9092
+CONFIG ?= deploy/examples/collector.toml
+
+.PHONY: install system-deps lint format test run replay-demo kafka kafka-stop tail bench bench-locust clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# tshark decodes the golden captures in the tests; installed from the distribution when missing.
+system-deps:
+	@command -v tshark >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tshark >/dev/null; \
+	  else echo "tshark is missing: install it (Debian/Ubuntu: apt-get install tshark)"; exit 1; fi; }
+
+lint: install
+	$(VENV)/bin/ruff format --check collector tests bench
+	$(VENV)/bin/ruff check collector tests bench
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff format collector tests bench
+	$(VENV)/bin/ruff check --fix collector tests bench
+
+test: install system-deps lint
+	$(PY) -m pytest -q
+
+kafka:
+	deploy/kafka/kafkactl start
+
+kafka-stop:
+	deploy/kafka/kafkactl stop
+
+run: install kafka
+	$(PY) -m collector run --listen $(LISTEN) --health $(HEALTH) --sink kafka://$(KAFKA)/$(TOPIC)
+
+replay-demo: install
+	$(PY) -m collector replay tests/data/demo.pcap
+
+tail: install
+	$(PY) -m collector tail kafka://$(KAFKA)/$(TOPIC) --from-beginning
+
+bench: install
+	$(PY) -m bench.run_all
+
+bench-locust: install
+	$(PY) -m bench.locust_headless
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

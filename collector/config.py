@@ -1,0 +1,333 @@
+"""One typed, frozen config tree (house rule 7): TOML file, then COLLECTOR_* environment, then CLI flags.
+
+Every error names its key as a dotted path (``flows.active_timeout_s``, ``sessions[1].vni``) and the
+command line turns it into exit status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from collector.errors import ConfigError
+
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
+Count = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class FilterRuleConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One mirror-filter rule, with the fields of AWS::EC2::TrafficMirrorFilterRule."""
+
+    direction: str
+    """``ingress`` or ``egress``, relative to the mirror-source ENI."""
+    rule_number: int
+    """Evaluated in ascending order within a direction; unique per direction (AWS: 1-32766)."""
+    action: str
+    """``accept`` or ``reject``."""
+    source_cidr: str
+    """Source CIDR block; same address family as ``destination_cidr``."""
+    destination_cidr: str
+    """Destination CIDR block."""
+    protocol: int | None = None
+    """IANA protocol number; absent means every protocol."""
+    source_ports: str | None = None
+    """``"N"`` or ``"N-M"``; only TCP and UDP packets can match a port range."""
+    destination_ports: str | None = None
+    """``"N"`` or ``"N-M"``; only TCP and UDP packets can match a port range."""
+    description: str = ""
+    """Free text, shown in error messages."""
+
+
+class FilterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A mirror filter: inline rules, or the output of ``aws ec2 describe-traffic-mirror-filters``."""
+
+    rules: tuple[FilterRuleConfig, ...] = ()
+    """Inline rules (``[[filters.NAME.rules]]``)."""
+    aws_json: str | None = None
+    """Path to a describe-traffic-mirror-filters JSON output (relative to the config file)."""
+    filter_id: str | None = None
+    """Which TrafficMirrorFilterId to take when ``aws_json`` holds several."""
+
+
+class SessionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A traffic mirror session: one VNI = one source ENI."""
+
+    vni: Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFF)]
+    """The session's VirtualNetworkId (24 bits)."""
+    name: str = ""
+    """Name carried in every record (``session``); defaults to ``vni-N``."""
+    interface_id: str | None = None
+    """The mirror-source ENI id (eni-...)."""
+    addresses: tuple[str, ...] = ()
+    """The ENI's addresses, IPv4 and IPv6, as IPs or CIDRs; they tell ingress from egress."""
+    filter: str | None = None
+    """Name of a ``[filters.NAME]`` table; none keeps every packet."""
+    instance_id: str | None = None
+    """EC2 instance the ENI is attached to (record context)."""
+    subnet_id: str | None = None
+    """Subnet of the ENI (record context)."""
+    vpc_id: str | None = None
+    """VPC of the ENI (record context)."""
+    az_id: str | None = None
+    """Availability Zone id, e.g. use1-az1 (record context)."""
+    account_id: str | None = None
+    """Owner account of the ENI (record context)."""
+    region: str | None = None
+    """AWS Region (record context)."""
+    tags: dict[str, str] = {}
+    """Free-form tags copied into every record of the session."""
+
+
+class FlowsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Flow table timeouts and bounds."""
+
+    active_timeout_s: PositiveSeconds = 60.0
+    """A flow still active this long after its first packet is emitted and restarted."""
+    inactive_timeout_s: PositiveSeconds = 15.0
+    """A flow without packets for this long is emitted."""
+    max_flows: Count = 500_000
+    """Flows per worker. Protects memory against floods of new 5-tuples: beyond it the oldest flow
+    is emitted early (end_reason ``evicted``) instead of the table growing."""
+    expire_interval_s: PositiveSeconds = 1.0
+    """How often the live service looks for expired flows."""
+    accept_unknown_vni: bool = False
+    """With sessions configured, keep packets of VNIs no session names (as sessions without filter)."""
+
+
+class RecordsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How records are named and encoded."""
+
+    format: Literal["json", "msgpack", "vpc-flow-log"] = "json"
+    """Encoding of each record for the sink."""
+    vpc_flow_log_format: str = (
+        "${version} ${account-id} ${interface-id} ${srcaddr} ${dstaddr} ${srcport} ${dstport} "
+        "${protocol} ${packets} ${bytes} ${start} ${end} ${action} ${log-status}"
+    )
+    """AWS custom-format string used by the ``vpc-flow-log`` format (default: AWS's v2 format)."""
+    exporter: str = ""
+    """Exporter name in records; empty means the host name. The worker index is appended."""
+
+
+class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Producer settings for ``kafka://`` sinks."""
+
+    acks: Literal["all", "1", "0"] = "all"
+    """Acknowledgements the broker must give before a record counts as delivered."""
+    enable_idempotence: bool = True
+    """Idempotent producer: broker-side de-duplication of retried batches."""
+    compression: Literal["lz4", "zstd", "gzip", "none"] = "lz4"
+    """Batch compression codec."""
+    linger_ms: Annotated[int, msgspec.Meta(ge=0)] = 20
+    """How long the producer waits to fill a batch."""
+    max_batch_bytes: Count = 1_048_576
+    """Largest producer batch per partition."""
+    client_id: str = "vpc-mirror-collector"
+    """Client id shown in broker logs and quotas."""
+    topic_partitions: Count = 6
+    """Partitions of the topic when the collector creates it."""
+    topic_replication_factor: Count = 1
+    """Replication factor of the topic when the collector creates it."""
+    create_topic: bool = True
+    """Create a missing topic at start."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """Transport security."""
+    tls_ca_file: str | None = None
+    """CA bundle for TLS."""
+    tls_cert_file: str | None = None
+    """Client certificate for mutual TLS."""
+    tls_key_file: str | None = None
+    """Client key for mutual TLS."""
+    sasl_mechanism: (
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "AWS_MSK_IAM"] | None
+    ) = None
+    """SASL mechanism; AWS_MSK_IAM uses OAUTHBEARER with an MSK IAM token (optional extra)."""
+    sasl_username: str | None = None
+    """SASL user name."""
+    sasl_password: str | None = None
+    """SASL password; never logged."""
+    aws_region: str | None = None
+    """Region for MSK IAM tokens."""
+    queue_records: Count = 100_000
+    """In-memory records awaiting acknowledgement before they spill to the spool. Bounds memory
+    when the broker is slow or down."""
+    spool_dir: str = "/var/lib/collector/spool"
+    """Directory of the disk spool for undelivered records."""
+    spool_max_bytes: Count = 1_073_741_824
+    """Largest spool on disk; beyond it records are dropped and counted. Protects the disk."""
+    connect_timeout_s: PositiveSeconds = 10.0
+    """How long start-up waits for the broker before it reports a clear error."""
+    flush_timeout_s: PositiveSeconds = 10.0
+    """At shutdown, how long to wait for acknowledgements before spooling the rest."""
+
+
+class AwsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Enrichment of sessions from the EC2 API."""
+
+    enrich: bool = False
+    """Look sessions and ENIs up with the EC2 API (needs boto3 and instance-role permissions)."""
+    region: str | None = None
+    """Region of the EC2 API; default: the SDK's own resolution."""
+    refresh_interval_s: PositiveSeconds = 300.0
+    """How often the EC2 view is refreshed in the background."""
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The whole configuration."""
+
+    listen: str = "0.0.0.0:4789"  # a collector behind an NLB listens on all addresses
+    """UDP address the workers receive VXLAN on."""
+    health: str = "0.0.0.0:8080"
+    """HTTP address of /healthz and /metrics."""
+    workers: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Worker processes; 0 means one per CPU."""
+    sink: str = "-"
+    """``-`` (stdout), ``file:PATH`` or ``kafka://HOST:PORT[,HOST:PORT]/TOPIC``."""
+    log_format: Literal["text", "json"] = "text"
+    """One line per event, plain or JSON."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level logged."""
+    drain_s: Seconds = 0.0
+    """After SIGTERM, keep ingesting this long (health already 503) while the NLB deregisters."""
+    recv_buffer_bytes: Count = 33_554_432
+    """SO_RCVBUF asked for each worker socket; the kernel may cap it (net.core.rmem_max)."""
+    max_datagram_bytes: Annotated[int, msgspec.Meta(ge=64, le=65535)] = 65535
+    """Receive buffer per datagram; longer datagrams are cut by the kernel and count from the IP
+    header anyway. Protects memory."""
+    max_batch_datagrams: Count = 512
+    """Datagrams read per socket wake-up before the loop serves timers and health."""
+    max_loop_lag_s: PositiveSeconds = 5.0
+    """A worker whose event loop lags more than this is reported unresponsive."""
+    vxlan_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 4789
+    """UDP port whose datagrams a pcap replay treats as VXLAN."""
+    flows: FlowsConfig = FlowsConfig()
+    """Flow table settings."""
+    records: RecordsConfig = RecordsConfig()
+    """Record naming and encoding."""
+    kafka: KafkaConfig = KafkaConfig()
+    """Kafka producer settings."""
+    aws: AwsConfig = AwsConfig()
+    """EC2 API enrichment."""
+    sessions: tuple[SessionConfig, ...] = ()
+    """Mirror sessions by VNI; none configured accepts every VNI."""
+    filters: dict[str, FilterConfig] = {}
+    """Mirror filters by name."""
+    base_dir: str = "."
+    """Directory relative paths in the file are resolved against (set by the loader)."""
+
+
+ENV_PREFIX = "COLLECTOR_"
+_SECTIONS = ("flows", "records", "kafka", "aws")
+_PATH_RE = re.compile(r"at `\$(.*)`")
+
+
+def _scalar_fields(struct_type: type[msgspec.Struct]) -> set[str]:
+    return {f.name for f in msgspec.structs.fields(struct_type)}
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Map ``COLLECTOR_KEY`` and ``COLLECTOR_SECTION_KEY`` variables onto the config tree."""
+    top = _scalar_fields(Config) - {"sessions", "filters", "base_dir", *_SECTIONS}
+    sections = {
+        "flows": _scalar_fields(FlowsConfig),
+        "records": _scalar_fields(RecordsConfig),
+        "kafka": _scalar_fields(KafkaConfig),
+        "aws": _scalar_fields(AwsConfig),
+    }
+    out: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key in top:
+            out[key] = value
+            continue
+        for section, fields in sections.items():
+            prefix = section + "_"
+            if key.startswith(prefix) and key[len(prefix) :] in fields:
+                out.setdefault(section, {})[key[len(prefix) :]] = value
+                break
+        else:
+            raise ConfigError(name, "unknown environment setting")
+    return out
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _key_from_validation(error: msgspec.ValidationError) -> str:
+    match = _PATH_RE.search(str(error))
+    if not match:
+        return "config"
+    path = match.group(1).lstrip(".")
+    return path or "config"
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML config file; unreadable or malformed files are a ConfigError on ``config``."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {os.fspath(path)}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{os.fspath(path)} is not valid TOML: {exc}") from exc
+
+
+def build_config(data: Mapping[str, Any]) -> Config:
+    """Validate a plain mapping into a Config; errors name the offending key."""
+    try:
+        # strict=False lets environment strings ("60", "true") fill numeric and boolean keys
+        return msgspec.convert(dict(data), Config, strict=False)
+    except msgspec.ValidationError as exc:
+        message = str(exc).split(" - at ")[0]
+        key = _key_from_validation(exc)
+        if message.startswith("Object contains unknown field"):
+            field = message.split("`")[1]
+            key = f"{key}.{field}" if key != "config" else field
+            message = "unknown key"
+        raise ConfigError(key, message) from exc
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """File, then environment, then explicit overrides (CLI flags); later wins."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = read_toml(path)
+        data["base_dir"] = str(Path(path).resolve().parent)
+    data = _merge(data, env_overrides(os.environ if environ is None else environ))
+    if overrides:
+        data = _merge(data, {k: v for k, v in overrides.items() if v is not None})
+    return build_config(data)
+
+
+def resolve_path(config: Config, path: str) -> Path:
+    """A path from the config file, relative to the file's directory."""
+    candidate = Path(path)
+    return candidate if candidate.is_absolute() else Path(config.base_dir) / candidate
+
+
+def parse_hostport(text: str, key: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port); a ConfigError naming ``key`` otherwise."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(key, f"{text!r} is not HOST:PORT")
+    return host, int(port)

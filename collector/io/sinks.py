@@ -1,0 +1,157 @@
+"""Where records go: the Sink protocol, stdout and file sinks, and the SPEC parser.
+
+Sinks take records in batches (``submit`` never blocks the receive path) and say how they are doing
+(``status``) so /healthz can tell "degraded" from "cannot take traffic".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Literal, Protocol
+
+import msgspec
+
+from collector.config import Config, KafkaConfig
+from collector.errors import ConfigError, SinkError
+from collector.records import FlowRecord, encoder_for
+
+
+class SinkStatus(msgspec.Struct, kw_only=True):
+    """A sink's health and counters (counters are totals since start)."""
+
+    state: Literal["ok", "degraded", "failed"] = "ok"
+    detail: str = ""
+    queue_records: int = 0
+    spool_bytes: int = 0
+    delivered: int = 0
+    retried: int = 0
+    failed: int = 0
+    dropped: int = 0
+    failures: int = 0
+    latency_observations: list[float] = msgspec.field(default_factory=list)
+
+
+class Sink(Protocol):
+    """What the service needs from a sink."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Connect; raise SinkError/ConfigError on bad settings within a bounded time."""
+
+    def submit(self, records: list[FlowRecord]) -> None:
+        """Take ownership of records; never blocks, never raises."""
+
+    async def flush(self, timeout_s: float) -> None:
+        """Deliver (or safely park) everything submitted so far."""
+
+    async def close(self) -> None:
+        """Release resources after a flush."""
+
+    def status(self) -> SinkStatus:
+        """Current state and counters; drains latency observations."""
+
+
+class StreamSink:
+    """JSON lines (or another format) written to a file descriptor with one write per batch."""
+
+    def __init__(
+        self, name: str, fd_opener: Callable[[], int], encode: Callable[[FlowRecord], bytes]
+    ):
+        self.name = name
+        self._open = fd_opener
+        self._encode = encode
+        self._fd = -1
+        self._counters = SinkStatus()
+        self._error = ""
+
+    async def start(self) -> None:
+        try:
+            self._fd = self._open()
+        except OSError as exc:
+            raise SinkError(f"sink {self.name}: {exc.strerror}", retriable=False) from exc
+
+    def submit(self, records: list[FlowRecord]) -> None:
+        if not records:
+            return
+        encode = self._encode
+        started = time.monotonic()
+        data = b"".join([encode(r) + b"\n" for r in records])
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            self._counters.failures += 1
+            self._counters.failed += len(records)
+            self._error = f"write failed: {exc.strerror}"
+            return
+        self._counters.delivered += len(records)
+        self._counters.latency_observations.append(time.monotonic() - started)
+
+    async def flush(self, timeout_s: float) -> None:
+        if self._fd >= 0:
+            # pipes and terminals cannot be synced; what was written to them is delivered
+            with contextlib.suppress(OSError):
+                os.fsync(self._fd)
+
+    async def close(self) -> None:
+        if self._fd > 2:
+            os.close(self._fd)
+        self._fd = -1
+
+    def status(self) -> SinkStatus:
+        c = self._counters
+        observations, c.latency_observations = c.latency_observations, []
+        return SinkStatus(
+            state="failed" if self._error else "ok",
+            detail=self._error,
+            delivered=c.delivered,
+            failed=c.failed,
+            failures=c.failures,
+            latency_observations=observations,
+        )
+
+
+def make_sink(spec: str, config: Config, *, key: str = "sink") -> Sink:
+    """Build the sink a SPEC names: ``-``, ``file:PATH`` or ``kafka://HOST:PORT[,...]/TOPIC``."""
+    encode = encoder_for(config.records.format, config.records.vpc_flow_log_format)
+    if spec == "-":
+        return StreamSink("stdout", sys.stdout.fileno, encode)
+    if spec.startswith("file:"):
+        path = spec[len("file:") :]
+        if not path:
+            raise ConfigError(key, "file: needs a path, e.g. file:/var/log/flows.jsonl")
+        return StreamSink(
+            f"file:{path}",
+            lambda: os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644),
+            encode,
+        )
+    if spec.startswith("kafka://"):
+        bootstrap, topic = parse_kafka_spec(spec, key)
+        from collector.io.kafka import KafkaSink  # noqa: PLC0415 - aiokafka only when asked for
+
+        return KafkaSink(bootstrap, topic, config.kafka, config.records)
+    raise ConfigError(key, f"{spec!r} is not '-', 'file:PATH' or 'kafka://HOST:PORT/TOPIC'")
+
+
+def parse_kafka_spec(spec: str, key: str = "sink") -> tuple[list[str], str]:
+    """``kafka://h1:p1,h2:p2/topic`` -> (["h1:p1", "h2:p2"], "topic")."""
+    rest = spec[len("kafka://") :]
+    hosts, _, topic = rest.partition("/")
+    servers = [h for h in hosts.split(",") if h]
+    if not servers or not topic or "/" in topic:
+        raise ConfigError(key, f"{spec!r} is not kafka://HOST:PORT[,HOST:PORT]/TOPIC")
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(key, f"{server!r} in {spec!r} is not HOST:PORT")
+    return servers, topic
+
+
+__all__ = ["KafkaConfig", "Sink", "SinkStatus", "StreamSink", "make_sink", "parse_kafka_spec"]

@@ -1,0 +1,193 @@
+"""Datagram -> flow counts -> records: the glue shared by the live service and pcap replay.
+
+``feed`` is the per-datagram hot path: decode, one dict lookup, a few integer updates. Everything
+else (filter decisions, record building, encoding) happens once per flow or in batches.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+
+from collector.config import Config
+from collector.flows import FlowTable
+from collector.records import FlowRecord, address_text, flow_id
+from collector.sessions import UNKNOWN, SessionMap
+from collector.wire.decode import FlowKey, decode
+from collector.wire.drops import DROP_COUNT, Drop
+
+_UNKNOWN_VNI = int(Drop.UNKNOWN_VNI)
+_FILTER_REJECT = int(Drop.FILTER_REJECT)
+_UNKNOWN_DIRECTION = int(Drop.UNKNOWN_DIRECTION)
+
+
+class Stats:
+    """Plain integer counters of one pipeline; exported to metrics in batches, never per packet."""
+
+    __slots__ = ("datagrams", "drops", "records", "rx_bytes")
+
+    def __init__(self) -> None:
+        self.datagrams = 0
+        self.rx_bytes = 0
+        self.drops = [0] * DROP_COUNT
+        self.records: dict[str, int] = {}
+
+    @property
+    def kept(self) -> int:
+        """Packets counted into flows."""
+        return self.datagrams - sum(self.drops)
+
+
+class Pipeline:
+    """One worker's sans-IO pipeline."""
+
+    def __init__(self, config: Config, sessions: SessionMap, exporter: str) -> None:
+        self.sessions = sessions
+        self.exporter = exporter
+        self.sequence = 0
+        self.stats = Stats()
+        self.table = FlowTable(
+            active_timeout_s=config.flows.active_timeout_s,
+            inactive_timeout_s=config.flows.inactive_timeout_s,
+            max_flows=config.flows.max_flows,
+        )
+        self._flows = self.table.flows
+        self._rejected = self.table.rejected
+        self._drops = self.stats.drops
+
+    def feed(
+        self, buf: bytes | bytearray | memoryview, n: int, now: float, outer_src: bytes | None
+    ) -> None:
+        """Account one VXLAN datagram (its first ``n`` bytes) received at ``now``."""
+        stats = self.stats
+        stats.datagrams += 1
+        stats.rx_bytes += n
+        result = decode(buf, n)
+        if result.__class__ is int:
+            self._drops[result] += 1
+            return
+        key, ip_len, tcp_flags = result  # type: ignore[misc]
+        entry = self._flows.get(key)
+        if entry is not None:
+            entry[0] += 1
+            entry[1] += ip_len
+            entry[4] = now
+            if tcp_flags:
+                entry[2] |= tcp_flags
+                if tcp_flags & 5:  # FIN or RST ends the flow
+                    self.table.end(key, entry, tcp_flags)
+            return
+        self._new_flow(key, ip_len, tcp_flags, now, outer_src)
+
+    def _new_flow(
+        self, key: FlowKey, ip_len: int, tcp_flags: int, now: float, outer_src: bytes | None
+    ) -> None:
+        rejected = self._rejected.get(key)
+        if rejected is not None:
+            rejected[0] = now
+            self._drops[rejected[1]] += 1
+            return
+        vni, src, dst, proto, sport, dport, _ = key
+        session = self.sessions.get(vni)
+        if session is None:
+            self._drops[_UNKNOWN_VNI] += 1
+            return
+        direction = session.direction(src, dst, outer_src)
+        if session.filter is not None:
+            if direction == UNKNOWN:
+                reason = _UNKNOWN_DIRECTION
+            elif session.filter.decide(
+                direction,
+                proto,
+                int.from_bytes(src, "big"),
+                int.from_bytes(dst, "big"),
+                sport,
+                dport,
+                4 if len(src) == 4 else 6,
+            ):
+                reason = -1
+            else:
+                reason = _FILTER_REJECT
+            if reason >= 0:
+                self.table.add_rejected(key, now, reason)
+                self._drops[reason] += 1
+                return
+        self.table.add(key, ip_len, tcp_flags, now, session, direction)
+
+    def feed_many(self, datagrams: Iterable[tuple[bytes, float, bytes | None]]) -> None:
+        """Feed (datagram, time, outer source) triples, expiring flows as time passes (replay)."""
+        next_expiry = None
+        for data, now, outer_src in datagrams:
+            if next_expiry is None:
+                next_expiry = now + 1.0
+            elif now >= next_expiry:
+                self.table.expire(now)
+                next_expiry = now + 1.0
+            self.feed(data, len(data), now, outer_src)
+
+    def expire(self, now: float) -> list[FlowRecord]:
+        """Records of the flows that ended by ``now``."""
+        self.table.expire(now)
+        return self.collect()
+
+    def flush(self) -> list[FlowRecord]:
+        """Records of every flow, ended now with end_reason ``shutdown``."""
+        self.table.flush()
+        return self.collect()
+
+    def collect(self) -> list[FlowRecord]:
+        """Turn ended flows into numbered records."""
+        ended = self.table.take_ended()
+        if not ended:
+            return []
+        records = []
+        counts = self.stats.records
+        sequence = self.sequence
+        for (vni, src, dst, proto, sport, dport, icmp), entry, reason in ended:
+            session = entry[5]
+            sequence += 1
+            counts[reason] = counts.get(reason, 0) + 1
+            records.append(
+                FlowRecord(
+                    flow_id=flow_id(proto, src, sport, dst, dport),
+                    exporter=self.exporter,
+                    sequence=sequence,
+                    vni=vni,
+                    session=session.name,
+                    interface_id=session.interface_id,
+                    direction=entry[6],
+                    ip_version=4 if len(src) == 4 else 6,
+                    protocol=proto,
+                    src_addr=address_text(src),
+                    dst_addr=address_text(dst),
+                    src_port=sport,
+                    dst_port=dport,
+                    icmp_type=None if icmp < 0 else icmp >> 8,
+                    icmp_code=None if icmp < 0 else icmp & 0xFF,
+                    packets=entry[0],
+                    bytes=entry[1],
+                    tcp_flags=entry[2],
+                    start_ms=int(entry[3] * 1000),
+                    end_ms=int(entry[4] * 1000),
+                    end_reason=reason,  # type: ignore[arg-type]
+                    instance_id=session.instance_id,
+                    subnet_id=session.subnet_id,
+                    vpc_id=session.vpc_id,
+                    az_id=session.az_id,
+                    account_id=session.account_id,
+                    region=session.region,
+                    tags=dict(session.tags),
+                )
+            )
+        self.sequence = sequence
+        return records
+
+
+def packed_address(text: str) -> bytes | None:
+    """Packed form of an address string (outer source from a socket), None if not an address."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return socket.inet_pton(family, text)
+        except OSError:
+            continue
+    return None

@@ -1,0 +1,146 @@
+"""Flow records: the public schema consumers read, its encoders and decoders.
+
+``FlowRecord`` is the contract of the Kafka topic and of the JSON-lines outputs. Fields are only ever
+added (with defaults), never renamed or removed; ``schema_version`` changes if that ever has to break.
+Consumers can ``from collector.records import FlowRecord, decode``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from collections.abc import Callable
+from typing import Any, Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+END_REASONS = ("active_timeout", "inactive_timeout", "tcp_fin", "tcp_rst", "evicted", "shutdown")
+DIRECTIONS = ("ingress", "egress", "unknown")
+
+
+class FlowRecord(msgspec.Struct, kw_only=True, gc=False):
+    """One unidirectional flow as seen by one collector worker between start_ms and end_ms."""
+
+    flow_id: str
+    """16 hex digits: a hash of (protocol, both endpoints) in canonical order, so both directions of
+    one connection, from any session and any collector, share it. It is also the Kafka key."""
+    exporter: str
+    """Which collector worker made the record: ``HOST/wN/START`` (START: worker start, Unix s)."""
+    sequence: int
+    """1, 2, 3, ... per exporter: a gap means a lost record, a repeat a duplicate."""
+    vni: int
+    """VXLAN network identifier = the mirror session."""
+    session: str | None
+    """Configured session name; null for VNIs accepted without configuration."""
+    interface_id: str | None
+    """Mirror-source ENI id, when known."""
+    direction: Literal["ingress", "egress", "unknown"]
+    """Relative to the source ENI."""
+    ip_version: int
+    """4 or 6."""
+    protocol: int
+    """IANA protocol number of the inner packet."""
+    src_addr: str
+    """Inner source address."""
+    dst_addr: str
+    """Inner destination address."""
+    src_port: int
+    """TCP/UDP source port; 0 for other protocols, later fragments and truncated headers."""
+    dst_port: int
+    """TCP/UDP destination port; 0 as for src_port."""
+    icmp_type: int | None = None
+    """ICMP/ICMPv6 type; null for other protocols."""
+    icmp_code: int | None = None
+    """ICMP/ICMPv6 code; null for other protocols."""
+    packets: int
+    """Mirrored packets in the flow."""
+    bytes: int
+    """Sum of the inner IP lengths (as sent on the wire, not as truncated by the session)."""
+    tcp_flags: int
+    """OR of the TCP flag bytes seen (FIN=1 SYN=2 RST=4 PSH=8 ACK=16 URG=32 ECE=64 CWR=128)."""
+    start_ms: int
+    """Collector receive time of the first packet, Unix milliseconds."""
+    end_ms: int
+    """Collector receive time of the last packet, Unix milliseconds."""
+    end_reason: Literal[
+        "active_timeout", "inactive_timeout", "tcp_fin", "tcp_rst", "evicted", "shutdown"
+    ]
+    """Why the record was emitted."""
+    instance_id: str | None = None
+    """EC2 instance of the source ENI."""
+    subnet_id: str | None = None
+    """Subnet of the source ENI."""
+    vpc_id: str | None = None
+    """VPC of the source ENI."""
+    az_id: str | None = None
+    """Availability Zone id of the source ENI."""
+    account_id: str | None = None
+    """Owner account of the source ENI."""
+    region: str | None = None
+    """AWS Region."""
+    tags: dict[str, str] = msgspec.field(default_factory=dict)
+    """Session tags from the configuration."""
+    schema_version: int = SCHEMA_VERSION
+    """Version of this schema."""
+
+
+def address_text(packed: bytes) -> str:
+    """Text form of a packed IPv4 or IPv6 address."""
+    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
+
+
+def flow_id(protocol: int, src: bytes, src_port: int, dst: bytes, dst_port: int) -> str:
+    """Direction-free connection id: both directions of one connection hash alike."""
+    a = src + src_port.to_bytes(2, "big")
+    b = dst + dst_port.to_bytes(2, "big")
+    low, high = (a, b) if a <= b else (b, a)
+    return hashlib.blake2b(
+        bytes((protocol,)) + low + high, digest_size=8, person=b"flow-id/v1"
+    ).hexdigest()
+
+
+_json_encoder = msgspec.json.Encoder()
+_msgpack_encoder = msgspec.msgpack.Encoder()
+_json_decoder = msgspec.json.Decoder(FlowRecord)
+_msgpack_decoder = msgspec.msgpack.Decoder(FlowRecord)
+
+Format = Literal["json", "msgpack", "vpc-flow-log"]
+CONTENT_TYPES = {
+    "json": "application/json",
+    "msgpack": "application/msgpack",
+    "vpc-flow-log": "text/plain; format=vpc-flow-log",
+}
+
+
+def encode(record: FlowRecord, fmt: Literal["json", "msgpack"] = "json") -> bytes:
+    """One record as JSON (no trailing newline) or msgpack."""
+    return _json_encoder.encode(record) if fmt == "json" else _msgpack_encoder.encode(record)
+
+
+def decode(data: bytes, fmt: Literal["json", "msgpack"] = "json") -> FlowRecord:
+    """Parse one record; raises ``msgspec.ValidationError``/``DecodeError`` on a malformed one."""
+    if fmt == "json":
+        return _json_decoder.decode(data)
+    return _msgpack_decoder.decode(data)
+
+
+def encoder_for(fmt: str, vpc_flow_log_format: str | None = None) -> Callable[[FlowRecord], bytes]:
+    """The value encoder for a configured format."""
+    if fmt == "json":
+        return _json_encoder.encode
+    if fmt == "msgpack":
+        return _msgpack_encoder.encode
+    if fmt == "vpc-flow-log":
+        from collector.flowlog import FlowLogFormat  # noqa: PLC0415 - only this format needs it
+
+        encoder: Callable[[FlowRecord], bytes] = FlowLogFormat.parse(vpc_flow_log_format).encode
+        return encoder
+    raise ValueError(fmt)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema (2020-12) of FlowRecord."""
+    schema: dict[str, Any] = msgspec.json.schema(FlowRecord)
+    return schema
