@@ -165,6 +165,28 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How long start-up waits for the broker before it reports a clear error."""
     flush_timeout_s: PositiveSeconds = 10.0
     """At shutdown, how long to wait for acknowledgements before spooling the rest."""
+    require_broker_at_start: bool = False
+    """Fail start-up when no broker answers within connect_timeout_s; off: start degraded and spool
+    until one does (a fleet keeps taking traffic through a Kafka outage). Bad credentials, TLS
+    errors and a topic that cannot be created always fail start-up."""
+    request_timeout_ms: Annotated[int, msgspec.Meta(ge=1000)] = 30_000
+    """How long the producer waits for a broker response before it retries a request."""
+    spool_segment_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 8_388_608
+    """Size of one spool file. A file is fsynced when closed and deleted once every record in it is
+    acknowledged, so after a crash at most one file's worth of records is sent twice."""
+
+    def __repr__(self) -> str:
+        """Like the default, with the password masked: configs end up in logs and tracebacks."""
+        fields = ", ".join(
+            f"{name}={'***' if name == 'sasl_password' and value else repr(value)}"
+            for name, value in msgspec.structs.asdict(self).items()
+        )
+        return f"KafkaConfig({fields})"
+
+    def __rich_repr__(self) -> Any:
+        """Rich's pretty printer, with the password masked as in ``__repr__``."""
+        for name, value in msgspec.structs.asdict(self).items():
+            yield name, "***" if name == "sasl_password" and value else value
 
 
 class AwsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
