@@ -224,6 +224,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     header anyway. Protects memory."""
     max_batch_datagrams: Count = 512
     """Datagrams read per socket wake-up before the loop serves timers and health."""
+    recv_mode: Literal["reader", "protocol"] = "reader"
+    """Receive path: ``reader`` (drain into a reused buffer) or ``protocol`` (DatagramProtocol)."""
     max_loop_lag_s: PositiveSeconds = 5.0
     """A worker whose event loop lags more than this is reported unresponsive."""
     vxlan_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 4789

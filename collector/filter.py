@@ -76,24 +76,49 @@ def _parse_cidr(text: str, key: str) -> ipaddress.IPv4Network | ipaddress.IPv6Ne
         raise ConfigError(key, f"{text!r} is not a CIDR block") from exc
 
 
-def compile_rule(rule: FilterRuleConfig, key: str) -> tuple[str, Rule]:
-    """Validate one rule; ``key`` is its config path, used in every error message."""
+# How errors name the fields of a rule that came from describe-traffic-mirror-filters JSON: the
+# operator looks at that file, so they see its field names rather than the TOML ones.
+AWS_FIELD_NAMES: Mapping[str, str] = {
+    "direction": "TrafficDirection",
+    "rule_number": "RuleNumber",
+    "action": "RuleAction",
+    "protocol": "Protocol",
+    "source_cidr": "SourceCidrBlock",
+    "destination_cidr": "DestinationCidrBlock",
+    "source_ports": "SourcePortRange",
+    "destination_ports": "DestinationPortRange",
+}
+
+
+def compile_rule(
+    rule: FilterRuleConfig, key: str, field_names: Mapping[str, str] | None = None
+) -> tuple[str, Rule]:
+    """Validate one rule; ``key`` is its config path, used in every error message.
+
+    ``field_names`` renames fields in error keys (``AWS_FIELD_NAMES`` for rules loaded from JSON).
+    """
+    names = field_names or {}
+
+    def where(field: str) -> str:
+        return f"{key}.{names.get(field, field)}"
+
     direction = rule.direction.lower()
     if direction not in DIRECTIONS:
-        raise ConfigError(f"{key}.direction", f"{rule.direction!r} is not ingress or egress")
+        raise ConfigError(where("direction"), f"{rule.direction!r} is not ingress or egress")
     action = rule.action.lower()
     if action not in ACTIONS:
-        raise ConfigError(f"{key}.action", f"{rule.action!r} is not accept or reject")
+        raise ConfigError(where("action"), f"{rule.action!r} is not accept or reject")
     if not RULE_NUMBER_MIN <= rule.rule_number <= RULE_NUMBER_MAX:
-        raise ConfigError(f"{key}.rule_number", f"{rule.rule_number} is not within 1-32766")
+        raise ConfigError(where("rule_number"), f"{rule.rule_number} is not within 1-32766")
     protocol = -1 if rule.protocol is None else rule.protocol
-    if not -1 <= protocol <= 255:
-        raise ConfigError(f"{key}.protocol", f"{rule.protocol} is not an IANA protocol number")
-    src = _parse_cidr(rule.source_cidr, f"{key}.source_cidr")
-    dst = _parse_cidr(rule.destination_cidr, f"{key}.destination_cidr")
+    if rule.protocol is not None and not 0 <= protocol <= 255:
+        raise ConfigError(where("protocol"), f"{rule.protocol} is not an IANA protocol number")
+    src = _parse_cidr(rule.source_cidr, where("source_cidr"))
+    dst = _parse_cidr(rule.destination_cidr, where("destination_cidr"))
     if src.version != dst.version:
         raise ConfigError(
-            f"{key}.destination_cidr", "source and destination CIDRs must be the same family"
+            where("destination_cidr"),
+            f"{rule.source_cidr} and {rule.destination_cidr} are not the same address family",
         )
     label = f"{direction} rule {rule.rule_number}" + (
         f" ({rule.description})" if rule.description else ""
@@ -107,8 +132,8 @@ def compile_rule(rule: FilterRuleConfig, key: str) -> tuple[str, Rule]:
         src_mask=int(src.netmask),
         dst_net=int(dst.network_address),
         dst_mask=int(dst.netmask),
-        src_ports=_parse_ports(rule.source_ports, f"{key}.source_ports"),
-        dst_ports=_parse_ports(rule.destination_ports, f"{key}.destination_ports"),
+        src_ports=_parse_ports(rule.source_ports, where("source_ports")),
+        dst_ports=_parse_ports(rule.destination_ports, where("destination_ports")),
         label=label,
     )
     return direction, compiled
@@ -172,57 +197,105 @@ class MirrorFilter:
         return rule is not None and rule.accept
 
 
-def _aws_ports(value: Any, key: str) -> str | None:
+def _aws_int(raw: Mapping[str, Any], field: str, where: str) -> int:
+    value = raw[field]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{where}.{field}", f"{value!r} is not an integer")
+    return value
+
+
+def _aws_str(raw: Mapping[str, Any], field: str, where: str) -> str:
+    value = raw[field]
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}.{field}", f"{value!r} is not a string")
+    return value
+
+
+def _aws_ports(raw: Mapping[str, Any], field: str, where: str) -> str | None:
+    value = raw.get(field)
     if value is None:
         return None
     if not isinstance(value, Mapping) or "FromPort" not in value:
-        raise ConfigError(key, "expected {FromPort, ToPort}")
-    return f"{value['FromPort']}-{value.get('ToPort', value['FromPort'])}"
+        raise ConfigError(f"{where}.{field}", "expected {FromPort, ToPort}")
+    low = _aws_int(value, "FromPort", f"{where}.{field}")
+    high = _aws_int(value, "ToPort", f"{where}.{field}") if "ToPort" in value else low
+    return f"{low}-{high}"
 
 
-def rules_from_aws(document: Any, filter_id: str | None, key: str) -> list[FilterRuleConfig]:
-    """Rules from ``aws ec2 describe-traffic-mirror-filters`` output (or a single filter object)."""
+def _aws_rule(raw: Any, list_field: str, where: str) -> FilterRuleConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(where, "a rule must be a JSON object")
+    listed = "ingress" if list_field == "IngressFilterRules" else "egress"
+    direction = listed
+    if raw.get("TrafficDirection") is not None:
+        direction = _aws_str(raw, "TrafficDirection", where)
+        if direction.lower() != listed:
+            raise ConfigError(
+                f"{where}.TrafficDirection", f"{direction!r} rule listed in {list_field}"
+            )
+    try:
+        return FilterRuleConfig(
+            direction=direction,
+            rule_number=_aws_int(raw, "RuleNumber", where),
+            action=_aws_str(raw, "RuleAction", where),
+            protocol=None if raw.get("Protocol") is None else _aws_int(raw, "Protocol", where),
+            source_cidr=_aws_str(raw, "SourceCidrBlock", where),
+            destination_cidr=_aws_str(raw, "DestinationCidrBlock", where),
+            source_ports=_aws_ports(raw, "SourcePortRange", where),
+            destination_ports=_aws_ports(raw, "DestinationPortRange", where),
+            description=str(raw.get("Description") or ""),
+        )
+    except KeyError as exc:
+        raise ConfigError(f"{where}.{exc.args[0]}", "missing") from exc
+
+
+def aws_rules(document: Any, filter_id: str | None, key: str) -> list[tuple[FilterRuleConfig, str]]:
+    """Rules from ``aws ec2 describe-traffic-mirror-filters`` output (or a single filter object).
+
+    Each rule comes with the key that names it in errors: ``KEY.aws_json[RULE-ID]`` when the rule
+    has a TrafficMirrorFilterRuleId, else its position (``KEY.aws_json.IngressFilterRules[0]``).
+    """
+    where_file = f"{key}.aws_json"
     if isinstance(document, Mapping) and "TrafficMirrorFilters" in document:
         filters = document["TrafficMirrorFilters"]
     elif isinstance(document, Mapping):
         filters = [document]
     else:
-        raise ConfigError(key, "expected a describe-traffic-mirror-filters JSON object")
-    if not isinstance(filters, Sequence):
-        raise ConfigError(key, "TrafficMirrorFilters is not a list")
+        raise ConfigError(where_file, "expected a describe-traffic-mirror-filters JSON object")
+    if not isinstance(filters, list) or not all(isinstance(f, Mapping) for f in filters):
+        raise ConfigError(where_file, "TrafficMirrorFilters is not a list of objects")
     if filter_id is not None:
         filters = [f for f in filters if f.get("TrafficMirrorFilterId") == filter_id]
         if not filters:
             raise ConfigError(f"{key}.filter_id", f"{filter_id} is not in the file")
+    if not filters:
+        raise ConfigError(where_file, "the file holds no traffic mirror filter")
     if len(filters) != 1:
+        ids = ", ".join(str(f.get("TrafficMirrorFilterId")) for f in filters)
         raise ConfigError(
             f"{key}.filter_id",
-            f"the file holds {len(filters)} filters: say which one with filter_id",
+            f"the file holds {len(filters)} filters ({ids}): say which one with filter_id",
         )
     (found,) = filters
     rules = []
-    for field in ("IngressFilterRules", "EgressFilterRules"):
-        for index, raw in enumerate(found.get(field, [])):
-            where = f"{key}.{field}[{index}]"
-            try:
-                rules.append(
-                    FilterRuleConfig(
-                        direction=str(raw["TrafficDirection"]),
-                        rule_number=int(raw["RuleNumber"]),
-                        action=str(raw["RuleAction"]),
-                        protocol=None if raw.get("Protocol") is None else int(raw["Protocol"]),
-                        source_cidr=str(raw["SourceCidrBlock"]),
-                        destination_cidr=str(raw["DestinationCidrBlock"]),
-                        source_ports=_aws_ports(raw.get("SourcePortRange"), where),
-                        destination_ports=_aws_ports(raw.get("DestinationPortRange"), where),
-                        description=str(raw.get("Description", "")),
-                    )
-                )
-            except KeyError as exc:
-                raise ConfigError(f"{where}.{exc.args[0]}", "missing") from exc
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(where, f"malformed rule: {exc}") from exc
+    for list_field in ("IngressFilterRules", "EgressFilterRules"):
+        listed = found.get(list_field) or []
+        if not isinstance(listed, list):
+            raise ConfigError(f"{where_file}.{list_field}", "is not a list")
+        for index, raw in enumerate(listed):
+            rule_id = raw.get("TrafficMirrorFilterRuleId") if isinstance(raw, Mapping) else None
+            where = (
+                f"{where_file}[{rule_id}]"
+                if isinstance(rule_id, str) and rule_id
+                else f"{where_file}.{list_field}[{index}]"
+            )
+            rules.append((_aws_rule(raw, list_field, where), where))
     return rules
+
+
+def rules_from_aws(document: Any, filter_id: str | None, key: str) -> list[FilterRuleConfig]:
+    """The rules of ``aws_rules`` without their error keys."""
+    return [rule for rule, _ in aws_rules(document, filter_id, key)]
 
 
 def load_filter(name: str, config: FilterConfig, base_dir: Path) -> MirrorFilter:
@@ -240,18 +313,21 @@ def load_filter(name: str, config: FilterConfig, base_dir: Path) -> MirrorFilter
             raise ConfigError(f"{key}.aws_json", f"cannot read {path}: {exc.strerror}") from exc
         except ValueError as exc:
             raise ConfigError(f"{key}.aws_json", f"{path} is not JSON: {exc}") from exc
-        aws_rules = rules_from_aws(document, config.filter_id, key)
-        rules.extend(
-            (rule, f"{key}.aws_json[{rule.direction} rule {rule.rule_number}]")
-            for rule in aws_rules
-        )
+        from_json = aws_rules(document, config.filter_id, key)
+        rules.extend(from_json)
+        aws_wheres = {where for _, where in from_json}
+    elif config.filter_id is not None:
+        raise ConfigError(f"{key}.filter_id", "filter_id needs aws_json")
+    else:
+        aws_wheres = set()
     compiled: list[tuple[str, Rule]] = []
     seen: dict[tuple[str, int], str] = {}
     for rule, where in rules:
-        direction, c = compile_rule(rule, where)
+        names = AWS_FIELD_NAMES if where in aws_wheres else None
+        direction, c = compile_rule(rule, where, names)
         if (direction, c.number) in seen:
             raise ConfigError(
-                f"{where}.rule_number",
+                f"{where}.{(names or {}).get('rule_number', 'rule_number')}",
                 f"{direction} rule {c.number} is also defined at {seen[direction, c.number]}",
             )
         seen[direction, c.number] = where

@@ -16,6 +16,7 @@ from collector.sessions import UNKNOWN, SessionMap
 from collector.wire.decode import FlowKey, decode
 from collector.wire.drops import DROP_COUNT, Drop
 
+MAX_OUTER_SOURCES = 4096  # outer source text -> packed cache; spoofed sources cannot grow it
 _UNKNOWN_VNI = int(Drop.UNKNOWN_VNI)
 _FILTER_REJECT = int(Drop.FILTER_REJECT)
 _UNKNOWN_DIRECTION = int(Drop.UNKNOWN_DIRECTION)
@@ -54,9 +55,14 @@ class Pipeline:
         self._flows = self.table.flows
         self._rejected = self.table.rejected
         self._drops = self.stats.drops
+        self._outer_cache: dict[str, bytes | None] = {}
 
     def feed(
-        self, buf: bytes | bytearray | memoryview, n: int, now: float, outer_src: bytes | None
+        self,
+        buf: bytes | bytearray | memoryview,
+        n: int,
+        now: float,
+        outer_src: bytes | str | None,
     ) -> None:
         """Account one VXLAN datagram (its first ``n`` bytes) received at ``now``."""
         stats = self.stats
@@ -80,7 +86,7 @@ class Pipeline:
         self._new_flow(key, ip_len, tcp_flags, now, outer_src)
 
     def _new_flow(
-        self, key: FlowKey, ip_len: int, tcp_flags: int, now: float, outer_src: bytes | None
+        self, key: FlowKey, ip_len: int, tcp_flags: int, now: float, outer_src: bytes | str | None
     ) -> None:
         rejected = self._rejected.get(key)
         if rejected is not None:
@@ -92,7 +98,9 @@ class Pipeline:
         if session is None:
             self._drops[_UNKNOWN_VNI] += 1
             return
-        direction = session.direction(src, dst, outer_src)
+        if outer_src.__class__ is str:
+            outer_src = self._packed_outer(outer_src)
+        direction = session.direction(src, dst, outer_src)  # type: ignore[arg-type]
         if session.filter is not None:
             if direction == UNKNOWN:
                 reason = _UNKNOWN_DIRECTION
@@ -114,7 +122,16 @@ class Pipeline:
                 return
         self.table.add(key, ip_len, tcp_flags, now, session, direction)
 
-    def feed_many(self, datagrams: Iterable[tuple[bytes, float, bytes | None]]) -> None:
+    def _packed_outer(self, text: str) -> bytes | None:
+        cache = self._outer_cache
+        packed = cache.get(text)
+        if packed is None:
+            if len(cache) >= MAX_OUTER_SOURCES:
+                cache.clear()
+            packed = cache[text] = packed_address(text)
+        return packed
+
+    def feed_many(self, datagrams: Iterable[tuple[bytes, float, bytes | str | None]]) -> None:
         """Feed (datagram, time, outer source) triples, expiring flows as time passes (replay)."""
         next_expiry = None
         for data, now, outer_src in datagrams:

@@ -91,6 +91,7 @@ class StreamSink:
             self._counters.failed += len(records)
             self._error = f"write failed: {exc.strerror}"
             return
+        self._error = ""
         self._counters.delivered += len(records)
         self._counters.latency_observations.append(time.monotonic() - started)
 

@@ -1,0 +1,72 @@
+"""One line per event, plain or JSON, with rate limiting for anything a sender can trigger."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"ts": ..., "level": ..., "logger": ..., "msg": ..., **extra}`` per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        out.update({k: v for k, v in vars(record).items() if k not in _RESERVED})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """``time level logger: message key=value ...`` per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _RESERVED)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        line = f"{stamp}Z {record.levelname.lower()} {record.name}: {record.getMessage()}"
+        if extra:
+            line += " " + extra
+        if record.exc_info:
+            line += " | " + self.formatException(record.exc_info).replace("\n", " | ")
+        return line
+
+
+def setup_logging(fmt: str, level: str) -> None:
+    """Configure the root logger on stderr (stdout may carry records)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class RateLimiter:
+    """At most one event per key per ``interval_s``; keys must come from a bounded set."""
+
+    def __init__(self, interval_s: float, max_keys: int = 256) -> None:
+        self.interval_s = interval_s
+        self.max_keys = max_keys
+        self._last: dict[str, float] = {}
+        self.suppressed = 0
+
+    def allow(self, key: str, now: float) -> bool:
+        """True when an event with ``key`` may be logged now."""
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self.suppressed += 1
+            return False
+        if last is None and len(self._last) >= self.max_keys:
+            self.suppressed += 1
+            return False
+        self._last[key] = now
+        return True

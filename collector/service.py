@@ -1,0 +1,337 @@
+"""The supervisor: worker processes, health and metrics, signals, reload and drain.
+
+It owns no packets. It starts one worker per CPU (each with its own SO_REUSEPORT socket), restarts
+crashed workers with backoff, aggregates their snapshots for /metrics, answers the NLB's health
+checks, and runs the lifecycle: SIGTERM/SIGINT -> 503 at once, drain_s, stop workers (they flush
+every flow and their sink), exit 0; SIGHUP -> reload sessions and filters, or keep the old ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Mapping
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import msgspec
+import uvloop
+
+from collector.cli import validate
+from collector.config import Config, load_config, parse_hostport
+from collector.errors import CollectorError, ConfigError
+from collector.io.http import HealthServer
+from collector.io.udp import open_socket
+from collector.logs import setup_logging
+from collector.metrics import Aggregate, WorkerSnapshot, WorkerView
+from collector.worker import worker_main
+
+log = logging.getLogger("collector.service")
+
+MONITOR_INTERVAL_S = 0.25
+RESTART_BACKOFF_MIN_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
+STABLE_RUN_S = 60.0  # a worker that ran this long resets its restart backoff
+STOP_GRACE_S = 15.0  # beyond the sink's flush timeout, before a stopping worker is killed
+
+
+class Slot:
+    """One worker slot: the current process, its pipe, restart bookkeeping."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process: BaseProcess | None = None
+        self.conn: Connection | None = None
+        self.started = 0.0
+        self.failures = 0
+        self.restart_handle: asyncio.TimerHandle | None = None
+
+
+class Supervisor:
+    def __init__(self, config: Config, config_path: str | None, overrides: Mapping[str, Any]):
+        self.config = config
+        self.config_path = config_path
+        self.overrides = dict(overrides)
+        self.workers = config.workers or os.cpu_count() or 1
+        self.aggregate = Aggregate()
+        self.slots = {i: Slot(i) for i in range(self.workers)}
+        self.ctx = multiprocessing.get_context("spawn")
+        self.stopping = False
+        self.done = asyncio.Event()
+        self.exit_status = 0
+        self.http = HealthServer({"/healthz": self.healthz, "/metrics": self.metrics})
+
+    # ---- health and metrics -------------------------------------------------------------
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body). 503 only when this target cannot take traffic (or is draining)."""
+        workers = []
+        status = "ok"
+        sink_states = []
+        for index, view in sorted(self.aggregate.workers.items()):
+            snap = view.snapshot
+            entry: dict[str, Any] = {
+                "index": index,
+                "alive": view.alive,
+                "responsive": view.responsive,
+                "restarts": view.restarts,
+            }
+            if snap is not None and view.alive:
+                entry.update(
+                    pid=snap.pid,
+                    loop_lag_s=round(snap.loop_lag_s, 4),
+                    flows_active=snap.flows_active,
+                    datagrams=snap.datagrams,
+                    sink={
+                        "state": snap.sink.state,
+                        "detail": snap.sink.detail,
+                        "queue_records": snap.sink.queue_records,
+                        "spool_bytes": snap.sink.spool_bytes,
+                    },
+                )
+                sink_states.append(snap.sink.state)
+            workers.append(entry)
+            if not (view.alive and view.responsive and snap is not None):
+                status = "unhealthy"
+        if len(workers) < self.workers:
+            status = "unhealthy"
+        if "failed" in sink_states:
+            status = "unhealthy"
+        elif status == "ok" and "degraded" in sink_states:
+            status = "degraded"  # nothing lost yet: the NLB would only fail open if we said 503
+        if self.stopping:
+            status = "draining"
+        code = 200 if status in ("ok", "degraded") else 503
+        body = {
+            "status": status,
+            "workers": workers,
+            "sink": {"spec": self._sink_label(), "states": sink_states},
+        }
+        return code, body
+
+    def _sink_label(self) -> str:
+        spec = self.config.sink
+        return spec.split("/")[0] + "//..." if spec.startswith("kafka://") else spec
+
+    def healthz(self) -> tuple[int, str, bytes]:
+        code, body = self.health()
+        self.aggregate.healthy = code == 200
+        return code, "application/json", (json.dumps(body) + "\n").encode()
+
+    def metrics(self) -> tuple[int, str, bytes]:
+        self.aggregate.healthy = self.health()[0] == 200
+        return 200, "text/plain; version=0.0.4; charset=utf-8", self.aggregate.render()
+
+    # ---- workers --------------------------------------------------------------------------
+    def spawn(self, slot: Slot) -> None:
+        loop = asyncio.get_running_loop()
+        parent, child = self.ctx.Pipe()
+        process = self.ctx.Process(
+            target=worker_main,
+            args=(slot.index, msgspec.msgpack.encode(self.config), child),
+            name=f"collector-worker-{slot.index}",
+        )
+        process.start()
+        child.close()
+        slot.process, slot.conn, slot.started = process, parent, time.time()
+        view = self.aggregate.workers.setdefault(slot.index, WorkerView(index=slot.index))
+        view.alive, view.responsive, view.snapshot = True, False, None
+        view.last_seen = time.monotonic()
+        loop.add_reader(parent.fileno(), self._on_message, slot)
+        loop.add_reader(process.sentinel, self._on_exit, slot)
+
+    def _on_message(self, slot: Slot) -> None:
+        conn = slot.conn
+        if conn is None:
+            return
+        try:
+            kind, payload = msgspec.msgpack.decode(conn.recv_bytes())
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(conn.fileno())
+            return
+        view = self.aggregate.workers[slot.index]
+        if kind == "snap":
+            snap = msgspec.convert(payload, WorkerSnapshot)
+            for seconds in snap.sink.latency_observations:
+                self.aggregate.latency.observe(seconds)
+            snap.sink.latency_observations = []
+            view.snapshot = snap
+            view.last_seen = time.monotonic()
+            view.responsive = snap.loop_lag_s <= self.config.max_loop_lag_s
+        elif kind == "fatal":
+            log.error("worker cannot start", extra={"worker": slot.index, **payload})
+            self.exit_status = int(payload.get("status", 1))
+            self.fatal_message = str(payload.get("message", ""))
+            self.begin_shutdown(fatal=True)
+
+    def _on_exit(self, slot: Slot) -> None:
+        loop = asyncio.get_running_loop()
+        process = slot.process
+        if process is None:
+            return
+        loop.remove_reader(process.sentinel)
+        process.join(timeout=0)
+        if slot.conn is not None:
+            # read what the worker said last (its final snapshot) before closing the pipe
+            while slot.conn.poll():
+                before = slot.conn
+                self._on_message(slot)
+                if slot.conn is not before:
+                    break
+            loop.remove_reader(slot.conn.fileno())
+            slot.conn.close()
+            slot.conn = None
+        view = self.aggregate.workers[slot.index]
+        view.alive = view.responsive = False
+        if view.snapshot is not None:
+            self.aggregate.retired.add(view.snapshot)
+            view.snapshot = None
+        slot.process = None
+        code = process.exitcode
+        if self.stopping:
+            if code not in (0, None) and self.exit_status == 0:
+                self.exit_status = 1
+            log.info("worker exited", extra={"worker": slot.index, "exit_code": code})
+            if all(s.process is None for s in self.slots.values()):
+                self.done.set()
+            return
+        ran = time.time() - slot.started
+        slot.failures = 1 if ran >= STABLE_RUN_S else slot.failures + 1
+        delay = min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_MIN_S * 2 ** (slot.failures - 1))
+        log.error(
+            "worker died; restarting",
+            extra={"worker": slot.index, "exit_code": code, "restart_in_s": delay},
+        )
+        view.restarts += 1
+        slot.restart_handle = loop.call_later(delay, self._restart, slot)
+
+    def _restart(self, slot: Slot) -> None:
+        slot.restart_handle = None
+        if not self.stopping:
+            self.spawn(slot)
+
+    async def _monitor(self) -> None:
+        while not self.done.is_set():
+            now = time.monotonic()
+            for view in self.aggregate.workers.values():
+                if view.alive and now - view.last_seen > self.config.max_loop_lag_s:
+                    view.responsive = False
+            self.aggregate.healthy = self.health()[0] == 200
+            await asyncio.sleep(MONITOR_INTERVAL_S)
+
+    # ---- lifecycle --------------------------------------------------------------------------
+    def begin_shutdown(self, *, fatal: bool = False) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.aggregate.draining = True
+        self.aggregate.healthy = False
+        drain = 0.0 if fatal else self.config.drain_s
+        log.info("shutting down", extra={"drain_s": drain})
+        asyncio.get_running_loop().create_task(self._stop_workers(drain))
+
+    async def _stop_workers(self, drain_s: float) -> None:
+        if drain_s:
+            await asyncio.sleep(drain_s)
+        for slot in self.slots.values():
+            if slot.restart_handle is not None:
+                slot.restart_handle.cancel()
+                slot.restart_handle = None
+            if slot.conn is not None:
+                try:
+                    slot.conn.send_bytes(msgspec.msgpack.encode(("stop", None)))
+                except OSError:
+                    pass  # already gone: _on_exit accounts for it
+        if all(s.process is None for s in self.slots.values()):
+            self.done.set()
+            return
+        try:
+            await asyncio.wait_for(
+                self.done.wait(), self.config.kafka.flush_timeout_s + STOP_GRACE_S
+            )
+        except TimeoutError:
+            for slot in self.slots.values():
+                if slot.process is not None:
+                    log.error("worker did not stop; killing", extra={"worker": slot.index})
+                    slot.process.kill()
+            self.exit_status = self.exit_status or 1
+
+    def reload(self) -> None:
+        if self.config_path is None:
+            log.warning("SIGHUP ignored: no --config file to reload")
+            return
+        try:
+            config = load_config(self.config_path, overrides=self.overrides)
+            validate(config)
+        except ConfigError as exc:
+            log.error("reload refused; keeping the running config", extra={"error": str(exc)})
+            return
+        self.config = msgspec.structs.replace(
+            self.config,
+            sessions=config.sessions,
+            filters=config.filters,
+            flows=config.flows,
+            base_dir=config.base_dir,
+        )
+        message = msgspec.msgpack.encode(("reload", msgspec.to_builtins(self.config)))
+        for slot in self.slots.values():
+            if slot.conn is not None:
+                try:
+                    slot.conn.send_bytes(message)
+                except OSError:
+                    continue
+        log.info("config reloaded", extra={"sessions": len(config.sessions)})
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        host, port = parse_hostport(self.config.health, "health")
+        try:
+            await self.http.start(host, port)
+        except OSError as exc:
+            raise ConfigError(
+                "health", f"cannot listen on {self.config.health}: {exc.strerror}"
+            ) from exc
+        open_socket(self.config.listen, 4096).close()  # fail fast, naming `listen`
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.begin_shutdown)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        for slot in self.slots.values():
+            self.spawn(slot)
+        log.info(
+            "collector started",
+            extra={
+                "listen": self.config.listen,
+                "health": self.config.health,
+                "workers": self.workers,
+                "sink": self._sink_label(),
+            },
+        )
+        monitor = asyncio.create_task(self._monitor())
+        await self.done.wait()
+        monitor.cancel()
+        await self.http.close()
+        if getattr(self, "fatal_message", ""):
+            raise _Fatal(self.fatal_message, self.exit_status)
+        log.info("collector stopped", extra={"exit_status": self.exit_status})
+        return self.exit_status
+
+
+class _Fatal(CollectorError):
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def run_service(config: Config, config_path: str | None, overrides: Mapping[str, Any]) -> int:
+    """The ``run`` command."""
+    setup_logging(config.log_format, config.log_level)
+    try:
+        return uvloop.run(Supervisor(config, config_path, overrides).run())
+    except _Fatal as exc:
+        print(f"collector: {exc}", flush=True, file=__import__("sys").stderr)
+        return exc.status

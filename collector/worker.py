@@ -1,0 +1,234 @@
+"""One worker process: its own SO_REUSEPORT socket, pipeline, flow expiry timer and sink.
+
+Workers ignore SIGTERM/SIGINT (systemd and terminals signal the whole process group): they stop
+only when the supervisor says so, or when the supervisor's pipe closes, so drain_s is honoured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+import msgspec
+import uvloop
+
+from collector.config import Config
+from collector.errors import CollectorError, ConfigError
+from collector.io.sinks import Sink, SinkStatus, make_sink
+from collector.io.udp import ProtocolIngest, ReaderIngest, open_socket, socket_drops
+from collector.logs import RateLimiter, setup_logging
+from collector.metrics import WorkerSnapshot
+from collector.pipeline import Pipeline
+from collector.sessions import build_sessions
+from collector.wire.drops import Drop
+
+log = logging.getLogger("collector.worker")
+
+SNAPSHOT_INTERVAL_S = 0.5  # also the heartbeat the supervisor's liveness check relies on
+KERNEL_DROPS_INTERVAL_S = 2.0
+DROP_LOG_INTERVAL_S = 10.0
+FINAL_DRAIN_DATAGRAMS = 1_000_000  # bound on datagrams read from the socket queue at shutdown
+
+
+def exporter_name(config: Config, index: int, started: float) -> str:
+    """``HOST/wN/START_MS``: unique per worker incarnation, so sequences never collide."""
+    host = config.records.exporter or socket.gethostname()
+    return f"{host}/w{index}/{int(started * 1000)}"
+
+
+class Worker:
+    """The asyncio side of a worker process."""
+
+    def __init__(self, index: int, config: Config, conn: Connection) -> None:
+        self.index = index
+        self.config = config
+        self.conn = conn
+        self.started = time.time()
+        self.pipeline = Pipeline(
+            config, build_sessions(config), exporter_name(config, index, self.started)
+        )
+        self.sink: Sink = make_sink(config.sink, config)
+        self.stop_requested = asyncio.Event()
+        self.loop_lag_s = 0.0
+        self.kernel_drops = 0
+        self.drop_log = RateLimiter(DROP_LOG_INTERVAL_S)
+        self._logged_drops = [0] * len(Drop)
+
+    def send(self, kind: str, payload: Any) -> None:
+        """A message to the supervisor; a closed pipe means the supervisor is gone: stop."""
+        try:
+            self.conn.send_bytes(msgspec.msgpack.encode((kind, payload)))
+        except OSError:
+            self.stop_requested.set()
+
+    def snapshot(self, *, stopping: bool = False) -> WorkerSnapshot:
+        """Counters now."""
+        stats = self.pipeline.stats
+        status = self.sink.status()
+        return WorkerSnapshot(
+            index=self.index,
+            pid=os.getpid(),
+            started=self.started,
+            datagrams=stats.datagrams,
+            rx_bytes=stats.rx_bytes,
+            drops=list(stats.drops),
+            records=dict(stats.records),
+            flows_active=len(self.pipeline.table),
+            evictions=self.pipeline.table.evictions,
+            kernel_drops=self.kernel_drops,
+            recv_errors=self.ingest_errors(),
+            loop_lag_s=self.loop_lag_s,
+            sink=status,
+            stopping=stopping,
+        )
+
+    def ingest_errors(self) -> int:
+        ingest = getattr(self, "ingest", None)
+        return int(getattr(ingest, "errors", 0))
+
+    def _on_message(self) -> None:
+        try:
+            kind, payload = msgspec.msgpack.decode(self.conn.recv_bytes())
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(self.conn.fileno())
+            self.stop_requested.set()
+            return
+        if kind == "stop":
+            self.stop_requested.set()
+        elif kind == "reload":
+            self._reload(msgspec.convert(payload, Config))
+
+    def _reload(self, config: Config) -> None:
+        try:
+            sessions = build_sessions(config)
+        except ConfigError as exc:  # the supervisor validated it; keep the old one all the same
+            log.error("reload refused", extra={"error": str(exc), "worker": self.index})
+            return
+        self.pipeline.sessions = sessions
+        self.pipeline.table.rejected.clear()  # not-kept decisions are re-made under the new rules
+        log.info(
+            "sessions reloaded", extra={"worker": self.index, "sessions": len(config.sessions)}
+        )
+
+    def _log_drops(self, now: float) -> None:
+        drops = self.pipeline.stats.drops
+        for reason in Drop:
+            new = drops[reason] - self._logged_drops[reason]
+            if new and self.drop_log.allow(reason.label, now):
+                self._logged_drops[reason] = drops[reason]
+                log.warning(
+                    "datagrams dropped",
+                    extra={"reason": reason.label, "count": new, "worker": self.index},
+                )
+
+    async def _ticker(self) -> None:
+        """Flow expiry, snapshots, loop lag and kernel drops, off the per-packet path."""
+        loop = asyncio.get_running_loop()
+        interval = min(SNAPSHOT_INTERVAL_S, self.config.flows.expire_interval_s)
+        next_expiry = time.time() + self.config.flows.expire_interval_s
+        next_drops = 0.0
+        expected = loop.time() + interval
+        while not self.stop_requested.is_set():
+            await asyncio.sleep(max(0.0, expected - loop.time()))
+            self.loop_lag_s = max(0.0, loop.time() - expected)
+            expected = loop.time() + interval
+            now = time.time()
+            if now >= next_expiry:
+                self.sink.submit(self.pipeline.expire(now))
+                next_expiry = now + self.config.flows.expire_interval_s
+            else:
+                self.sink.submit(self.pipeline.collect())  # flows ended by TCP FIN/RST
+            if now >= next_drops:
+                drops = socket_drops(self.sock)
+                if drops is not None:
+                    self.kernel_drops = drops
+                next_drops = now + KERNEL_DROPS_INTERVAL_S
+            self._log_drops(now)
+            self.send("snap", self.snapshot())
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        try:
+            await self.sink.start()
+            self.sock = open_socket(self.config.listen, self.config.recv_buffer_bytes)
+        except ConfigError as exc:
+            self.send("fatal", {"message": f"config error: {exc}", "status": 2})
+            return 2
+        except CollectorError as exc:
+            self.send("fatal", {"message": str(exc), "status": 1})
+            return 1
+        feed = self.pipeline.feed
+        if self.config.recv_mode == "protocol":
+            protocol = ProtocolIngest(feed)
+            transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=self.sock)
+            self.ingest: ProtocolIngest | ReaderIngest = protocol
+        else:
+            reader = ReaderIngest(
+                loop,
+                self.sock,
+                feed,
+                max_batch=self.config.max_batch_datagrams,
+                max_datagram_bytes=self.config.max_datagram_bytes,
+            )
+            reader.start()
+            self.ingest = reader
+        loop.add_reader(self.conn.fileno(), self._on_message)
+        log.info(
+            "worker started",
+            extra={"worker": self.index, "pid": os.getpid(), "exporter": self.pipeline.exporter},
+        )
+        self.send("snap", self.snapshot())
+        ticker = asyncio.create_task(self._ticker())
+        await self.stop_requested.wait()
+        ticker.cancel()
+        # stop receiving, account what the kernel already queued for us, then flush everything
+        if isinstance(self.ingest, ReaderIngest):
+            self.ingest.stop()
+            self._drain_socket()
+        else:
+            transport.close()
+        self.sink.submit(self.pipeline.flush())
+        try:
+            await self.sink.flush(self.config.kafka.flush_timeout_s)
+            await self.sink.close()
+        except CollectorError as exc:
+            log.error("sink flush failed", extra={"worker": self.index, "error": str(exc)})
+        self.sock.close()
+        self.send("snap", self.snapshot(stopping=True))
+        log.info(
+            "worker stopped",
+            extra={"worker": self.index, "records": self.pipeline.sequence},
+        )
+        return 0
+
+    def _drain_socket(self) -> None:
+        buf = bytearray(self.config.max_datagram_bytes)
+        now = time.time()
+        feed = self.pipeline.feed
+        for _ in range(FINAL_DRAIN_DATAGRAMS):
+            try:
+                n, addr = self.sock.recvfrom_into(buf)
+            except OSError:
+                return
+            feed(buf, n, now, addr[0])
+
+
+def worker_main(index: int, config_raw: bytes, conn: Connection) -> None:
+    """Process entry point (spawned by the supervisor)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    config = msgspec.msgpack.decode(config_raw, type=Config)
+    setup_logging(config.log_format, config.log_level)
+    status = uvloop.run(Worker(index, config, conn).run())
+    conn.close()
+    raise SystemExit(status)
+
+
+__all__ = ["SinkStatus", "Worker", "worker_main"]
