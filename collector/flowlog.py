@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from collector.errors import ConfigError
 from collector.records import FlowRecord
@@ -119,7 +119,7 @@ class FlowLogFormat:
 
     fields: tuple[str, ...]
     version: int
-    _getters: tuple[Getter, ...]
+    _getters: tuple[Getter, ...] = field(compare=False, repr=False)
 
     @classmethod
     def parse(cls, fmt: str | None = None) -> FlowLogFormat:
