@@ -16,6 +16,9 @@ INGRESS = "ingress"
 UNKNOWN = "unknown"
 
 Network = tuple[int, int, int]  # (network as int, mask as int, family 4|6)
+# Sessions made up for VNIs no session names (zero-config or accept_unknown_vni) are cached; VNIs
+# are chosen by whoever sends datagrams (2**24 of them), so the cache is bounded.
+MAX_ANONYMOUS_SESSIONS = 4096
 
 
 def parse_networks(values: Iterable[str], key: str) -> tuple[Network, ...]:
@@ -87,9 +90,12 @@ class SessionMap:
             return found
         if not self.accept_unknown:
             return None
-        found = self._anonymous.get(vni)
+        anonymous = self._anonymous
+        found = anonymous.get(vni)
         if found is None:
-            found = self._anonymous[vni] = Session(vni=vni, name=None)
+            if len(anonymous) >= MAX_ANONYMOUS_SESSIONS:
+                anonymous.clear()
+            found = anonymous[vni] = Session(vni=vni, name=None)
         return found
 
 
