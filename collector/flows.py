@@ -56,16 +56,16 @@ class FlowTable:
         direction: str,
     ) -> None:
         """Start a flow with its first packet, evicting the oldest flow when the table is full."""
+        entry = [1, ip_len, tcp_flags, now, now, session, direction]
+        if tcp_flags & (TCP_FIN | TCP_RST):  # ends with its first packet: takes no slot
+            self.ended.append((key, entry, TCP_RST_END if tcp_flags & TCP_RST else TCP_FIN_END))
+            return
         flows = self.flows
         if len(flows) >= self.max_flows:
             oldest = next(iter(flows))
             self.ended.append((oldest, flows.pop(oldest), EVICTED))
             self.evictions += 1
-        entry = [1, ip_len, tcp_flags, now, now, session, direction]
-        if tcp_flags & (TCP_FIN | TCP_RST):
-            self.ended.append((key, entry, TCP_RST_END if tcp_flags & TCP_RST else TCP_FIN_END))
-        else:
-            flows[key] = entry
+        flows[key] = entry
 
     def end(self, key: FlowKey, entry: list[Any], tcp_flags: int) -> None:
         """End a flow early on TCP FIN or RST."""
