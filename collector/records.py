@@ -140,7 +140,21 @@ def encoder_for(fmt: str, vpc_flow_log_format: str | None = None) -> Callable[[F
     raise ValueError(fmt)
 
 
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
 def json_schema() -> dict[str, Any]:
-    """JSON Schema (2020-12) of FlowRecord."""
-    schema: dict[str, Any] = msgspec.json.schema(FlowRecord)
+    """JSON Schema (2020-12) of FlowRecord, with the record's ``properties`` at the top level.
+
+    msgspec puts the struct under ``$defs`` behind a top-level ``$ref``; consumers that read
+    ``properties`` (or generate code from the schema) expect the object itself.
+    """
+    generated: dict[str, Any] = msgspec.json.schema(FlowRecord)
+    defs: dict[str, Any] = dict(generated.get("$defs", {}))
+    ref = generated.get("$ref", "")
+    body = defs.pop(ref.rsplit("/", 1)[-1]) if ref.startswith("#/$defs/") else generated
+    schema: dict[str, Any] = {"$schema": JSON_SCHEMA_DIALECT, **body}
+    schema.pop("$defs", None)
+    if defs:
+        schema["$defs"] = defs
     return schema
