@@ -9,11 +9,13 @@ every flow and their sink), exit 0; SIGHUP -> reload sessions and filters, or ke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from collections.abc import Mapping
 from multiprocessing.connection import Connection
@@ -146,14 +148,20 @@ class Supervisor:
         loop.add_reader(process.sentinel, self._on_exit, slot)
 
     def _on_message(self, slot: Slot) -> None:
+        if not self._read_message(slot):
+            conn = slot.conn
+            if conn is not None:
+                asyncio.get_running_loop().remove_reader(conn.fileno())
+
+    def _read_message(self, slot: Slot) -> bool:
+        """Handle one message from a worker; False at end of pipe."""
         conn = slot.conn
         if conn is None:
-            return
+            return False
         try:
             kind, payload = msgspec.msgpack.decode(conn.recv_bytes())
         except (EOFError, OSError):
-            asyncio.get_running_loop().remove_reader(conn.fileno())
-            return
+            return False
         view = self.aggregate.workers[slot.index]
         if kind == "snap":
             snap = msgspec.convert(payload, WorkerSnapshot)
@@ -168,6 +176,7 @@ class Supervisor:
             self.exit_status = int(payload.get("status", 1))
             self.fatal_message = str(payload.get("message", ""))
             self.begin_shutdown(fatal=True)
+        return True
 
     def _on_exit(self, slot: Slot) -> None:
         loop = asyncio.get_running_loop()
@@ -178,11 +187,8 @@ class Supervisor:
         process.join(timeout=0)
         if slot.conn is not None:
             # read what the worker said last (its final snapshot) before closing the pipe
-            while slot.conn.poll():
-                before = slot.conn
-                self._on_message(slot)
-                if slot.conn is not before:
-                    break
+            while slot.conn.poll() and self._read_message(slot):
+                pass
             loop.remove_reader(slot.conn.fileno())
             slot.conn.close()
             slot.conn = None
@@ -243,10 +249,9 @@ class Supervisor:
                 slot.restart_handle.cancel()
                 slot.restart_handle = None
             if slot.conn is not None:
-                try:
+                # a worker already gone is accounted for by _on_exit
+                with contextlib.suppress(OSError):
                     slot.conn.send_bytes(msgspec.msgpack.encode(("stop", None)))
-                except OSError:
-                    pass  # already gone: _on_exit accounts for it
         if all(s.process is None for s in self.slots.values()):
             self.done.set()
             return
@@ -316,12 +321,12 @@ class Supervisor:
         monitor.cancel()
         await self.http.close()
         if getattr(self, "fatal_message", ""):
-            raise _Fatal(self.fatal_message, self.exit_status)
+            raise _FatalError(self.fatal_message, self.exit_status)
         log.info("collector stopped", extra={"exit_status": self.exit_status})
         return self.exit_status
 
 
-class _Fatal(CollectorError):
+class _FatalError(CollectorError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
@@ -332,6 +337,6 @@ def run_service(config: Config, config_path: str | None, overrides: Mapping[str,
     setup_logging(config.log_format, config.log_level)
     try:
         return uvloop.run(Supervisor(config, config_path, overrides).run())
-    except _Fatal as exc:
-        print(f"collector: {exc}", flush=True, file=__import__("sys").stderr)
+    except _FatalError as exc:
+        print(f"collector: {exc}", flush=True, file=sys.stderr)
         return exc.status
