@@ -63,7 +63,12 @@ def test_sigterm_turns_health_503_at_once_keeps_ingesting_during_drain_and_loses
         first = c.send(tcp(1, "10.0.0.5", "10.0.0.6", 1000, 80, "S") for _ in range(50))
         c.wait_received(first)
         c.proc.send_signal(signal.SIGTERM)
-        code, body = wait_for(lambda: (lambda h: h if h[0] == 503 else None)(c.health()), "503")
+
+        def draining() -> dict[str, object] | None:
+            code, body = c.health()
+            return body if code == 503 else None
+
+        body = wait_for(draining, "503")
         assert body["status"] == "draining"
         assert c.metric("collector_draining") == 1
         more = c.send(tcp(1, "10.0.0.5", "10.0.0.6", 1001, 80, "A") for _ in range(30))
