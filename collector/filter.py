@@ -279,7 +279,9 @@ def aws_rules(document: Any, filter_id: str | None, key: str) -> list[tuple[Filt
     (found,) = filters
     rules = []
     for list_field in ("IngressFilterRules", "EgressFilterRules"):
-        listed = found.get(list_field) or []
+        listed = found.get(list_field)
+        if listed is None:  # absent keys are unset
+            continue
         if not isinstance(listed, list):
             raise ConfigError(f"{where_file}.{list_field}", "is not a list")
         for index, raw in enumerate(listed):
