@@ -1,0 +1,546 @@
+"""The ops files under deploy/ against the things that will consume them.
+
+- Every CloudFormation template passes cfn-lint.
+- Every metric the Grafana dashboard and the Prometheus alerts use exists in a real collector's
+  /metrics (a collector started here, on loopback, with a file sink), and it exits 0 on SIGTERM.
+- The config the stack writes at boot passes ``collector check-config`` (with filter A as the
+  stack creates it), and the files the stack embeds are the ones in deploy/systemd/.
+- The systemd unit, the Dockerfile and the compose file carry the settings the runbook promises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cfnlint.decode import decode
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+STACK = DEPLOY / "cloudformation" / "collector-stack.yaml"
+UNIT = DEPLOY / "systemd" / "collector.service"
+LIFECYCLE_SCRIPT = DEPLOY / "systemd" / "collector-lifecycle"
+LIFECYCLE_UNIT = DEPLOY / "systemd" / "collector-lifecycle.service"
+DASHBOARD = DEPLOY / "grafana" / "collector-dashboard.json"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+DOCKERFILE = DEPLOY / "Dockerfile"
+COMPOSE = DEPLOY / "docker-compose.yml"
+
+HEALTH_DEADLINE_S = 30.0
+STOP_DEADLINE_S = 60.0
+
+
+def _env_without_collector_settings() -> dict[str, str]:
+    """The caller's environment minus COLLECTOR_* (they would override the flags under test)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+
+
+# ------------------------------------------------------------------------- CloudFormation
+
+
+def _templates() -> list[Path]:
+    return sorted(
+        p
+        for p in (DEPLOY / "cloudformation").rglob("*")
+        if p.suffix in {".yaml", ".yml", ".json", ".template"}
+    )
+
+
+def test_cfn_lint_passes_on_every_template() -> None:
+    templates = _templates()
+    assert STACK in templates
+    # cfn-lint of this interpreter's environment (a dev dependency), run as its console script does.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from cfnlint.runner import main; sys.exit(main())",
+            "--",
+            *map(str, templates),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, f"cfn-lint:\n{result.stdout}{result.stderr}"
+
+
+def _load_stack() -> dict[str, Any]:
+    template, errors = decode(str(STACK))
+    assert not errors, errors
+    assert isinstance(template, dict)
+    return template
+
+
+def _parameter_defaults(template: Mapping[str, Any]) -> dict[str, str]:
+    return {
+        name: str(spec["Default"])
+        for name, spec in template["Parameters"].items()
+        if "Default" in spec
+    }
+
+
+class _Resolver:
+    """Just enough of CloudFormation's intrinsic functions to render this stack for a test."""
+
+    def __init__(self, template: Mapping[str, Any], parameters: Mapping[str, str]) -> None:
+        self.template = template
+        self.refs: dict[str, str] = {
+            "AWS::StackName": "mirror-test",
+            "AWS::Region": "eu-west-1",
+            "AWS::AccountId": "123456789012",
+            "AWS::Partition": "aws",
+            **{name: f"{name.lower()}-id" for name in template["Resources"]},
+            "MirrorFilterA": "tmf-0123456789abcdef0",
+            **parameters,
+        }
+        self.conditions: dict[str, bool] = {}
+        for name in template["Conditions"]:
+            self.condition(name)
+
+    def condition(self, name: str) -> bool:
+        if name not in self.conditions:
+            self.conditions[name] = bool(self.resolve(self.template["Conditions"][name]))
+        return self.conditions[name]
+
+    def resolve(self, node: Any) -> Any:
+        if isinstance(node, list):
+            return [self.resolve(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        if len(node) != 1:
+            return {key: self.resolve(value) for key, value in node.items()}
+        ((key, value),) = node.items()
+        if key == "Ref":
+            return self.refs[value]
+        if key == "Condition":
+            return self.condition(value)
+        if key == "Fn::If":
+            name, then, otherwise = value
+            return self.resolve(then if self.condition(name) else otherwise)
+        if key == "Fn::Equals":
+            left, right = (self.resolve(v) for v in value)
+            return str(left) == str(right)
+        if key == "Fn::Not":
+            return not self.resolve(value[0])
+        if key == "Fn::And":
+            return all(self.resolve(v) for v in value)
+        if key == "Fn::Or":
+            return any(self.resolve(v) for v in value)
+        if key == "Fn::Sub":
+            text, variables = (value, {}) if isinstance(value, str) else value
+            names = {**self.refs, **{k: str(self.resolve(v)) for k, v in variables.items()}}
+            return re.sub(r"\$\{([^}!]+)\}", lambda m: str(names[m.group(1)]), text)
+        return {key: self.resolve(value)}
+
+
+def _user_data_source(template: Mapping[str, Any]) -> Any:
+    data = template["Resources"]["CollectorLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    return data["UserData"]["Fn::Base64"]["Fn::Sub"]
+
+
+def _heredoc(script: str, target: str) -> str:
+    """The body of ``cat > TARGET <<'MARK'`` ... ``MARK`` in a shell script."""
+    match = re.search(
+        rf"^cat > {re.escape(target)} <<'(\w+)'\n(.*?)\n\1$", script, re.DOTALL | re.MULTILINE
+    )
+    assert match, f"no heredoc writes {target}"
+    return match.group(2)
+
+
+@pytest.mark.parametrize(
+    ("path", "target"),
+    [
+        (UNIT, "/etc/systemd/system/collector.service"),
+        (LIFECYCLE_SCRIPT, "/usr/local/sbin/collector-lifecycle"),
+        (LIFECYCLE_UNIT, "/etc/systemd/system/collector-lifecycle.service"),
+    ],
+)
+def test_stack_installs_the_files_in_deploy_systemd(path: Path, target: str) -> None:
+    template_text, _variables = _user_data_source(_load_stack())
+    embedded = _heredoc(template_text, target)
+    # Fn::Sub would rewrite ${...}; the copies must come out of it unchanged.
+    assert "${" not in embedded
+    assert embedded == path.read_text().rstrip("\n")
+
+
+def _filter_a_as_aws_describes_it(resolver: _Resolver) -> dict[str, Any]:
+    """describe-traffic-mirror-filters output for filter A with the rules the stack creates."""
+    rules: dict[str, list[dict[str, Any]]] = {"ingress": [], "egress": []}
+    for name, resource in resolver.template["Resources"].items():
+        if resource["Type"] != "AWS::EC2::TrafficMirrorFilterRule":
+            continue
+        if "Condition" in resource and not resolver.condition(resource["Condition"]):
+            continue
+        props = resolver.resolve(resource["Properties"])
+        rule = {
+            "TrafficMirrorFilterRuleId": f"tmfr-{len(rules['ingress']) + len(rules['egress']):017x}",
+            "TrafficMirrorFilterId": props["TrafficMirrorFilterId"],
+            "TrafficDirection": props["TrafficDirection"],
+            "RuleNumber": int(props["RuleNumber"]),
+            "RuleAction": props["RuleAction"],
+            "SourceCidrBlock": props["SourceCidrBlock"],
+            "DestinationCidrBlock": props["DestinationCidrBlock"],
+            "Description": props.get("Description", name),
+        }
+        if "Protocol" in props:
+            rule["Protocol"] = int(props["Protocol"])
+        for key in ("SourcePortRange", "DestinationPortRange"):
+            if key in props:
+                rule[key] = {k: int(v) for k, v in props[key].items()}
+        rules[props["TrafficDirection"]].append(rule)
+    assert rules["ingress"]
+    assert rules["egress"]
+    return {
+        "TrafficMirrorFilters": [
+            {
+                "TrafficMirrorFilterId": resolver.refs["MirrorFilterA"],
+                "IngressFilterRules": rules["ingress"],
+                "EgressFilterRules": rules["egress"],
+                "NetworkServices": [],
+                "Description": "Filter A",
+                "Tags": [],
+            }
+        ]
+    }
+
+
+STACK_PARAMETERS = {
+    "VpcId": "vpc-0123456789abcdef0",
+    "VpcCidr": "10.0.0.0/16",
+    "SourceAEniId": "eni-0123456789abcdef0",
+    "SourceACidr": "10.0.1.0/24",
+    "SourceAVni": "4001",
+    "SourceBEniId": "eni-0123456789abcdef1",
+    "SourceBCidr": "10.0.2.0/24",
+    "SourceBVni": "4002",
+    "FilterExcludeCidr": "10.0.99.0/24",
+    "KafkaBootstrapServers": "b-1.kafka.internal:9096,b-2.kafka.internal:9096",
+    "CollectorPackage": "vpc-mirror-collector==0.1.0",
+}
+
+AUTH_VARIANTS = {
+    "none": ({"KafkaAuth": "none"}, {}),
+    "sasl-scram": (
+        {
+            "KafkaAuth": "sasl-scram",
+            "KafkaScramSecretArn": (
+                "arn:aws:secretsmanager:eu-west-1:123456789012:secret:AmazonMSK_collector-AbCdEf"
+            ),
+        },
+        # What the boot script writes to /etc/collector/collector.env from the secret.
+        {"COLLECTOR_KAFKA_SASL_USERNAME": "collector", "COLLECTOR_KAFKA_SASL_PASSWORD": "s3cret"},
+    ),
+}
+
+
+@pytest.mark.parametrize("auth", sorted(AUTH_VARIANTS))
+def test_config_written_by_the_stack_passes_check_config(auth: str, tmp_path: Path) -> None:
+    template = _load_stack()
+    extra_parameters, environment = AUTH_VARIANTS[auth]
+    parameters = {**_parameter_defaults(template), **STACK_PARAMETERS, **extra_parameters}
+    resolver = _Resolver(template, parameters)
+    script = resolver.resolve({"Fn::Sub": _user_data_source(template)})
+
+    filter_json = tmp_path / "filter-a.json"
+    filter_json.write_text(json.dumps(_filter_a_as_aws_describes_it(resolver)))
+    config_text = _heredoc(script, "/etc/collector/collector.toml")
+    assert '"/etc/collector/filter-a.json"' in config_text
+    config = tmp_path / "collector.toml"
+    config.write_text(config_text.replace("/etc/collector/filter-a.json", str(filter_json)))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "collector", "check-config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env={**_env_without_collector_settings(), **environment},
+    )
+    assert result.returncode == 0, f"{config_text}\n---\n{result.stdout}{result.stderr}"
+    assert "2 sessions, 1 filters" in result.stdout
+
+
+# ------------------------------------------------------------------------- metrics
+
+
+def _free_port(kind: socket.SocketKind) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@dataclass(frozen=True)
+class CollectorRun:
+    metrics: str
+    exit_status: int
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def collector_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorRun]:
+    """A real collector: started, healthy, scraped once, stopped with SIGTERM."""
+    tmp = tmp_path_factory.mktemp("collector")
+    health = f"127.0.0.1:{_free_port(socket.SOCK_STREAM)}"
+    stderr_path = tmp / "stderr.log"
+    with stderr_path.open("w") as stderr, (tmp / "stdout.log").open("w") as stdout:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "collector",
+                "run",
+                "--listen",
+                f"127.0.0.1:{_free_port(socket.SOCK_DGRAM)}",
+                "--health",
+                health,
+                "--workers",
+                "1",
+                "--sink",
+                f"file:{tmp / 'records.jsonl'}",
+            ],
+            cwd=ROOT,
+            env=_env_without_collector_settings(),
+            stdout=stdout,
+            stderr=stderr,
+        )
+        try:
+            deadline = time.monotonic() + HEALTH_DEADLINE_S
+            status = 0
+            while status != 200:
+                if proc.poll() is not None:
+                    pytest.fail(f"collector exited {proc.returncode}:\n{stderr_path.read_text()}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"/healthz not 200 within {HEALTH_DEADLINE_S} s (last {status})")
+                try:
+                    status, _body = _get(f"http://{health}/healthz")
+                except (urllib.error.URLError, ConnectionError, TimeoutError):
+                    status = 0
+                if status != 200:
+                    time.sleep(0.1)
+            metrics_status, metrics = _get(f"http://{health}/metrics")
+            assert metrics_status == 200
+            proc.send_signal(signal.SIGTERM)
+            exit_status = proc.wait(timeout=STOP_DEADLINE_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    yield CollectorRun(metrics, exit_status, stderr_path.read_text())
+
+
+_TYPE_LINE = re.compile(r"^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (\w+)$")
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]")
+_METRIC_NAME = re.compile(r"\bcollector_[a-z0-9_]+\b")
+
+
+def exposed_series_names(metrics_text: str) -> set[str]:
+    """Every series name a PromQL query may use against this exposition.
+
+    Families come from the TYPE lines, so a labelled metric that has no sample yet still counts:
+    a counter family is queried as NAME_total, a histogram as NAME_bucket/_sum/_count, a gauge
+    as NAME. Sample lines add the names that are present right now.
+    """
+    names: set[str] = set()
+    for line in metrics_text.splitlines():
+        if type_line := _TYPE_LINE.match(line):
+            family, kind = type_line.groups()
+            if kind == "counter":
+                names.add(family if family.endswith("_total") else f"{family}_total")
+            elif kind == "histogram":
+                names.update(f"{family}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
+            elif kind == "summary":
+                names.update(f"{family}{suffix}" for suffix in ("", "_sum", "_count"))
+            else:
+                names.add(family)
+        elif not line.startswith("#") and (sample := _SAMPLE.match(line)):
+            names.add(sample.group(1))
+    return names
+
+
+def metric_names_in(text: str) -> set[str]:
+    """collector_* names anywhere in a dashboard or rule file (queries, help texts)."""
+    return set(_METRIC_NAME.findall(text))
+
+
+def test_exposition_parser_reads_families_without_samples() -> None:
+    text = (
+        "# HELP collector_packets_dropped_total Dropped.\n"
+        "# TYPE collector_packets_dropped_total counter\n"
+        "# TYPE collector_sink_delivery_latency_seconds histogram\n"
+        'collector_sink_delivery_latency_seconds_bucket{le="+Inf"} 0.0\n'
+        "# TYPE collector_flows_active gauge\n"
+        "collector_flows_active 3.0\n"
+    )
+    assert exposed_series_names(text) == {
+        "collector_packets_dropped_total",
+        "collector_sink_delivery_latency_seconds_bucket",
+        "collector_sink_delivery_latency_seconds_sum",
+        "collector_sink_delivery_latency_seconds_count",
+        "collector_flows_active",
+    }
+
+
+def test_dashboard_and_alerts_are_well_formed() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert exprs
+    assert all(metric_names_in(expr) for expr in exprs)
+
+    rules = yaml.safe_load(ALERTS.read_text())
+    alerts = [rule for group in rules["groups"] for rule in group["rules"]]
+    assert alerts
+    for rule in alerts:
+        assert metric_names_in(rule["expr"]), rule["alert"]
+        assert rule["labels"]["severity"] in {"page", "ticket"}
+        assert rule["annotations"]["summary"]
+
+
+def test_collector_exits_0_on_sigterm(collector_run: CollectorRun) -> None:
+    assert collector_run.exit_status == 0, collector_run.stderr
+
+
+@pytest.mark.parametrize("path", [DASHBOARD, ALERTS], ids=["dashboard", "alerts"])
+def test_every_metric_used_exists_in_metrics(collector_run: CollectorRun, path: Path) -> None:
+    used = metric_names_in(path.read_text())
+    assert used
+    missing = used - exposed_series_names(collector_run.metrics)
+    assert not missing, f"{path.name} uses metrics the collector does not export: {sorted(missing)}"
+
+
+# ------------------------------------------------------------------------- host and container
+
+
+def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
+    """A systemd unit as section -> key -> values (keys may repeat; an empty value resets)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f"{path.name}: not KEY=VALUE: {raw!r}"
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def _seconds(value: str) -> float:
+    match = re.fullmatch(r"(\d+)(s|min)?", value)
+    assert match, value
+    return int(match.group(1)) * (60 if match.group(2) == "min" else 1)
+
+
+def test_systemd_unit_is_hardened() -> None:
+    service = parse_unit(UNIT)["Service"]
+
+    def one(key: str) -> str:
+        values = service.get(key, [])
+        assert len(values) == 1, f"{key}: {values}"
+        return values[0]
+
+    assert one("User") == "collector"
+    assert one("NoNewPrivileges") == "yes"
+    assert one("ProtectSystem") == "strict"
+    assert one("ProtectHome") == "yes"
+    assert one("PrivateTmp") == "yes"
+    assert "/var/lib/collector" in one("ReadWritePaths").split()
+    assert one("CapabilityBoundingSet") == ""
+    assert set(one("RestrictAddressFamilies").split()) == {"AF_INET", "AF_INET6", "AF_UNIX"}
+    assert "@system-service" in service["SystemCallFilter"]
+    assert one("Restart") == "on-failure"
+    assert one("KillSignal") == "SIGTERM"
+    assert one("EnvironmentFile") == "-/etc/collector/collector.env"
+    assert one("ExecStart") == (
+        "/opt/collector/venv/bin/collector run --config /etc/collector/collector.toml"
+    )
+    assert re.fullmatch(r"/bin/kill -HUP \$MAINPID", one("ExecReload"))
+
+    # Stopping must outlast the stack's default drain plus the sink's flush.
+    from collector.config import KafkaConfig
+
+    drain_s = float(_parameter_defaults(_load_stack())["DrainSeconds"])
+    assert _seconds(one("TimeoutStopSec")) > drain_s + KafkaConfig().flush_timeout_s
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_runs_unprivileged_with_a_health_check() -> None:
+    instructions = _dockerfile_instructions()
+
+    def values(keyword: str) -> list[str]:
+        return [rest for kw, rest in instructions if kw == keyword]
+
+    assert values("FROM") == ["python:3.11-slim"]
+    users = values("USER")
+    assert users
+    assert users[-1] not in {"root", "0"}
+    assert any("pip install /src" in run for run in values("RUN"))
+    exposed = {port for line in values("EXPOSE") for port in line.split()}
+    assert {"4789/udp", "8080"} <= exposed
+    assert values("STOPSIGNAL") == ["SIGTERM"]
+    (health,) = values("HEALTHCHECK")
+    assert "/healthz" in health
+    assert "urllib.request" in health
+    assert "curl" not in health
+
+
+def test_compose_broker_matches_the_local_broker() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    kafka = compose["services"]["kafka"]
+    env = {key: str(value) for key, value in kafka["environment"].items()}
+
+    pom = ET.parse(DEPLOY / "kafka" / "pom.xml").getroot()
+    namespace = {"m": "http://maven.apache.org/POM/4.0.0"}
+    version = pom.findtext("m:properties/m:kafka.version", namespaces=namespace)
+    assert version
+    assert kafka["image"] == f"apache/kafka:{version}"
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert env["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://127.0.0.1:9092"
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert "127.0.0.1:9092:9092" in kafka["ports"]
+
+    collector = compose["services"]["collector"]
+    assert collector["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert collector["network_mode"] == "service:kafka"
+    sink = collector["command"][collector["command"].index("--sink") + 1]
+    assert sink.startswith("kafka://127.0.0.1:9092/")
