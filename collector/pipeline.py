@@ -7,6 +7,7 @@ else (filter decisions, record building, encoding) happens once per flow or in b
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Iterable
 
 from collector.config import Config
@@ -62,7 +63,7 @@ class Pipeline:
         buf: bytes | bytearray | memoryview,
         n: int,
         now: float,
-        outer_src: bytes | str | None,
+        outer_src: bytes | str | memoryview | None,
     ) -> None:
         """Account one VXLAN datagram (its first ``n`` bytes) received at ``now``."""
         stats = self.stats
@@ -86,7 +87,12 @@ class Pipeline:
         self._new_flow(key, ip_len, tcp_flags, now, outer_src)
 
     def _new_flow(
-        self, key: FlowKey, ip_len: int, tcp_flags: int, now: float, outer_src: bytes | str | None
+        self,
+        key: FlowKey,
+        ip_len: int,
+        tcp_flags: int,
+        now: float,
+        outer_src: bytes | str | memoryview | None,
     ) -> None:
         rejected = self._rejected.get(key)
         if rejected is not None:
@@ -207,4 +213,20 @@ def packed_address(text: str) -> bytes | None:
             return socket.inet_pton(family, text)
         except OSError:
             continue
+    return None
+
+
+_AF_INET = socket.AF_INET.value
+_AF_INET6 = socket.AF_INET6.value
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
+def sockaddr_address(raw: memoryview) -> bytes | None:
+    """Packed address of a raw ``struct sockaddr`` (what recvmmsg fills in), IPv4-mapped unwrapped."""
+    family = int.from_bytes(raw[0:2], sys.byteorder)
+    if family == _AF_INET:
+        return bytes(raw[4:8])
+    if family == _AF_INET6:
+        address = bytes(raw[8:24])
+        return address[12:] if address.startswith(_V4_MAPPED) else address
     return None

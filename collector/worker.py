@@ -21,7 +21,14 @@ import uvloop
 from collector.config import Config
 from collector.errors import CollectorError, ConfigError
 from collector.io.sinks import Sink, SinkStatus, make_sink
-from collector.io.udp import ProtocolIngest, ReaderIngest, open_socket, socket_drops
+from collector.io.udp import (
+    MmsgIngest,
+    ProtocolIngest,
+    ReaderIngest,
+    open_socket,
+    recvmmsg_available,
+    socket_drops,
+)
 from collector.logs import RateLimiter, setup_logging
 from collector.metrics import WorkerSnapshot
 from collector.pipeline import Pipeline
@@ -164,10 +171,26 @@ class Worker:
             self.send("fatal", {"message": str(exc), "status": 1})
             return 1
         feed = self.pipeline.feed
-        if self.config.recv_mode == "protocol":
+        mode = self.config.recv_mode
+        if mode == "mmsg" and not recvmmsg_available():
+            log.warning("recvmmsg unavailable; using the reader receive path")
+            mode = "reader"
+        self.ingest: ProtocolIngest | ReaderIngest | MmsgIngest
+        if mode == "protocol":
             protocol = ProtocolIngest(feed)
             transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=self.sock)
-            self.ingest: ProtocolIngest | ReaderIngest = protocol
+            self.ingest = protocol
+        elif mode == "mmsg":
+            mmsg = MmsgIngest(
+                loop,
+                self.sock,
+                feed,
+                max_batch=self.config.max_batch_datagrams,
+                max_datagram_bytes=self.config.max_datagram_bytes,
+                coalesce_s=self.config.recv_coalesce_ms / 1000,
+            )
+            mmsg.start()
+            self.ingest = mmsg
         else:
             reader = ReaderIngest(
                 loop,
@@ -188,7 +211,7 @@ class Worker:
         await self.stop_requested.wait()
         ticker.cancel()
         # stop receiving, account what the kernel already queued for us, then flush everything
-        if isinstance(self.ingest, ReaderIngest):
+        if isinstance(self.ingest, ReaderIngest | MmsgIngest):
             self.ingest.stop()
             self._drain_socket()
         else:
