@@ -16,7 +16,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import asdict, dataclass
@@ -167,7 +166,8 @@ def measure(receiver: Any, datagrams: list[bytes], count: int, rate: float) -> R
 def run(count: int, rates: list[float], profile: str) -> dict[str, Any]:
     datagrams = build(PROFILES[profile], 50_000)
     runs: list[Run] = []
-    for factory in (Bare, lambda: Collector("mmsg"), lambda: Collector("reader"), lambda: Collector("protocol")):
+    receivers = (Bare, *(lambda m=m: Collector(m) for m in ("mmsg", "reader", "protocol")))
+    for factory in receivers:
         receiver = factory()
         try:
             measure(receiver, datagrams, min(count, 50_000), 0)  # warm-up: flows, caches
@@ -214,12 +214,13 @@ def main() -> None:
     for r in report["runs"]:
         offered = "flat out" if not r["offered_pps"] else f"{r['offered_pps']:,.0f}/s"
         print(
-            f"{r['receiver']:>20}  offered {offered:>12}  sent {r['sent']:>8} at {r['send_rate_pps']:>9,.0f}/s"
-            f"  loss {r['loss_pct']:6.3f}%  cpu {r['cpu_us_per_packet']:6.3f} us/packet"
+            f"{r['receiver']:>20}  offered {offered:>12}  sent {r['sent']:>8} at "
+            f"{r['send_rate_pps']:>9,.0f}/s  loss {r['loss_pct']:6.3f}%  cpu {r['cpu_us_per_packet']:6.3f} us/packet"
         )
     for name, s in report["summary"].items():
         print(
-            f"{name:>20}: {s['cpu_us_per_packet']:.3f} us/packet = {s['ratio_vs_bare']:.2f}x the bare receiver"
+            f"{name:>20}: {s['cpu_us_per_packet']:.3f} us/packet = "
+            f"{s['ratio_vs_bare']:.2f}x the bare receiver"
         )
 
 

@@ -305,10 +305,8 @@ class MmsgIngest:
                 ):
                     self.errors += 1
                 break
-            i = 0
-            for n in lengths[k].unpack_from(msgs_view):
-                feed(slots[i], n, now, names[i])
-                i += 1
+            for slot, name, n in zip(slots, names, lengths[k].unpack_from(msgs_view), strict=False):
+                feed(slot, n, now, name)
             total += k
             if k < vlen:
                 break
