@@ -215,7 +215,8 @@ def main() -> None:
         offered = "flat out" if not r["offered_pps"] else f"{r['offered_pps']:,.0f}/s"
         print(
             f"{r['receiver']:>20}  offered {offered:>12}  sent {r['sent']:>8} at "
-            f"{r['send_rate_pps']:>9,.0f}/s  loss {r['loss_pct']:6.3f}%  cpu {r['cpu_us_per_packet']:6.3f} us/packet"
+            f"{r['send_rate_pps']:>9,.0f}/s  loss {r['loss_pct']:6.3f}%  "
+            f"cpu {r['cpu_us_per_packet']:6.3f} us/packet"
         )
     for name, s in report["summary"].items():
         print(
