@@ -37,9 +37,9 @@ class FilterRuleConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Destination CIDR block."""
     protocol: int | None = None
     """IANA protocol number; absent means every protocol."""
-    source_ports: str | None = None
-    """``"N"`` or ``"N-M"``; only TCP and UDP packets can match a port range."""
-    destination_ports: str | None = None
+    source_ports: str | int | None = None
+    """``"N"`` or ``"N-M"`` (or N); only TCP and UDP packets can match a port range."""
+    destination_ports: str | int | None = None
     """``"N"`` or ``"N-M"``; only TCP and UDP packets can match a port range."""
     description: str = ""
     """Free text, shown in error messages."""
@@ -315,19 +315,37 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError("config", f"{os.fspath(path)} is not valid TOML: {exc}") from exc
 
 
-def build_config(data: Mapping[str, Any]) -> Config:
-    """Validate a plain mapping into a Config; errors name the offending key."""
+def _convert(data: Any, target: type[Any], prefix: str) -> Any:
+    """msgspec.convert with errors turned into ConfigError naming the dotted key under ``prefix``."""
     try:
         # strict=False lets environment strings ("60", "true") fill numeric and boolean keys
-        return msgspec.convert(dict(data), Config, strict=False)
+        return msgspec.convert(data, target, strict=False)
     except msgspec.ValidationError as exc:
         message = str(exc).split(" - at ")[0]
-        key = _key_from_validation(exc)
-        if message.startswith("Object contains unknown field"):
+        path = _key_from_validation(exc)
+        path = "" if path == "config" else path
+        if message.startswith(("Object contains unknown field", "Object missing required field")):
             field = message.split("`")[1]
-            key = f"{key}.{field}" if key != "config" else field
-            message = "unknown key"
-        raise ConfigError(key, message) from exc
+            path = f"{path}.{field}" if path else field
+            message = "unknown key" if "unknown" in message else "missing required key"
+        if prefix:
+            path = f"{prefix}.{path}" if path and not path.startswith("[") else prefix + path
+        raise ConfigError(path or "config", message) from exc
+
+
+def build_config(data: Mapping[str, Any]) -> Config:
+    """Validate a plain mapping into a Config; errors name the offending key."""
+    data = dict(data)
+    raw_filters = data.pop("filters", {})
+    if not isinstance(raw_filters, Mapping):
+        raise ConfigError("filters", "expected a table of [filters.NAME] tables")
+    config: Config = _convert(data, Config, "")
+    # each filter on its own: msgspec's error paths do not name dictionary keys
+    filters = {
+        str(name): _convert(value, FilterConfig, f"filters.{name}")
+        for name, value in raw_filters.items()
+    }
+    return msgspec.structs.replace(config, filters=filters)
 
 
 def load_config(

@@ -56,7 +56,7 @@ class Rule(NamedTuple):
         return self.dst_ports is None or self.dst_ports[0] <= dst_port <= self.dst_ports[1]
 
 
-def _parse_ports(text: str | None, key: str) -> tuple[int, int] | None:
+def _parse_ports(text: str | int | None, key: str) -> tuple[int, int] | None:
     if text is None:
         return None
     parts = str(text).split("-")

@@ -202,13 +202,6 @@ def test_bad_file_values_name_the_dotted_key(tmp_path: Path, text: str, key: str
     assert "\n" not in str(caught.value)
 
 
-KEY_NAMING_BUG = (
-    "config.build_config reports errors inside [filters.NAME] as `filters[...]` (msgspec does not "
-    "name dict keys in its error paths) and a missing required field by its parent only"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=KEY_NAMING_BUG)
 @pytest.mark.parametrize(
     ("text", "key"),
     [
@@ -227,17 +220,14 @@ KEY_NAMING_BUG = (
         ),
         (
             "[[filters.web.rules]]\ndirection = 'ingress'\nrule_number = 1\naction = 'accept'\n"
-            "source_cidr = '0.0.0.0/0'\ndestination_cidr = '0.0.0.0/0'\ndestination_ports = 443",
-            "filters.web.rules[0].destination_ports",
-        ),
-        (
-            "[[filters.web.rules]]\ndirection = 'ingress'\nrule_number = 1\naction = 'accept'\n"
             "source_cidr = '0.0.0.0/0'\ndestination_cidr = '0.0.0.0/0'\nports = '443'",
             "filters.web.rules[0].ports",
         ),
     ],
 )
-def test_keys_the_loader_does_not_name_yet(tmp_path: Path, text: str, key: str) -> None:
+def test_keys_inside_filters_and_missing_keys_are_named(
+    tmp_path: Path, text: str, key: str
+) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, text), environ={})
     assert caught.value.key == key
@@ -300,3 +290,12 @@ def test_build_config_from_a_mapping() -> None:
     data: dict[str, Any] = {"flows": {"max_flows": "10"}, "sessions": [{"vni": "7"}]}
     config = build_config(data)
     assert (config.flows.max_flows, config.sessions[0].vni) == (10, 7)
+
+
+def test_a_single_port_may_be_an_integer(tmp_path: Path) -> None:
+    text = (
+        "[[filters.web.rules]]\ndirection = 'ingress'\nrule_number = 1\naction = 'accept'\n"
+        "source_cidr = '0.0.0.0/0'\ndestination_cidr = '0.0.0.0/0'\ndestination_ports = 443"
+    )
+    config = load_config(write(tmp_path, text), environ={})
+    assert config.filters["web"].rules[0].destination_ports == 443
