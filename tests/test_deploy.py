@@ -232,7 +232,7 @@ STACK_PARAMETERS = {
     "SourceBVni": "4002",
     "FilterExcludeCidr": "10.0.99.0/24",
     "KafkaBootstrapServers": "b-1.kafka.internal:9096,b-2.kafka.internal:9096",
-    "CollectorPackage": "vpc-mirror-collector==0.1.0",
+    "CollectorPackage": "vpc-mirror-collector[aws]==0.1.0",
 }
 
 AUTH_VARIANTS = {
