@@ -247,6 +247,13 @@ AUTH_VARIANTS = {
         # What the boot script writes to /etc/collector/collector.env from the secret.
         {"COLLECTOR_KAFKA_SASL_USERNAME": "collector", "COLLECTOR_KAFKA_SASL_PASSWORD": "s3cret"},
     ),
+    "msk-iam": (
+        {
+            "KafkaAuth": "msk-iam",
+            "MskClusterArn": "arn:aws:kafka:eu-west-1:123456789012:cluster/flows/0a1b2c3d-4e5f-6a7b",
+        },
+        {},
+    ),
 }
 
 
