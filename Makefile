@@ -9,7 +9,7 @@ TOPIC ?= flows
 KAFKA ?= 127.0.0.1:9092
 CONFIG ?= deploy/examples/collector.toml
 
-.PHONY: install system-deps lint format test run replay-demo kafka kafka-stop tail bench bench-locust clean
+.PHONY: install system-deps lint lint-deploy format test run replay-demo kafka kafka-stop tail bench bench-locust clean
 
 install: $(STAMP)
 
@@ -35,7 +35,10 @@ format: install
 	$(VENV)/bin/ruff format collector tests bench
 	$(VENV)/bin/ruff check --fix collector tests bench
 
-test: install system-deps lint
+lint-deploy: install
+	$(VENV)/bin/cfn-lint deploy/cloudformation/*.yaml
+
+test: install system-deps lint lint-deploy
 	$(PY) -m pytest -q
 
 kafka:
