@@ -33,12 +33,22 @@ class WorkerSnapshot(msgspec.Struct, kw_only=True):
     evictions: int = 0
     kernel_drops: int = 0
     recv_errors: int = 0
+    enrich_refreshes: int = 0
+    enrich_failures: int = 0
     loop_lag_s: float = 0.0
     sink: SinkStatus = msgspec.field(default_factory=SinkStatus)
     stopping: bool = False
 
 
-COUNTER_FIELDS = ("datagrams", "rx_bytes", "evictions", "kernel_drops", "recv_errors")
+COUNTER_FIELDS = (
+    "datagrams",
+    "rx_bytes",
+    "evictions",
+    "kernel_drops",
+    "recv_errors",
+    "enrich_refreshes",
+    "enrich_failures",
+)
 SINK_COUNTERS = ("delivered", "retried", "failed", "dropped", "failures")
 
 
@@ -163,6 +173,16 @@ class Aggregate(Collector):
         )
         yield counter(
             "collector_receive_errors", "Socket receive errors.", self.total("recv_errors")
+        )
+        yield counter(
+            "collector_enrich_refreshes",
+            "Successful EC2 API refreshes of the session view.",
+            self.total("enrich_refreshes"),
+        )
+        yield counter(
+            "collector_enrich_failures",
+            "Failed EC2 API refreshes (the last good view stayed in use).",
+            self.total("enrich_failures"),
         )
         emitted = CounterMetricFamily(
             "collector_records_emitted",

@@ -19,6 +19,7 @@ import msgspec
 import uvloop
 
 from collector.config import Config
+from collector.enrich import Enricher
 from collector.errors import CollectorError, ConfigError
 from collector.io.sinks import Sink, SinkStatus, make_sink
 from collector.io.udp import (
@@ -57,9 +58,11 @@ class Worker:
         self.config = config
         self.conn = conn
         self.started = time.time()
+        self.configured_sessions = build_sessions(config)
         self.pipeline = Pipeline(
-            config, build_sessions(config), exporter_name(config, index, self.started)
+            config, self.configured_sessions, exporter_name(config, index, self.started)
         )
+        self.enricher: Enricher | None = None
         self.sink: Sink = make_sink(config.sink, config)
         self.stop_requested = asyncio.Event()
         self.loop_lag_s = 0.0
@@ -90,6 +93,8 @@ class Worker:
             evictions=self.pipeline.table.evictions,
             kernel_drops=self.kernel_drops,
             recv_errors=self.ingest_errors(),
+            enrich_refreshes=self.enricher.refreshes if self.enricher else 0,
+            enrich_failures=self.enricher.failures if self.enricher else 0,
             loop_lag_s=self.loop_lag_s,
             sink=status,
             stopping=stopping,
@@ -117,6 +122,9 @@ class Worker:
         except ConfigError as exc:  # the supervisor validated it; keep the old one all the same
             log.error("reload refused", extra={"error": str(exc), "worker": self.index})
             return
+        self.configured_sessions = sessions
+        if self.enricher is not None:
+            sessions = self.enricher.apply(sessions, self.enricher.view)
         self.pipeline.sessions = sessions
         self.pipeline.table.rejected.clear()  # not-kept decisions are re-made under the new rules
         log.info(
@@ -159,9 +167,19 @@ class Worker:
             self._log_drops(now)
             self.send("snap", self.snapshot())
 
+    async def _enrich(self, enricher: Enricher) -> None:
+        """Refresh the EC2 view in a thread, off the packet path, and swap the session map."""
+        while not self.stop_requested.is_set():
+            view = await asyncio.to_thread(enricher.refresh)
+            self.pipeline.sessions = enricher.apply(self.configured_sessions, view)
+            self.pipeline.table.rejected.clear()
+            await asyncio.sleep(self.config.aws.refresh_interval_s)
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         try:
+            if self.config.aws.enrich:
+                self.enricher = Enricher(self.config.aws)
             await self.sink.start()
             self.sock = open_socket(self.config.listen, self.config.recv_buffer_bytes)
         except ConfigError as exc:
@@ -207,9 +225,12 @@ class Worker:
             extra={"worker": self.index, "pid": os.getpid(), "exporter": self.pipeline.exporter},
         )
         self.send("snap", self.snapshot())
-        ticker = asyncio.create_task(self._ticker())
+        tasks = [asyncio.create_task(self._ticker())]
+        if self.enricher is not None:
+            tasks.append(asyncio.create_task(self._enrich(self.enricher)))
         await self.stop_requested.wait()
-        ticker.cancel()
+        for task in tasks:
+            task.cancel()
         # stop receiving, account what the kernel already queued for us, then flush everything
         if isinstance(self.ingest, ReaderIngest | MmsgIngest):
             self.ingest.stop()
