@@ -115,7 +115,7 @@ def _pcap_frames(
     magic_le = struct.unpack("<I", header[:4])[0]
     endian = "<" if magic_le in (PCAP_MAGIC_US, PCAP_MAGIC_NS) else ">"
     magic = struct.unpack(endian + "I", header[:4])[0]
-    divisor = 1e9 if magic == PCAP_MAGIC_NS else 1e6
+    divisor = 1_000_000_000 if magic == PCAP_MAGIC_NS else 1_000_000
     linktype = struct.unpack(endian + "I", header[20:24])[0] & 0x0FFFFFFF
     stats.linktypes.add(linktype)
     record = struct.Struct(endian + "IIII")
@@ -133,13 +133,14 @@ def _pcap_frames(
         if data is None:
             stats.truncated_file = True
             return
-        yield linktype, sec + frac / divisor, data
+        # one int/int division: the float nearest the true time, as pcapng gives (see _tsresol)
+        yield linktype, (sec * divisor + frac) / divisor, data
 
 
 def _pcapng_frames(
     fh: BinaryIO, first: bytes, stats: CaptureStats
 ) -> Iterator[tuple[int, float, bytes]]:
-    interfaces: list[tuple[int, float]] = []  # (linktype, seconds per timestamp unit)
+    interfaces: list[tuple[int, int]] = []  # (linktype, timestamp units per second)
     endian = "<"
     block = first
     while True:
@@ -178,14 +179,20 @@ def _pcapng_frames(
                 if btype == PCAPNG_OPB:
                     iface &= 0xFFFF
                 if iface < len(interfaces):
-                    linktype, unit = interfaces[iface]
-                    yield linktype, ((high << 32) | low) * unit, body[20 : 20 + cap]
+                    linktype, per_second = interfaces[iface]
+                    yield linktype, ((high << 32) | low) / per_second, body[20 : 20 + cap]
             elif btype == PCAPNG_SPB and interfaces and len(body) >= 4:
                 yield interfaces[0][0], 0.0, body[4:]
         block = fh.read(8)
 
 
-def _tsresol(options: bytes, endian: str) -> float:
+def _tsresol(options: bytes, endian: str) -> int:
+    """Timestamp units per second of an interface (if_tsresol), as an exact integer.
+
+    Dividing the integer timestamp by it gives the float nearest the true time; multiplying by an
+    inexact 1e-6 does not, and a record's milliseconds could then differ between the pcap and the
+    pcapng of one capture.
+    """
     off = 0
     while off + 4 <= len(options):
         code, length = struct.unpack_from(endian + "HH", options, off)
@@ -193,9 +200,9 @@ def _tsresol(options: bytes, endian: str) -> float:
             break
         if code == 9 and length >= 1:  # if_tsresol
             value = options[off + 4]
-            return 2.0 ** -(value & 0x7F) if value & 0x80 else 10.0**-value
+            return 2 ** (value & 0x7F) if value & 0x80 else 10**value
         off += 4 + ((length + 3) & ~3)
-    return 1e-6
+    return 1_000_000
 
 
 def read_frames(path: str | Path, stats: CaptureStats) -> Iterator[tuple[int, float, bytes]]:
