@@ -85,7 +85,7 @@ def vxlan_payload(linktype: int, frame: bytes, port: int) -> tuple[bytes, bytes]
         proto = frame[off + 9]
         frag = struct.unpack_from("!H", frame, off + 6)[0] & 0x1FFF
         src = frame[off + 12 : off + 16]
-        if proto != 17 or frag:
+        if proto != 17 or frag or ihl < 20:
             return None
         udp = off + ihl
     elif etype == 0x86DD and len(frame) >= off + 40 and frame[off] >> 4 == 6:
@@ -116,7 +116,8 @@ def _pcap_frames(
     endian = "<" if magic_le in (PCAP_MAGIC_US, PCAP_MAGIC_NS) else ">"
     magic = struct.unpack(endian + "I", header[:4])[0]
     divisor = 1_000_000_000 if magic == PCAP_MAGIC_NS else 1_000_000
-    linktype = struct.unpack(endian + "I", header[20:24])[0] & 0x0FFFFFFF
+    # the low 16 bits; the upper ones carry FCS information (libpcap's LT_LINKTYPE)
+    linktype = struct.unpack(endian + "I", header[20:24])[0] & 0xFFFF
     stats.linktypes.add(linktype)
     record = struct.Struct(endian + "IIII")
     while True:
@@ -176,13 +177,14 @@ def _pcapng_frames(
                 stats.linktypes.add(linktype)
             elif btype in (PCAPNG_EPB, PCAPNG_OPB) and len(body) >= 20:
                 iface, high, low, cap = struct.unpack_from(endian + "IIII", body, 0)
-                if btype == PCAPNG_OPB:
-                    iface &= 0xFFFF
+                if btype == PCAPNG_OPB:  # a 16-bit interface id, then a 16-bit drops count
+                    iface = struct.unpack_from(endian + "H", body, 0)[0]
                 if iface < len(interfaces):
                     linktype, per_second = interfaces[iface]
                     yield linktype, ((high << 32) | low) / per_second, body[20 : 20 + cap]
             elif btype == PCAPNG_SPB and interfaces and len(body) >= 4:
-                yield interfaces[0][0], 0.0, body[4:]
+                original = struct.unpack_from(endian + "I", body, 0)[0]
+                yield interfaces[0][0], 0.0, body[4 : 4 + original]  # without the block padding
         block = fh.read(8)
 
 
@@ -200,7 +202,7 @@ def _tsresol(options: bytes, endian: str) -> int:
             break
         if code == 9 and length >= 1:  # if_tsresol
             value = options[off + 4]
-            return 2 ** (value & 0x7F) if value & 0x80 else 10**value
+            return 1 << (value & 0x7F) if value & 0x80 else int(10**value)
         off += 4 + ((length + 3) & ~3)
     return 1_000_000
 
