@@ -363,9 +363,9 @@ async def tail(
                 break
     finally:
         stopping.cancel()
-        if starting.done() and not starting.cancelled() and starting.exception() is None:
-            with contextlib.suppress(KafkaError, OSError):
-                await consumer.stop()
+        # also after a failed start: the client holds connections and warns when left unclosed
+        with contextlib.suppress(KafkaError, OSError):
+            await consumer.stop()
     return 0
 
 
@@ -426,5 +426,6 @@ def run_tail(args: argparse.Namespace, config: Config) -> int:
                 loop.remove_signal_handler(signum)
 
     status = asyncio.run(main())
-    print(stats.summary(), file=sys.stderr)
+    if status == 0:
+        print(stats.summary(), file=sys.stderr)
     return status
