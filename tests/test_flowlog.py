@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from flow_samples import make_record
 from hypothesis import given
@@ -9,7 +13,7 @@ from hypothesis import strategies as st
 
 from collector.errors import ConfigError
 from collector.flowlog import DEFAULT_FORMAT, FIELDS, FlowLogFormat, aws_tcp_flags
-from collector.records import FlowRecord, encoder_for
+from collector.records import FlowRecord, decode, encoder_for
 
 V3_TO_V5 = (
     "${version} ${vpc-id} ${subnet-id} ${instance-id} ${interface-id} ${account-id} ${type} "
@@ -285,3 +289,33 @@ def test_every_line_has_one_value_per_field(
     assert int(values["start"]) <= int(values["end"])
     assert int(values["start"]) * 1000 <= record.start_ms
     assert int(values["end"]) * 1000 >= record.end_ms
+
+
+def test_replay_writes_flow_log_lines_through_the_stdout_sink(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    fmt = "${version} ${interface-id} ${srcaddr} ${dstaddr} ${srcport} ${dstport} ${protocol} "
+    fmt += "${packets} ${bytes} ${start} ${end} ${tcp-flags} ${flow-direction} ${az-id}"
+    config = tmp_path / "collector.toml"
+    config.write_text(
+        f'[records]\nformat = "vpc-flow-log"\nvpc_flow_log_format = "{fmt}"\n'
+        '[[sessions]]\nvni = 7\ninterface_id = "eni-0123456789abcdef0"\naz_id = "use1-az4"\n'
+    )
+
+    def replay(*extra: str) -> list[str]:
+        args = [sys.executable, "-m", "collector", "replay", str(root / "tests/data/demo.pcap")]
+        done = subprocess.run([*args, *extra], check=True, capture_output=True, text=True, cwd=root)
+        return done.stdout.splitlines()
+
+    lines = replay("--config", str(config))
+    json_config = tmp_path / "json.toml"
+    json_config.write_text(config.read_text().replace('format = "vpc-flow-log"', 'format = "json"'))
+    records = [decode(line.encode()) for line in replay("--config", str(json_config))]
+    parsed = FlowLogFormat.parse(fmt)
+    assert lines == [parsed.encode(r).decode() for r in records]
+    header = parsed.header
+    for line in lines:
+        values = read_flow_log(header, line)
+        assert values["version"] == "5"
+        assert values["interface-id"] == "eni-0123456789abcdef0"
+        assert values["az-id"] == "use1-az4"
+        assert int(values["start"]) <= int(values["end"])
