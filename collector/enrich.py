@@ -63,7 +63,13 @@ def ec2_client(aws: AwsConfig) -> Any:
             "aws.enrich",
             "EC2 enrichment needs boto3: pip install 'vpc-mirror-collector[aws]'",
         ) from exc
-    return boto3.client("ec2", region_name=aws.region)
+    exceptions = importlib.import_module("botocore.exceptions")
+    try:
+        return boto3.client("ec2", region_name=aws.region)
+    except exceptions.NoRegionError as exc:
+        raise ConfigError(
+            "aws.region", "no AWS region: set aws.region (or AWS_REGION), or run on EC2"
+        ) from exc
 
 
 class Enricher:
@@ -174,54 +180,60 @@ class Enricher:
     # -- apply (cheap, on the service's loop) ----------------------------------------------------
 
     def apply(self, sessions: SessionMap, view: Mapping[int, EnrichedSession]) -> SessionMap:
-        """A new SessionMap: configured values win, learned values fill the gaps.
+        """``apply_view(sessions, view)``: the configured sessions with the learned view merged in."""
+        return apply_view(sessions, view)
 
-        A configured session whose ``interface_id`` names another ENI than the API's session keeps
-        only its own values (the learned ENI's addresses would describe the wrong interface).
-        Learned VNIs nobody configured become sessions without a filter (AWS's filter applies).
-        """
-        out: list[Session] = []
-        for vni, configured in sessions.by_vni.items():
-            learned = view.get(vni)
-            if learned is None or (
-                configured.interface_id is not None
-                and learned.interface_id is not None
-                and configured.interface_id != learned.interface_id
-            ):
-                out.append(configured)
-                continue
-            out.append(
-                replace(
-                    configured,
-                    interface_id=configured.interface_id or learned.interface_id,
-                    networks=configured.networks or _networks(learned),
-                    instance_id=configured.instance_id or learned.instance_id,
-                    subnet_id=configured.subnet_id or learned.subnet_id,
-                    vpc_id=configured.vpc_id or learned.vpc_id,
-                    az_id=configured.az_id or learned.az_id,
-                    account_id=configured.account_id or learned.account_id,
-                    region=configured.region or learned.region,
-                )
+
+def apply_view(sessions: SessionMap, view: Mapping[int, EnrichedSession]) -> SessionMap:
+    """A new SessionMap: configured values win, learned values fill the gaps.
+
+    A configured session whose ``interface_id`` names another ENI than the API's session keeps
+    only its own values (the learned ENI's addresses would describe the wrong interface).
+    Learned VNIs nobody configured become sessions without a filter (AWS's filter applies).
+    Needs no client: worker processes can apply a view the supervisor fetched (it pickles).
+    """
+    out: list[Session] = []
+    for vni, configured in sessions.by_vni.items():
+        learned = view.get(vni)
+        if learned is None or (
+            configured.interface_id is not None
+            and learned.interface_id is not None
+            and configured.interface_id != learned.interface_id
+        ):
+            out.append(configured)
+            continue
+        out.append(
+            replace(
+                configured,
+                interface_id=configured.interface_id or learned.interface_id,
+                networks=configured.networks or _networks(learned),
+                instance_id=configured.instance_id or learned.instance_id,
+                subnet_id=configured.subnet_id or learned.subnet_id,
+                vpc_id=configured.vpc_id or learned.vpc_id,
+                az_id=configured.az_id or learned.az_id,
+                account_id=configured.account_id or learned.account_id,
+                region=configured.region or learned.region,
             )
-        for vni, learned in view.items():
-            if vni in sessions.by_vni:
-                continue
-            out.append(
-                Session(
-                    vni=vni,
-                    name=learned.name,
-                    interface_id=learned.interface_id,
-                    networks=_networks(learned),
-                    instance_id=learned.instance_id,
-                    subnet_id=learned.subnet_id,
-                    vpc_id=learned.vpc_id,
-                    az_id=learned.az_id,
-                    account_id=learned.account_id,
-                    region=learned.region,
-                )
+        )
+    for vni, learned in view.items():
+        if vni in sessions.by_vni:
+            continue
+        out.append(
+            Session(
+                vni=vni,
+                name=learned.name,
+                interface_id=learned.interface_id,
+                networks=_networks(learned),
+                instance_id=learned.instance_id,
+                subnet_id=learned.subnet_id,
+                vpc_id=learned.vpc_id,
+                az_id=learned.az_id,
+                account_id=learned.account_id,
+                region=learned.region,
             )
-        # keep the zero-config promise: a map that accepted every VNI still does
-        return SessionMap(out, accept_unknown=sessions.accept_unknown)
+        )
+    # keep the zero-config promise: a map that accepted every VNI still does
+    return SessionMap(out, accept_unknown=sessions.accept_unknown)
 
 
 def _addresses(eni: Mapping[str, Any]) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import pickle
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
 from collector.config import AwsConfig, build_config
-from collector.enrich import EnrichedSession, Enricher, ec2_client
+from collector.enrich import EnrichedSession, Enricher, apply_view, ec2_client
 from collector.errors import ConfigError
 from collector.sessions import EGRESS, INGRESS, UNKNOWN, SessionMap, build_sessions
 
@@ -322,3 +323,26 @@ def test_missing_boto3_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> Non
         ec2_client(AwsConfig(enrich=True))
     assert info.value.key == "aws.enrich"
     assert "[aws]" in info.value.message
+
+
+def test_no_region_anywhere_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # not on EC2: ask no metadata service
+    with pytest.raises(ConfigError) as info:
+        Enricher(AwsConfig(enrich=True))
+    assert info.value.key == "aws.region"
+
+
+def test_a_view_travels_to_worker_processes(account: Account) -> None:
+    # the supervisor refreshes; workers get the view through a pipe and apply it themselves
+    view = Enricher(AwsConfig(enrich=True)).refresh()
+    copy = pickle.loads(pickle.dumps(view))
+    assert copy == view
+    web = apply_view(configured([{"vni": 7001, "name": "web"}]), copy).get(7001)
+    assert web is not None
+    assert web.interface_id == account.web
