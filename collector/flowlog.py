@@ -40,8 +40,13 @@ def aws_tcp_flags(flags: int) -> int:
 
 
 def _text(value: str | None) -> str:
-    # a value with a space would shift every later column for space-splitting readers
-    return NONE if not value else value.replace(" ", "_")
+    if not value:
+        return NONE
+    if value.isprintable() and " " not in value:
+        return value
+    # whitespace would shift every later column for readers that split on it
+    cleaned = "".join(c if c.isprintable() and not c.isspace() else "_" for c in value)
+    return cleaned or NONE
 
 
 def _start(r: FlowRecord) -> str:

@@ -250,9 +250,7 @@ def test_encoder_for_vpc_flow_log_uses_the_format() -> None:
     assert default(make_record()).startswith(b"2 123456789010 ")
 
 
-_ids = st.none() | st.text(
-    alphabet=st.characters(codec="ascii", exclude_characters="\r\n"), min_size=1, max_size=20
-)
+_ids = st.none() | st.text(min_size=1, max_size=20)
 
 
 @given(
@@ -284,7 +282,7 @@ def test_every_line_has_one_value_per_field(
         end_ms=start + length,
     )
     line = fmt.encode(record).decode()
-    assert "\n" not in line
+    assert len(line.split()) == len(fmt.fields)  # whichever whitespace a reader splits on
     values = read_flow_log(fmt.header, line)
     assert int(values["start"]) <= int(values["end"])
     assert int(values["start"]) * 1000 <= record.start_ms
