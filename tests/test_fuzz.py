@@ -21,6 +21,7 @@ from collector.errors import DecodeError
 from collector.pipeline import Pipeline
 from collector.sessions import build_sessions
 from collector.wire import Drop, decode, decode_packet
+from collector.wire.decode import decode_walk
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 OUTER_HEADERS = 14 + 20 + 8  # outer Ethernet, IPv4, UDP of every golden frame
@@ -96,12 +97,31 @@ def check_decode(data: bytes) -> Any:
     result = decode(data, len(data))
     check_shape(result)
     assert decode(memoryview(data), len(data)) == result
+    assert decode_walk(data, len(data)) == result  # the fast path changes nothing but speed
     buf = bytearray(data + b"\x5a" * 40)
     for n in range(len(data)):
         prefix = decode(data[:n], n)
         check_shape(prefix)
         assert decode(buf, n) == prefix
+        assert decode_walk(buf, n) == prefix
     return result
+
+
+def test_every_header_byte_value_fast_path_equals_layer_walk() -> None:
+    """Each of the 256 values in each header byte the fast path reads, on datagrams it takes."""
+    fast = [seed for seed in SEEDS if len(seed) >= 76 and seed[0] & 0x08]
+    assert len(fast) >= 10
+    differ = []
+    for seed in fast:
+        data = bytearray(seed)
+        for at in range(76):
+            original = data[at]
+            for value in range(256):
+                data[at] = value
+                if decode(data, len(data)) != decode_walk(data, len(data)):
+                    differ.append((seed[:24].hex(), at, value))
+            data[at] = original
+    assert not differ, differ[:5]
 
 
 @FUZZ

@@ -22,6 +22,7 @@ import pytest
 from collector.errors import DecodeError
 from collector.io.pcap import CaptureStats, read_vxlan
 from collector.wire import Drop, Packet, decode, decode_packet
+from collector.wire.decode import decode_walk
 from collector.wire.ethernet import MAX_VLAN_TAGS
 from collector.wire.ip import MAX_IPV6_EXT_HEADERS
 
@@ -208,6 +209,8 @@ def test_every_truncation(name: str) -> None:
             wrong.append((k, got, want))
         elif hot != decode(payload[:k], k):
             wrong.append((k, hot, "decode() differs from decode_packet()"))
+        elif decode_walk(buf, k) != hot:
+            wrong.append((k, hot, "the fast path differs from the layer walk"))
     assert not wrong, f"{len(wrong)} prefixes wrong, first: {wrong[:3]}"
 
 

@@ -5,11 +5,18 @@ them is one function on purpose: it runs once per datagram, and a Python call pe
 more than the parsing itself. An offset moves over the buffer, fields are read in place with
 precompiled ``Struct.unpack_from``, every read is preceded by a length check, and only the flow key
 (addresses as small ``bytes``) outlives the datagram.
+
+``decode`` first tries one precompiled read that covers the whole common case (VXLAN, an untagged
+Ethernet header, IPv4 without options or IPv6 without extension headers, and 14 octets of the
+transport header): the cost of a call is the number of ``unpack_from`` calls, and this turns four
+into one or two. Anything else goes to ``decode_walk``, the general layer-by-layer walk, which gives
+the same result for every input (tests check both on every golden prefix and on fuzzed datagrams).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import struct
 from typing import NamedTuple
 
 from collector.errors import DecodeError
@@ -42,6 +49,14 @@ _ETH = vxlan.VXLAN_HEADER_LEN
 _ETHERTYPE = _ETH + ethernet.ETHERTYPE_OFFSET
 _L3 = _ETH + ethernet.ETHERNET_HEADER_LEN
 
+# The fast path's reads: VXLAN (flags, VNI word), the inner ethertype, then IPv4 (as ip.IPV4) or
+# IPv6 (as ip.IPV6) and the first 14 transport octets (as l4.TCP_PORTS_FLAGS; for ICMP the source
+# port field holds type << 8 | code).
+_FAST_V4 = struct.Struct("!B3xI12xHBxH2xHxB2x4s4sHH9xB")
+_FAST_V4_LEN = _FAST_V4.size  # 56
+_FAST_V6 = struct.Struct("!B3xHBx16s16sHH9xB")  # at _L3
+_FAST_V6_LEN = _L3 + _FAST_V6.size  # 76
+
 _VXLAN_SHORT = int(Drop.VXLAN_SHORT)
 _VXLAN_FLAGS = int(Drop.VXLAN_FLAGS)
 _ETHERNET_SHORT = int(Drop.ETHERNET_SHORT)
@@ -62,6 +77,40 @@ def decode(buf: bytes | bytearray | memoryview, n: int) -> Decoded | int:
 
     Returns ``(key, ip_len, tcp_flags)`` or, for a datagram that cannot be accounted, a ``Drop``
     value as a plain int. Never raises for any content of ``buf``.
+    """
+    if n >= _FAST_V4_LEN:
+        flags, word, etype, vihl, ip_len, frag, proto, src, dst, sport, dport, tflags = (
+            _FAST_V4.unpack_from(buf, 0)
+        )
+        if flags & _FLAG_I:
+            if etype == 0x0800:
+                if vihl == 0x45 and ip_len >= 20:  # IPv4, IHL 5, a consistent total length
+                    if frag & 0x1FFF:
+                        return (word >> 8, src, dst, proto, 0, 0, -1), ip_len, 0
+                    if proto == 6:
+                        return (word >> 8, src, dst, 6, sport, dport, -1), ip_len, tflags
+                    if proto == 17:
+                        return (word >> 8, src, dst, 17, sport, dport, -1), ip_len, 0
+                    if proto == 1 or proto == 58:  # noqa: PLR1714 - as decode_walk does
+                        return (word >> 8, src, dst, proto, 0, 0, sport), ip_len, 0
+                    return (word >> 8, src, dst, proto, 0, 0, -1), ip_len, 0
+            elif etype == 0x86DD and n >= _FAST_V6_LEN:
+                vtc, plen, proto, src, dst, sport, dport, tflags = _FAST_V6.unpack_from(buf, _L3)
+                if vtc >> 4 == 6 and proto not in _IPV6_EXT:
+                    if proto == 6:
+                        return (word >> 8, src, dst, 6, sport, dport, -1), plen + 40, tflags
+                    if proto == 17:
+                        return (word >> 8, src, dst, 17, sport, dport, -1), plen + 40, 0
+                    if proto == 1 or proto == 58:  # noqa: PLR1714
+                        return (word >> 8, src, dst, proto, 0, 0, sport), plen + 40, 0
+                    return (word >> 8, src, dst, proto, 0, 0, -1), plen + 40, 0
+    return decode_walk(buf, n)
+
+
+def decode_walk(buf: bytes | bytearray | memoryview, n: int) -> Decoded | int:
+    """``decode`` layer by layer: VLAN tags, IPv4 options, IPv6 extension headers, short captures.
+
+    Gives the same result as ``decode`` for every input; ``decode`` only adds a fast path.
     """
     if n < 8:
         return _VXLAN_SHORT
