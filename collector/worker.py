@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import signal
 import socket
 import time
@@ -169,11 +170,13 @@ class Worker:
 
     async def _enrich(self, enricher: Enricher) -> None:
         """Refresh the EC2 view in a thread, off the packet path, and swap the session map."""
+        interval = self.config.aws.refresh_interval_s
         while not self.stop_requested.is_set():
             view = await asyncio.to_thread(enricher.refresh)
             self.pipeline.sessions = enricher.apply(self.configured_sessions, view)
             self.pipeline.table.rejected.clear()
-            await asyncio.sleep(self.config.aws.refresh_interval_s)
+            # jitter, so the workers of a fleet do not call the EC2 API in lockstep
+            await asyncio.sleep(interval * random.uniform(0.9, 1.1))  # noqa: S311
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
