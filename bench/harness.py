@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Mapping
+from typing import Any
 
 LOOPBACK = "127.0.0.1"
 
@@ -142,3 +143,25 @@ class Collector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def format_locust_report(report: dict[str, Any]) -> str:
+    """The end-of-test report of bench/locustfile.py as a few lines of text."""
+    lines = [
+        f"VXLAN load test: {report['users']} users, profile {report['profile']} "
+        f"({report['flows']} flows), {report['seconds']} s, target {report['target']}",
+        f"  sent {report['sent']:,} datagrams ({report['sent_bytes']:,} bytes, "
+        f"{report['sent_pps']:,}/s), {report['send_failures']:,} send failures",
+    ]
+    collector = report["collector"]
+    if collector is None:
+        lines.append("  collector: no --collector-metrics, no loss report")
+        return "\n".join(lines)
+    drops = ", ".join(f"{k}={v:,}" for k, v in collector["dropped_by_reason"].items()) or "none"
+    lines += [
+        f"  collector received {collector['received']:,}; lost {collector['lost']:,} "
+        f"= {collector['loss_pct']:.3f}% (kernel drops {collector['kernel_drops']:,})",
+        f"  dropped by the collector (by reason): {drops}",
+        f"  flows active: {collector['flows_active']:,}",
+    ]
+    return "\n".join(lines)
