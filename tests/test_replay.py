@@ -1,11 +1,12 @@
 """``python -m collector replay`` against tshark's decoding of the same capture.
 
-A capture as taken on a collector host is built with scapy: three mirror sessions (random VNIs, one
-of them IPv6, two truncating with a PacketLength), TCP connections in both directions, DNS over UDP,
-pings, long and idle flows that the timeouts split, timestamps out of order within flows, VXLAN over
-an IPv6 outer header, a few datagrams the decoder must drop, and the host's own traffic that is not
-VXLAN at all. The replay's per-flow packets and bytes must equal, exactly, totals computed from
-tshark's fields alone; the same holds for the capture converted to pcapng and for the bundled demo.
+A capture as taken on a collector host is built with scapy: three mirror sessions (random VNIs,
+inner IPv4 and IPv6, two truncating with a PacketLength, one behind 802.1Q), TCP connections in both
+directions, DNS over UDP, pings, long and idle flows that the timeouts split, timestamps out of
+order within flows, VXLAN over an IPv6 outer header, a few datagrams the decoder must drop, and the
+host's own traffic that is not VXLAN at all. The replay's per-flow packets and bytes must equal,
+exactly, totals computed from tshark's fields alone; the same holds for the capture converted to
+pcapng and to nanosecond formats, and for the bundled demo.
 """
 
 from __future__ import annotations
@@ -226,7 +227,9 @@ def build_capture(seed: int = 7) -> Capture:
     # datagrams the decoder drops: a crafted inner ARP, and a VXLAN header without the I flag
     cap.mirror(WEB, 12.0, ARP(op=1, hwsrc=ENI_MAC, psrc=WEB.eni_ip, pdst="10.1.0.1"))
     bad = Raw(
-        bytes([0x00, 0, 0, 0]) + (WEB.vni << 8).to_bytes(4, "big") + bytes(Ether() / IP() / TCP())
+        bytes([0x00, 0, 0, 0])
+        + (WEB.vni << 8).to_bytes(4, "big")
+        + bytes(Ether(src=ENI_MAC, dst=GATEWAY_MAC) / IP(src=WEB.eni_ip, dst="10.2.0.20") / TCP())
     )
     cap.add(
         12.5,
