@@ -69,6 +69,17 @@ class Pipeline:
         stats = self.stats
         stats.datagrams += 1
         stats.rx_bytes += n
+        self.account(buf, n, now, outer_src)
+
+    def account(
+        self,
+        buf: bytes | bytearray | memoryview,
+        n: int,
+        now: float,
+        outer_src: bytes | str | memoryview | None,
+    ) -> None:
+        """``feed`` without the datagram and byte counters: receive loops that read in batches
+        add those once per batch (``stats.datagrams``, ``stats.rx_bytes``)."""
         result = decode(buf, n)
         if result.__class__ is int:
             self._drops[result] += 1
@@ -78,7 +89,11 @@ class Pipeline:
         if entry is not None:
             entry[0] += 1
             entry[1] += ip_len
-            entry[4] = now
+            # mirrored packets can arrive out of order (NLB): first/last are a min and a max
+            if now > entry[4]:
+                entry[4] = now
+            elif now < entry[3]:
+                entry[3] = now
             if tcp_flags:
                 entry[2] |= tcp_flags
                 if tcp_flags & 5:  # FIN or RST ends the flow
@@ -104,8 +119,11 @@ class Pipeline:
         if session is None:
             self._drops[_UNKNOWN_VNI] += 1
             return
-        if outer_src.__class__ is str:
-            outer_src = self._packed_outer(outer_src)
+        kind = outer_src.__class__
+        if kind is memoryview:
+            outer_src = sockaddr_address(outer_src)  # type: ignore[arg-type]
+        elif kind is str:
+            outer_src = self._packed_outer(outer_src)  # type: ignore[arg-type]
         direction = session.direction(src, dst, outer_src)  # type: ignore[arg-type]
         if session.filter is not None:
             if direction == UNKNOWN:

@@ -205,7 +205,7 @@ class Worker:
             mmsg = MmsgIngest(
                 loop,
                 self.sock,
-                feed,
+                self.pipeline,
                 max_batch=self.config.max_batch_datagrams,
                 max_datagram_bytes=self.config.max_datagram_bytes,
                 coalesce_s=self.config.recv_coalesce_ms / 1000,

@@ -10,6 +10,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 from tests.service_harness import Collector, icmp, tcp, udp, wait_for
 
 
@@ -223,3 +225,26 @@ def test_health_port_in_use_is_a_config_error(tmp_path: Path) -> None:
         result = _run("run", "--listen", "127.0.0.1:0", "--health", f"127.0.0.1:{port}")
     assert result.returncode == 2
     assert "health" in result.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("mode", ["mmsg", "reader", "protocol"])
+def test_every_receive_path_counts_alike_and_infers_direction_from_the_outer_source(
+    tmp_path: Path, mode: str
+) -> None:
+    # zero-config: no addresses, so the outer source (127.0.0.1 here, the ENI's primary IPv4 on
+    # AWS) tells egress (inner source = ENI) from ingress (inner destination = ENI)
+    out = [udp(11, "127.0.0.1", "10.9.9.9", 2000, 53, 10) for _ in range(30)]
+    back = [udp(11, "10.9.9.9", "127.0.0.1", 53, 2000, 90) for _ in range(20)]
+    other = [udp(11, "10.8.8.8", "10.9.9.9", 53, 2000) for _ in range(5)]
+    with Collector(tmp_path, env={"COLLECTOR_RECV_MODE": mode}) as c:
+        sent = c.send(out + back + other)
+        c.wait_received(sent)
+        assert c.metric("collector_received_bytes_total") == sum(map(len, out + back + other))
+        assert c.stop() == 0
+        records = {r["src_addr"]: r for r in c.records()}
+    assert records["127.0.0.1"]["direction"] == "egress"
+    assert records["127.0.0.1"]["packets"] == 30
+    assert records["127.0.0.1"]["bytes"] == 30 * (20 + 8 + 10)
+    assert records["10.9.9.9"]["direction"] == "ingress"
+    assert records["10.9.9.9"]["bytes"] == 20 * (20 + 8 + 90)
+    assert records["10.8.8.8"]["direction"] == "unknown"

@@ -19,9 +19,13 @@ import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from collector.config import parse_hostport
 from collector.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collector.pipeline import Pipeline
 
 log = logging.getLogger("collector.udp")
 
@@ -197,7 +201,7 @@ class MmsgIngest:
         self,
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
-        feed: Feed,
+        pipeline: Pipeline,
         *,
         max_batch: int,
         max_datagram_bytes: int,
@@ -209,7 +213,8 @@ class MmsgIngest:
         self.loop = loop
         self.sock = sock
         self.fd = sock.fileno()
-        self.feed = feed
+        self.account = pipeline.account
+        self.stats = pipeline.stats
         self.max_batch = max(max_batch, vlen)
         self.vlen = vlen
         self.coalesce_s = coalesce_s
@@ -287,7 +292,8 @@ class MmsgIngest:
         """Read and feed what the socket holds, up to max_batch datagrams; how many were read."""
         recv = _RECVMMSG
         assert recv is not None
-        feed = self.feed
+        account = self.account
+        stats = self.stats
         slots = self.slots
         names = self.name_views
         lengths = self.lengths
@@ -305,8 +311,11 @@ class MmsgIngest:
                 ):
                     self.errors += 1
                 break
-            for slot, name, n in zip(slots, names, lengths[k].unpack_from(msgs_view), strict=False):
-                feed(slot, n, now, name)
+            sizes = lengths[k].unpack_from(msgs_view)
+            for slot, name, n in zip(slots, names, sizes, strict=False):
+                account(slot, n, now, name)
+            stats.datagrams += k
+            stats.rx_bytes += sum(sizes)
             total += k
             if k < vlen:
                 break
