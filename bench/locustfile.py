@@ -277,7 +277,8 @@ def build_report(environment: Any) -> dict[str, Any]:
     sent, failed, nbytes = _sent(environment)
     seconds = time.time() - _before["started"]
     report: dict[str, Any] = {
-        "target": "{}:{}".format(*parse_target(options.host)),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "target": options.host or DEFAULT_TARGET,
         "profile": options.traffic_profile,
         "flows": options.flows or PROFILES[options.traffic_profile].flows,
         "users": sum(getattr(environment.runner, "final_user_classes_count", {}).values()),
