@@ -92,7 +92,7 @@ LINGER_FULL_RECORDS = 4096
 SPILL_SLICE_RECORDS = 8192
 """Records written to the spool per event-loop callback while spilling."""
 BACKOFF_MIN_S = 0.2
-BACKOFF_MAX_S = 10.0
+BACKOFF_MAX_S = 5.0
 LOG_EVERY_S = 10.0
 """Repeated warnings (drops, retries, reconnects) are logged at most this often, with a count."""
 RECENT_S = 60.0
@@ -141,6 +141,7 @@ class _Batch:
     values: list[bytes] = field(default_factory=list)
     builder: Any = None
     sent_s: float = 0.0
+    """When the producer took the batch; 0 while it is being built or handed over."""
     abandoned: bool = False
     """Written to the spool at flush time; a late acknowledgement no longer counts."""
 
@@ -159,6 +160,51 @@ class _RateLimited:
             total = self._count.pop(key)
             self._last[key] = now
             log.log(level, message + " (%d since the last message)", *args, total)
+
+
+class _RepeatFilter(logging.Filter):
+    """Pass one record per message template and logger every LOG_EVERY_S, noting how many were
+    held back. aiokafka logs each failed reconnect and each retried batch, several times a second
+    during a broker outage; the operator needs the first line and a count, not thousands."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[tuple[str, str], float] = {}
+        self._held: dict[tuple[str, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, str(record.msg))  # templates: a bounded set from aiokafka's source
+        now = time.monotonic()
+        if now - self._last.get(key, -LOG_EVERY_S) < LOG_EVERY_S:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        if held:
+            record.msg = f"{record.msg} [{held} more like this in the last {LOG_EVERY_S:.0f} s]"
+        return True
+
+
+_REPEAT_FILTER = _RepeatFilter()
+_AIOKAFKA_LOGGERS = (
+    "aiokafka",
+    "aiokafka.conn",
+    "aiokafka.cluster",
+    "aiokafka.producer.producer",
+    "aiokafka.producer.sender",
+    "aiokafka.admin.client",
+)
+
+
+def quiet_aiokafka_repeats() -> None:
+    """Rate-limit aiokafka's repeated warnings (idempotent; logger filters do not see records of
+    child loggers, hence the list)."""
+    for name in _AIOKAFKA_LOGGERS:
+        logger = logging.getLogger(name)
+        if _REPEAT_FILTER not in logger.filters:
+            logger.addFilter(_REPEAT_FILTER)
 
 
 def _key_hash(key: bytes) -> int:
@@ -212,6 +258,7 @@ class KafkaSink:
 
         # state
         self._producer: Any = None
+        self._retiring: Any = None  # a producer being replaced, until it is stopped
         self._producer_kwargs: dict[str, Any] = {}
         self._partitions: list[int] = []
         self._connected = False
@@ -219,6 +266,8 @@ class KafkaSink:
         self._topic_checked = False
         self._spool_mode = False
         self._stalled = False
+        self._busy_since = 0.0  # when batches last started waiting for acks after none did
+        self._last_ack_s = 0.0
         self._flushing = False
         self._closed = False
         self._spill_scheduled = False
@@ -360,6 +409,7 @@ class KafkaSink:
         c = self._config
         if c.compression == "lz4":
             use_fast_lz4()
+        quiet_aiokafka_repeats()
         client = self._client_kwargs()
         self._producer_kwargs = {
             **client,
@@ -438,6 +488,8 @@ class KafkaSink:
         self._producer = producer
         self._partitions = sorted(partitions)
         self._connected = True
+        self._stalled = False
+        self._last_ack_s = time.monotonic()
         self._connect_error = ""
         self._wake.set()
         log.info(
@@ -520,6 +572,7 @@ class KafkaSink:
 
     async def _connect_loop(self) -> None:
         backoff = BACKOFF_MIN_S
+        outage = self._connect_error or "a producer reset"
         while not self._connected and not self._closed:
             await asyncio.sleep(backoff)
             try:
@@ -532,34 +585,82 @@ class KafkaSink:
                 self._ratelimited("connect", logging.WARNING, "%s; retrying", exc)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
             else:
-                log.info("Kafka answers again after: %s", self._connect_error or "a reset")
-                self._connect_error = ""
+                log.info("Kafka answers again after: %s", outage)
 
-    async def _stop_producer(self, producer: Any) -> None:
-        """Stop a producer without waiting on a broker that is gone: fail what it still holds
-        (those batches are retried or spooled by their callbacks), then close within a bound."""
-        accumulator = getattr(producer, "_message_accumulator", None)
-        if accumulator is not None:
-            accumulator.fail_all(KafkaConnectionError("producer closed by the collector"))
-        try:
+    async def _stop_producer(self, producer: Any, *, graceful: bool = True) -> None:
+        """Stop a producer within a bound.
+
+        Graceful: aiokafka's stop(), which waits for the batches it holds (acked or failed, each
+        reaches our callbacks). With the broker gone that never ends, so then, or after
+        CLOSE_TIMEOUT_S, the producer is dropped instead: its sender task is cancelled and its
+        connections closed; the batches it still held are taken back by _take_back_unacked.
+        (Failing them inside aiokafka trips over its own bookkeeping of retried batches.)
+        """
+        if graceful:
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await producer.stop()
+            except TimeoutError:
+                reason = f"no answer within {CLOSE_TIMEOUT_S:g} s"
+            except Exception as exc:  # a broken sender raises on the way out
+                reason = _describe(exc)
+            else:
+                return
+            log.warning("the Kafka producer did not stop cleanly (%s); dropping it", reason)
+        sender_task = getattr(getattr(producer, "_sender", None), "sender_task", None)
+        if sender_task is not None and not sender_task.done():
+            sender_task.cancel()
+            await asyncio.wait([sender_task], timeout=CLOSE_TIMEOUT_S)
+        with contextlib.suppress(Exception):
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await producer.stop()
-        except TimeoutError:
-            log.warning("the Kafka producer did not close within %s s", CLOSE_TIMEOUT_S)
-            with contextlib.suppress(Exception):
                 await producer.client.close()
+        producer._closed = True  # connections are closed; tells aiokafka's __del__ so
 
-    def _reset_producer(self, reason: str) -> None:
-        """The producer session broke (fenced, sequence error): start a new one."""
+    def _take_back_unacked(self) -> None:
+        """After a producer is gone, every batch it did not finish is retried by the next one
+        (the old object is marked abandoned so a late callback cannot count it twice)."""
+        for batch in list(self._unacked):
+            if batch.abandoned:
+                continue
+            batch.abandoned = True
+            del self._unacked[batch]
+            count = len(batch.values)
+            self._unacked_count -= count
+            self._retried += count
+            self._retry_count += count
+            self._retry.append(
+                _Batch(
+                    batch.partition,
+                    batch.content_type,
+                    batch.first_s,
+                    batch.segment,
+                    keys=batch.keys,
+                    values=batch.values,
+                )
+            )
+
+    def _reset_producer(self, reason: str, *, graceful: bool = True) -> None:
+        """Replace the producer: its session broke (fenced, sequence error; graceful) or the
+        broker is gone (not graceful: aiokafka would retry its metadata in a tight loop, so the
+        connect loop takes over, with a backoff)."""
         if not self._connected or self._closed:
             return
         log.warning("restarting the Kafka producer: %s", reason)
         self._connected = False
         self._connect_error = reason
         producer, self._producer = self._producer, None
+        self._retiring = producer
 
         async def reset() -> None:
-            await self._stop_producer(producer)
+            # the pump may be waiting inside send_batch of the old producer: restart it
+            pump = self._tasks[0]
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+            await self._stop_producer(producer, graceful=graceful)
+            self._retiring = None
+            self._take_back_unacked()
+            self._tasks[0] = asyncio.create_task(self._pump(), name="kafka-pump")
             await self._connect_loop()
 
         self._connect_task = asyncio.create_task(reset(), name="kafka-reset")
@@ -598,10 +699,14 @@ class KafkaSink:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._retiring is not None:  # close() interrupted a reset
+            retiring, self._retiring = self._retiring, None
+            await self._stop_producer(retiring, graceful=False)
         if self._producer is not None:
             producer, self._producer = self._producer, None
+            graceful = self._connected and not self._stalled
             self._connected = False
-            await self._stop_producer(producer)
+            await self._stop_producer(producer, graceful=graceful)
         if self._spool is not None:
             self._spool.close()
         log.info(
@@ -739,12 +844,15 @@ class KafkaSink:
             wait_s: float | None = None
             now = time.monotonic()
             room = self._config.queue_records - self._unacked_count
-            if not self._connected or not self._partitions or self._stalled or room <= 0:
+            if not self._connected or not self._partitions:
+                wait_s = None
+            elif self._retry:  # retries go out even while stalled: they probe for the broker
+                if now < self._retry_after:
+                    wait_s = self._retry_after - now
+                else:
+                    return self._rebuild_retries(max(room, 1))
+            elif self._stalled or room <= 0:
                 wait_s = WATCH_INTERVAL_S if self._stalled else None
-            elif now < self._retry_after:
-                wait_s = self._retry_after - now
-            elif self._retry:
-                return self._rebuild_retries(room)
             elif self._spool_mode:
                 batches = self._from_spool(room)
                 if batches or self._spool_mode:
@@ -932,6 +1040,10 @@ class KafkaSink:
         count = len(batch.values)
         self._unacked_count -= count
         self._delivered += count
+        self._last_ack_s = time.monotonic()
+        if self._stalled:
+            self._stalled = False
+            log.info("Kafka acknowledges again")
         if len(self._latencies) < MAX_LATENCY_OBSERVATIONS:
             self._latencies.append(time.monotonic() - batch.first_s)
         if batch.segment is not None and self._spool is not None:
@@ -988,25 +1100,43 @@ class KafkaSink:
 
     async def _watch(self) -> None:
         """Notice a broker that stopped acknowledging (aiokafka retries in-flight batches of an
-        idempotent producer forever, silently) and route new records to the spool meanwhile."""
+        idempotent producer forever, silently) and route new records to the spool meanwhile.
+        Stalled: batches wait for acknowledgement (or a retry) and nothing was acknowledged for
+        STALL_S since they started waiting. Only an acknowledgement ends it."""
+        busy = False
+        probed_s = 0.0
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
             now = time.monotonic()
-            oldest = next((b.sent_s for b in self._unacked if b.sent_s), None)
-            stalled = oldest is not None and now - oldest > STALL_S
-            if stalled and not self._stalled:
+            waiting = bool(self._retry) or any(b.sent_s for b in self._unacked)
+            if not waiting:
+                busy = False
+                continue
+            if not busy:
+                busy, self._busy_since = True, now
+            quiet_s = now - max(self._busy_since, self._last_ack_s)
+            if quiet_s > STALL_S and not self._stalled and self._connected:
                 self._stalled = True
                 self._spool_mode = True
                 self._schedule_spill()
                 log.warning(
                     "Kafka has not acknowledged anything for %.0f s; spooling new records to %s",
-                    now - (oldest or now),
+                    quiet_s,
                     self._spool_path,
                 )
-            elif not stalled and self._stalled:
-                self._stalled = False
-                self._wake.set()
-                log.info("Kafka acknowledges again")
+            if self._stalled and self._connected and now - probed_s > STALL_S:
+                probed_s = now
+                await self._probe_while_stalled()
+
+    async def _probe_while_stalled(self) -> None:
+        """A stalled broker that refuses connections is gone: replace the producer (see
+        _reset_producer). One that answers is only slow: keep waiting for its acks."""
+        try:
+            async with asyncio.timeout(self._config.connect_timeout_s):
+                await self._probe()
+        except (SinkError, TimeoutError) as exc:
+            if self._stalled and self._connected:
+                self._reset_producer(f"Kafka is unreachable ({exc})", graceful=False)
 
     # -- status --------------------------------------------------------------------------------
 

@@ -193,8 +193,10 @@ class Spool:
                 parts.append(body)
                 size += entry_size
                 i += 1
-            if i == written:
-                break  # spool full: not even the next entry fits under max_bytes
+            if i == written:  # spool full: not even the next entry fits under max_bytes
+                if self._writer_entries == 0:
+                    self._close_writer()  # drops the header of a segment left empty
+                break
             self._write_all(b"".join(parts))
             self._writer.size += size
             self._bytes += size

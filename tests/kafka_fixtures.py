@@ -1,0 +1,166 @@
+"""The real local Kafka broker for tests (deploy/kafka/kafkactl), and helpers to read topics back.
+
+``kafka_broker`` is session-scoped: it starts the broker when none runs (and stops it again at the
+end), or uses the running one (``make kafka``). Tests that stop the broker start it again before
+they finish. Ports follow kafkactl's environment (KAFKA_PORT, KAFKA_SASL_PORT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from collector.records import FlowRecord, address_text, flow_id
+
+ROOT = Path(__file__).resolve().parent.parent
+KAFKACTL = ROOT / "deploy" / "kafka" / "kafkactl"
+START_TIMEOUT_S = 900  # the first start fetches the broker's jars with Maven
+
+
+@dataclass(frozen=True)
+class KafkaBroker:
+    """The local broker: where it listens and how to stop and start it."""
+
+    bootstrap: str
+    sasl_bootstrap: str
+    sasl_user: str
+    sasl_password: str
+
+    def stop(self) -> None:
+        subprocess.run([str(KAFKACTL), "stop"], check=True, timeout=120)
+
+    def start(self) -> None:
+        subprocess.run([str(KAFKACTL), "start"], check=True, timeout=START_TIMEOUT_S)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[KafkaBroker]:
+    running = subprocess.run([str(KAFKACTL), "status"], capture_output=True, check=False)
+    subprocess.run([str(KAFKACTL), "start"], check=True, timeout=START_TIMEOUT_S)
+    yield KafkaBroker(
+        bootstrap=f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}",
+        sasl_bootstrap=f"127.0.0.1:{os.environ.get('KAFKA_SASL_PORT', '9094')}",
+        sasl_user=os.environ.get("KAFKA_SASL_USER", "collector"),
+        sasl_password=os.environ.get("KAFKA_SASL_PASSWORD", "collector-secret"),
+    )
+    if running.returncode != 0:
+        subprocess.run([str(KAFKACTL), "stop"], check=False, timeout=120)
+
+
+def unique_topic(prefix: str) -> str:
+    """A topic name no earlier run used (the broker's data survives between runs)."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def unused_port() -> int:
+    """A loopback TCP port nothing listens on (bound and released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def describe_topic(bootstrap: str, topic: str) -> dict[str, Any]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (description,) = await admin.describe_topics([topic])
+        return dict(description)
+    finally:
+        await admin.close()
+
+
+async def read_topic(
+    bootstrap: str, topic: str, count: int, deadline_s: float = 120.0
+) -> list[Any]:
+    """Every message of ``topic`` from the beginning, until ``count`` arrived (or the deadline;
+    the caller's assertion on the count then tells what is missing). No consumer group."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        partitions = await _partitions(bootstrap, topic, deadline_s)
+        consumer.assign([TopicPartition(topic, p) for p in partitions])
+        await consumer.seek_to_beginning()
+        messages: list[Any] = []
+        deadline = time.monotonic() + deadline_s
+        while len(messages) < count and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500, max_records=50_000)
+            for records in batch.values():
+                messages.extend(records)
+        # anything beyond count (duplicates) that is already there is read too
+        batch = await consumer.getmany(timeout_ms=500, max_records=50_000)
+        for records in batch.values():
+            messages.extend(records)
+        return messages
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(bootstrap: str, topic: str, deadline_s: float) -> list[int]:
+    deadline = time.monotonic() + deadline_s
+    while True:
+        description = await describe_topic(bootstrap, topic)
+        partitions = [p["partition"] for p in description.get("partitions", [])]
+        if partitions and description.get("error_code") == 0:
+            return partitions
+        if time.monotonic() > deadline:
+            raise AssertionError(f"topic {topic} has no partitions: {description}")
+        await asyncio.sleep(0.1)
+
+
+def make_records(count: int, exporter: str, start: int = 1) -> list[FlowRecord]:
+    """``count`` records of distinct TCP flows, sequences ``start``, ``start + 1``, ..."""
+    out = []
+    for sequence in range(start, start + count):
+        src = (0x0A000000 + sequence).to_bytes(4, "big")
+        dst = bytes((172, 31, 16, 21))
+        sport = 1024 + sequence % 60000
+        out.append(
+            FlowRecord(
+                flow_id=flow_id(6, src, sport, dst, 443),
+                exporter=exporter,
+                sequence=sequence,
+                vni=7001,
+                session="web-1",
+                interface_id="eni-1235b8ca123456789",
+                direction="ingress",
+                ip_version=4,
+                protocol=6,
+                src_addr=address_text(src),
+                dst_addr=address_text(dst),
+                src_port=sport,
+                dst_port=443,
+                packets=3,
+                bytes=180,
+                tcp_flags=0x13,
+                start_ms=1_764_100_000_000 + sequence,
+                end_ms=1_764_100_000_500 + sequence,
+                end_reason="tcp_fin",
+                vpc_id="vpc-0fedcba9876543210",
+                az_id="use1-az4",
+            )
+        )
+    return out
