@@ -139,8 +139,28 @@ def compile_rule(
     return direction, compiled
 
 
+# a candidate rule flattened for the match loop: networks, masks, port bounds (0-65535 when the
+# rule has no range), then the rule itself
+_Row = tuple[int, int, int, int, int, int, int, int, Rule]
+_ANY_PORT = (0, 65535)
+DECISION_CACHE_SIZE = 65_536  # remembered decisions per filter; bounds memory under a flow flood
+
+
+class _Candidates(NamedTuple):
+    rows: tuple[_Row, ...]
+    uses_src_port: bool
+    uses_dst_port: bool
+
+
 class MirrorFilter:
-    """A compiled filter. ``decide`` answers accept (True) or not kept (False) for one flow."""
+    """A compiled filter. ``decide`` answers accept (True) or not kept (False) for one flow.
+
+    Rules are pre-selected per (direction, family, protocol) in evaluation order, with rules that
+    can never match dropped (port ranges for protocols other than TCP/UDP), and flattened to plain
+    tuples for the match loop. Decisions are also remembered under a key that leaves out the ports
+    no candidate rule looks at, so the many flows of ephemeral client ports between the same two
+    hosts cost one rule walk.
+    """
 
     def __init__(self, name: str, rules: Iterable[tuple[str, Rule]]) -> None:
         self.name = name
@@ -148,20 +168,36 @@ class MirrorFilter:
         for direction, rule in rules:
             by_direction[direction].append(rule)
         self.rules = {d: sorted(r, key=lambda rule: rule.number) for d, r in by_direction.items()}
-        # (direction, family, protocol) -> the rules that could match, in evaluation order
-        self._index: dict[tuple[str, int, int], tuple[Rule, ...]] = {}
+        self._index: dict[tuple[str, int, int], _Candidates] = {}
+        self._decisions: dict[tuple[str, int, int, int, int, int, int], Rule | None] = {}
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.rules.values())
 
-    def _candidates(self, direction: str, family: int, protocol: int) -> tuple[Rule, ...]:
+    def _candidates(self, direction: str, family: int, protocol: int) -> _Candidates:
         key = (direction, family, protocol)
         found = self._index.get(key)
         if found is None:
-            found = tuple(
-                r
+            ported = protocol in _PORTED
+            rows = [
+                (
+                    r.src_net,
+                    r.src_mask,
+                    r.dst_net,
+                    r.dst_mask,
+                    *(r.src_ports or _ANY_PORT),
+                    *(r.dst_ports or _ANY_PORT),
+                    r,
+                )
                 for r in self.rules.get(direction, ())
-                if r.family == family and (r.protocol < 0 or r.protocol == protocol)
+                if r.family == family
+                and (r.protocol < 0 or r.protocol == protocol)
+                and (ported or (r.src_ports is None and r.dst_ports is None))
+            ]
+            found = _Candidates(
+                rows=tuple(rows),
+                uses_src_port=any(row[8].src_ports is not None for row in rows),
+                uses_dst_port=any(row[8].dst_ports is not None for row in rows),
             )
             self._index[key] = found
         return found
@@ -177,10 +213,43 @@ class MirrorFilter:
         family: int,
     ) -> Rule | None:
         """The first rule that matches, or None."""
-        for rule in self._candidates(direction, family, protocol):
-            if rule.matches(protocol, src, dst, src_port, dst_port):
-                return rule
-        return None
+        candidates = self._candidates(direction, family, protocol)
+        key = (
+            direction,
+            family,
+            protocol,
+            src,
+            dst,
+            src_port if candidates.uses_src_port else -1,
+            dst_port if candidates.uses_dst_port else -1,
+        )
+        decisions = self._decisions
+        if key in decisions:
+            return decisions[key]
+        found = None
+        for (
+            src_net,
+            src_mask,
+            dst_net,
+            dst_mask,
+            sp_lo,
+            sp_hi,
+            dp_lo,
+            dp_hi,
+            rule,
+        ) in candidates.rows:
+            if (
+                src & src_mask == src_net
+                and dst & dst_mask == dst_net
+                and sp_lo <= src_port <= sp_hi
+                and dp_lo <= dst_port <= dp_hi
+            ):
+                found = rule
+                break
+        if len(decisions) >= DECISION_CACHE_SIZE:
+            decisions.clear()
+        decisions[key] = found
+        return found
 
     def decide(
         self,
