@@ -339,7 +339,8 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         )
     for name, entry in results.items():
         if entry.get("status") != "ok":
-            rows.append((name, entry.get("status", "?"), entry.get("error", ""), ""))
+            error = entry.get("error", "").split(" | ")[-1].strip()
+            rows.append((name, entry.get("status", "?"), error, ""))
     return rows
 
 
@@ -356,8 +357,11 @@ def loss_start(ingest: dict[str, Any], receiver: str) -> str:
 
 def plots(results: dict[str, Any], out: Path) -> dict[str, str]:
     """Draw every plot whose data is there; {plot name: file name}."""
-    import matplotlib  # noqa: PLC0415 - only the suite needs it, and with the Agg backend
-
+    try:
+        import matplotlib  # noqa: PLC0415 - only the suite needs it, and with the Agg backend
+    except ImportError:
+        print("  no plots: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
+        return {}
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
@@ -386,7 +390,7 @@ def plots(results: dict[str, Any], out: Path) -> dict[str, str]:
     return made
 
 
-def _bar_labels(ax: Any, bars: Any, labels: list[str]) -> None:
+def _bar_labels(ax: Any, bars: Any, labels: list[str], fontsize: int = 9) -> None:
     for bar, label in zip(bars, labels, strict=True):
         ax.annotate(
             label,
@@ -395,7 +399,7 @@ def _bar_labels(ax: Any, bars: Any, labels: list[str]) -> None:
             va="bottom",
             xytext=(0, 2),
             textcoords="offset points",
-            fontsize=9,
+            fontsize=fontsize,
         )
 
 
@@ -403,29 +407,31 @@ def _plot_loss(ax: Any, results: dict[str, Any]) -> bool:
     ingest = result_of(results, "ingest")
     if not ingest:
         return False
-    receivers: dict[str, list[tuple[float, float, bool]]] = {}
-    for run in ingest["runs"]:
-        receivers.setdefault(run["receiver"], []).append(
-            (run["send_rate_pps"], run["loss_pct"], not run["offered_pps"])
+    offered = sorted({r["offered_pps"] for r in ingest["runs"]}, key=lambda o: o or float("inf"))
+    receivers = list(dict.fromkeys(r["receiver"] for r in ingest["runs"]))
+    loss = {(r["receiver"], r["offered_pps"]): r for r in ingest["runs"]}
+    width = 0.8 / len(receivers)
+    for i, name in enumerate(receivers):
+        xs = [j + (i - (len(receivers) - 1) / 2) * width for j in range(len(offered))]
+        values = [loss[name, o]["loss_pct"] if (name, o) in loss else 0.0 for o in offered]
+        bars = ax.bar(xs, values, width, label=name)
+        _bar_labels(ax, bars, [f"{v:.1f}" if v >= 0.05 else "0" for v in values], fontsize=7)
+    labels = []
+    for o in offered:
+        sent = [loss[n, o]["send_rate_pps"] for n in receivers if (n, o) in loss]
+        mean = sum(sent) / len(sent)
+        labels.append(
+            f"flat out\n(sent {mean / 1000:.0f}k/s)"
+            if not o
+            else f"{o / 1000:.0f}k/s\n(sent {mean / 1000:.0f}k/s)"
         )
-    for name, points in receivers.items():
-        points.sort()
-        (line,) = ax.plot(
-            [p[0] / 1000 for p in points], [p[1] for p in points], marker="o", label=name
-        )
-        flat = [p for p in points if p[2]]
-        ax.scatter(
-            [p[0] / 1000 for p in flat],
-            [p[1] for p in flat],
-            s=120,
-            facecolors="none",
-            edgecolors=line.get_color(),
-        )
-    ax.set_xlabel("offered load as sent (thousand datagrams/s); ringed: sender flat out")
+    ax.set_xticks(range(len(offered)), labels)
+    ax.set_xlabel("offered rate (mean rate the sender reached)")
     ax.set_ylabel("loss (% of sent)")
     ax.set_title(f"Live ingest, one worker: loss per offered rate ({ingest['count']:,} per run)")
-    ax.set_ylim(bottom=-0.5)
-    ax.legend()
+    top = max((r["loss_pct"] for r in ingest["runs"]), default=0.0)
+    ax.set_ylim(0, max(1.0, top * 1.25))
+    ax.legend(fontsize=8, loc="upper left")
     return True
 
 
@@ -540,9 +546,14 @@ def _plot_scaling(ax: Any, results: dict[str, Any]) -> bool:
     _bar_labels(
         ax,
         bars,
-        [f"{v:,.0f}/s, loss {r['loss_pct']:.1f}%" for v, r in zip(values, runs, strict=True)],
+        [
+            f"{v:,.0f}/s, loss {r['loss_pct']:.1f}%"
+            + ("\n(sender-bound)" if r.get("sender_bound") else "")
+            for v, r in zip(values, runs, strict=True)
+        ],
     )
     ax.set_ylabel("datagrams received per second")
+    ax.yaxis.set_major_formatter(lambda v, _pos: f"{v / 1000:.0f}k")
     ax.set_title(
         f"Scaling: {scaling['sender_processes']} senders flat out, "
         f"{scaling['cores']} cores shared (lower bound)"
@@ -554,10 +565,12 @@ def _plot_scaling(ax: Any, results: dict[str, Any]) -> bool:
 # ---- report ----------------------------------------------------------------------------------------
 
 
-def latest_md(report: dict[str, Any], made: dict[str, str]) -> str:
+def latest_md(report: dict[str, Any], made: dict[str, str], images: str) -> str:
     m = report["machine"]
     rmem = m.get("net_core_rmem_max")
     lines = [
+        "<!-- written by `python -m bench.run_all`; image paths are relative to the repository"
+        " root, for README.md -->",
         "# Benchmark results",
         "",
         f"Measured {report['date']} on `{m['host']}`: {m['cpu_model']}, {m['cores']} cores, "
@@ -574,7 +587,10 @@ def latest_md(report: dict[str, Any], made: dict[str, str]) -> str:
         "| Benchmark | Figure | Baseline (same run) | Ratio |",
         "| --- | --- | --- | --- |",
     ]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in table_rows(report["benchmarks"])]
+    lines += [
+        "| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
+        for row in table_rows(report["benchmarks"])
+    ]
     scaling = result_of(report["benchmarks"], "scaling")
     if scaling:
         lines += ["", f"Scaling: {scaling['note']}."]
@@ -589,8 +605,15 @@ def latest_md(report: dict[str, Any], made: dict[str, str]) -> str:
             f"{c['received']:,}, loss {c['loss_pct']:.3f}%.",
         ]
     if made:
-        lines += ["", *[f"![{name}]({filename})" for name, filename in made.items()]]
+        lines += ["", *[f"![{name}]({images}/{filename})" for name, filename in made.items()]]
     return "\n".join(lines) + "\n"
+
+
+def relative_to_root(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path.resolve())
 
 
 def main() -> int:
@@ -598,7 +621,20 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated benchmarks to run")
     parser.add_argument("--skip", default="", help="comma-separated benchmarks to leave out")
     parser.add_argument("--out", default=str(HERE / "results"), help="results directory")
+    parser.add_argument(
+        "--replot",
+        metavar="JSON",
+        help="redraw plots and latest.md from a results file, run nothing",
+    )
     args = parser.parse_args()
+    if args.replot:
+        report = json.loads(Path(args.replot).read_text())
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        made = plots(report["benchmarks"], out)
+        (out / "latest.md").write_text(latest_md(report, made, relative_to_root(out)))
+        print(f"wrote {out / 'latest.md'} and {len(made)} plots")
+        return 0
     only = {n for n in args.only.split(",") if n}
     skip = {n for n in args.skip.split(",") if n}
     out = Path(args.out)
@@ -630,10 +666,7 @@ def main() -> int:
     today = dt.date.today().isoformat()
     info = machine()
     json_path = out / f"{today}-{info['host']}.json"
-    try:
-        json_name = str(json_path.resolve().relative_to(ROOT))
-    except ValueError:
-        json_name = str(json_path)
+    json_name = relative_to_root(json_path)
     report: dict[str, Any] = {
         "date": today,
         "command": "make bench",
@@ -649,7 +682,7 @@ def main() -> int:
             report["locust"] = json.loads(locust_path.read_text())
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     made = plots(results, out)
-    (out / "latest.md").write_text(latest_md(report, made))
+    (out / "latest.md").write_text(latest_md(report, made, relative_to_root(out)))
     print(
         f"\nwrote {json_name}, {out / 'latest.md'} and {len(made)} plots in {report['seconds']:.0f} s\n"
     )
