@@ -150,9 +150,9 @@ def worker_counts(collector: Collector) -> list[int]:
     return [int(w["datagrams"]) for w in sorted(workers, key=lambda w: int(w["index"]))]
 
 
-def run(count: int, procs: int, worker_counts_: list[int]) -> dict[str, Any]:
+def run(count: int, procs: int, workers: list[int]) -> dict[str, Any]:
     datagrams = build(PROFILES["mixed"], 50_000)
-    runs = [measure(w, datagrams, count, procs) for w in worker_counts_]
+    runs = [measure(w, datagrams, count, procs) for w in workers]
     base = runs[0]["received_pps"] or 1
     for r in runs:
         r["speedup_vs_first"] = round(r["received_pps"] / base, 2)
