@@ -688,7 +688,7 @@ def main() -> int:
     made = plots(results, out)
     (out / "latest.md").write_text(latest_md(report, made, relative_to_root(out)))
     print(
-        f"\nwrote {json_name}, {out / 'latest.md'} and {len(made)} plots in {report['seconds']:.0f} s\n"
+        f"\nwrote {json_name}, {relative_to_root(out / 'latest.md')} and {len(made)} plots in {report['seconds']:.0f} s\n"
     )
     for a, b, c, d in table_rows(results):
         print(f"{a}: {b} | baseline {c} | {d}")
