@@ -687,9 +687,8 @@ def main() -> int:
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     made = plots(results, out)
     (out / "latest.md").write_text(latest_md(report, made, relative_to_root(out)))
-    print(
-        f"\nwrote {json_name}, {relative_to_root(out / 'latest.md')} and {len(made)} plots in {report['seconds']:.0f} s\n"
-    )
+    latest = relative_to_root(out / "latest.md")
+    print(f"\nwrote {json_name}, {latest} and {len(made)} plots in {report['seconds']:.0f} s\n")
     for a, b, c, d in table_rows(results):
         print(f"{a}: {b} | baseline {c} | {d}")
     return 0 if all(e["status"] in ("ok", "missing") for e in results.values()) else 1
