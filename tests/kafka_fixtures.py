@@ -31,18 +31,28 @@ START_TIMEOUT_S = 900  # the first start fetches the broker's jars with Maven
 
 @dataclass(frozen=True)
 class KafkaBroker:
-    """The local broker: where it listens and how to stop and start it."""
+    """A local broker: where it listens and how to stop and start it."""
 
     bootstrap: str
     sasl_bootstrap: str
     sasl_user: str
     sasl_password: str
+    env: tuple[tuple[str, str], ...] = ()
+    """kafkactl environment of a broker other than the shared one (ports, data directory)."""
+
+    def _kafkactl(self, command: str, timeout_s: float) -> None:
+        env = {**os.environ, **dict(self.env)}
+        subprocess.run([str(KAFKACTL), command], check=True, timeout=timeout_s, env=env)
 
     def stop(self) -> None:
-        subprocess.run([str(KAFKACTL), "stop"], check=True, timeout=120)
+        self._kafkactl("stop", 120)
 
     def start(self) -> None:
-        subprocess.run([str(KAFKACTL), "start"], check=True, timeout=START_TIMEOUT_S)
+        self._kafkactl("start", START_TIMEOUT_S)
+
+    def reset(self) -> None:
+        """Stop and delete the data directory."""
+        self._kafkactl("reset", 120)
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +67,32 @@ def kafka_broker() -> Iterator[KafkaBroker]:
     )
     if running.returncode != 0:
         subprocess.run([str(KAFKACTL), "stop"], check=False, timeout=120)
+
+
+@pytest.fixture
+def own_kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A broker of the test's own (free ports, its own data directory, no SASL listener), for
+    tests that stop and start it: the shared broker keeps serving every other test (and anyone
+    else using it meanwhile). Deleted, data and all, at the end."""
+    port = unused_port()
+    broker = KafkaBroker(
+        bootstrap=f"127.0.0.1:{port}",
+        sasl_bootstrap="",
+        sasl_user="",
+        sasl_password="",
+        env=(
+            ("KAFKA_PORT", str(port)),
+            ("KAFKA_CONTROLLER_PORT", str(unused_port())),
+            ("KAFKA_SASL_PORT", "off"),
+            ("KAFKA_DATA_DIR", str(tmp_path_factory.mktemp("kafka"))),
+            ("KAFKA_HEAP", "384m"),
+        ),
+    )
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.reset()
 
 
 def unique_topic(prefix: str) -> str:

@@ -26,6 +26,7 @@ from kafka_fixtures import (  # noqa: F401 - kafka_broker is a fixture
     describe_topic,
     kafka_broker,
     make_records,
+    own_kafka_broker,
     read_topic,
     unique_topic,
     unused_port,
@@ -485,7 +486,19 @@ async def test_sasl_against_a_plaintext_listener_fails_fast(
         connect_timeout_s=5.0,
     )
     sink = KafkaSink([kafka_broker.bootstrap], unique_topic("sasl"), config, JSON)
-    with pytest.raises(SinkError):
+    with pytest.raises(SinkError, match="does not expect SASL on this port") as caught:
+        await asyncio.wait_for(sink.start(), 30)
+    assert not caught.value.retriable
+
+
+@pytest.mark.kafka
+async def test_plaintext_against_a_sasl_listener_says_so(
+    kafka_broker: KafkaBroker,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    config = kafka_config(tmp_path, require_broker_at_start=True, connect_timeout_s=5.0)
+    sink = KafkaSink([kafka_broker.sasl_bootstrap], unique_topic("plain"), config, JSON)
+    with pytest.raises(SinkError, match="does the listener expect another protocol"):
         await asyncio.wait_for(sink.start(), 30)
 
 
@@ -519,14 +532,16 @@ async def test_topic_that_cannot_be_created_is_a_clear_error(
 
 @pytest.mark.kafka
 async def test_broker_outage_mid_flood_loses_nothing(
-    kafka_broker: KafkaBroker,  # noqa: F811
+    own_kafka_broker: KafkaBroker,  # noqa: F811
     tmp_path: Path,
 ) -> None:
     """Stop the broker for 20 s while records keep coming, start it again: every record arrives;
-    a repeat is always an identical (exporter, sequence) copy."""
+    a repeat is always an identical (exporter, sequence) copy. (A broker of the test's own, so
+    stopping it disturbs nobody else.)"""
+    broker = own_kafka_broker
     topic = unique_topic("outage")
     exporter = "outage/w0/1"
-    sink = KafkaSink([kafka_broker.bootstrap], topic, kafka_config(tmp_path), JSON)
+    sink = KafkaSink([broker.bootstrap], topic, kafka_config(tmp_path), JSON)
     await sink.start()
     submitted = 0
     flooding = True
@@ -543,7 +558,7 @@ async def test_broker_outage_mid_flood_loses_nothing(
     broker_down = False
     try:
         await wait_until(lambda: sink.status().delivered > 5000, 60, "first deliveries")
-        await asyncio.to_thread(kafka_broker.stop)
+        await asyncio.to_thread(broker.stop)
         broker_down = True
         back_at = time.monotonic() + 20
         await wait_until(lambda: sink.status().spool_bytes > 0, 60, "records to reach the spool")
@@ -553,7 +568,7 @@ async def test_broker_outage_mid_flood_loses_nothing(
             await asyncio.sleep(0.5)
             assert sink.status().state == "degraded"
         delivered_during = sink.status().delivered
-        await asyncio.to_thread(kafka_broker.start)
+        await asyncio.to_thread(broker.start)
         broker_down = False
         await wait_until(
             lambda: sink.status().delivered > delivered_during + 1000, 120, "delivery to resume"
@@ -562,7 +577,7 @@ async def test_broker_outage_mid_flood_loses_nothing(
         flooding = False
         await flood_task
         if broker_down:
-            await asyncio.to_thread(kafka_broker.start)
+            await asyncio.to_thread(broker.start)
     await wait_until(
         lambda: sink.status().state == "ok" and sink.status().queue_records == 0,
         180,
@@ -574,7 +589,7 @@ async def test_broker_outage_mid_flood_loses_nothing(
     assert status.failed == 0
     await sink.flush(30)
     await sink.close()
-    messages = await read_topic(kafka_broker.bootstrap, topic, submitted, deadline_s=180)
+    messages = await read_topic(broker.bootstrap, topic, submitted, deadline_s=180)
     check_complete(messages, exporter, submitted)
 
 

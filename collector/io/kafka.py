@@ -73,6 +73,7 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 from aiokafka.errors import for_code as kafka_error_for_code
+from aiokafka.protocol.metadata import MetadataRequest
 
 from collector.config import KafkaConfig, RecordsConfig
 from collector.errors import ConfigError, SinkError
@@ -260,6 +261,8 @@ class KafkaSink:
         self._producer: Any = None
         self._retiring: Any = None  # a producer being replaced, until it is stopped
         self._producer_kwargs: dict[str, Any] = {}
+        self._client: dict[str, Any] = {}  # connection settings, built once (token provider)
+        self._tls = config.security_protocol in ("SSL", "SASL_SSL")
         self._partitions: list[int] = []
         self._connected = False
         self._connect_error = ""
@@ -410,7 +413,7 @@ class KafkaSink:
         if c.compression == "lz4":
             use_fast_lz4()
         quiet_aiokafka_repeats()
-        client = self._client_kwargs()
+        self._client = client = self._client_kwargs()
         self._producer_kwargs = {
             **client,
             "bootstrap_servers": self._servers,
@@ -454,6 +457,10 @@ class KafkaSink:
                 self._spool_path,
             )
             self._connect_task = asyncio.create_task(self._connect_loop(), name="kafka-connect")
+        except BaseException:
+            spool.close()
+            self._spool = None
+            raise
         self._tasks = [
             asyncio.create_task(self._pump(), name="kafka-pump"),
             asyncio.create_task(self._watch(), name="kafka-watch"),
@@ -501,18 +508,25 @@ class KafkaSink:
         )
 
     async def _probe(self) -> None:
-        """Open one connection ourselves: aiokafka's bootstrap reports every failure as 'Unable to
-        bootstrap', and the operator needs to know refused vs. TLS vs. credentials."""
-        kwargs = self._client_kwargs()
+        """Open one connection ourselves and ask for metadata: aiokafka's bootstrap reports every
+        failure as 'Unable to bootstrap', and the operator needs to know refused vs. TLS vs.
+        credentials vs. a listener that speaks another protocol."""
+        c = self._config
         problems: list[str] = []
         for server in self._servers:
             host, _, port = server.rpartition(":")
             try:
-                conn = await create_conn(host, int(port), **kwargs)
-            except _AUTH_ERRORS as exc:
-                user = f" as {self._config.sasl_username!r}" if self._config.sasl_username else ""
+                conn = await create_conn(host, int(port), **self._client)
+            except IllegalSaslStateError as exc:
                 raise SinkError(
-                    f"Kafka at {server} rejected SASL {self._config.sasl_mechanism}"
+                    f"Kafka at {server} does not expect SASL on this port ({_describe(exc)});"
+                    f" check kafka.security_protocol ({c.security_protocol}) and the port",
+                    retriable=False,
+                ) from exc
+            except _AUTH_ERRORS as exc:
+                user = f" as {c.sasl_username!r}" if c.sasl_username else ""
+                raise SinkError(
+                    f"Kafka at {server} rejected SASL {c.sasl_mechanism}"
                     f" authentication{user}: {_describe(exc)}",
                     retriable=False,
                 ) from exc
@@ -521,16 +535,29 @@ class KafkaSink:
                     f"TLS handshake with Kafka at {server} failed: {exc.reason or exc}",
                     retriable=False,
                 ) from exc
+            except ConnectionResetError as exc:
+                hint = " during the TLS handshake: is it a TLS listener?" if self._tls else ""
+                problems.append(f"{server}: connection reset{hint} ({_describe(exc)})")
+                continue
             except (OSError, KafkaError, TimeoutError) as exc:
                 problems.append(f"{server}: {_describe(exc)}")
                 continue
-            conn.close()
+            try:
+                await conn.send(MetadataRequest([]))
+            except (KafkaError, OSError, TimeoutError) as exc:
+                problems.append(
+                    f"{server}: connected, but the metadata request failed ({_describe(exc)});"
+                    f" does the listener expect another protocol than {c.security_protocol}?"
+                )
+                continue
+            finally:
+                conn.close()
             return
         raise SinkError(f"cannot reach Kafka ({'; '.join(problems)})", retriable=True)
 
     async def _ensure_topic(self) -> None:
         c = self._config
-        admin = AIOKafkaAdminClient(bootstrap_servers=self._servers, **self._client_kwargs())
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._servers, **self._client)
         try:
             await admin.start()
             if self._topic in await admin.list_topics():
@@ -1198,7 +1225,7 @@ def use_fast_lz4() -> None:
     budget of 150k records/s on one core. Brokers decompress either the same way. The replacement
     is process-wide and idempotent; it covers the Cython and the pure-Python record builders.
     """
-    import cramjam  # noqa: PLC0415
+    cramjam = importlib.import_module("cramjam")  # aiokafka's codec library (extra lz4/zstd)
 
     def lz4_encode(payload: Any, level: int = LZ4_LEVEL) -> bytes:
         # Kafka's lz4 framing: independent blocks, no content checksum (KIP-57)
