@@ -173,7 +173,7 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How long the producer waits for a broker response before it retries a request."""
     spool_segment_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 8_388_608
     """Size of one spool file. A file is fsynced when closed and deleted once every record in it is
-    acknowledged, so after a crash at most one file's worth of records is sent twice."""
+    acknowledged, so after a crash at most one file of records is sent twice."""
 
     def __repr__(self) -> str:
         """Like the default, with the password masked: configs end up in logs and tracebacks."""
