@@ -626,6 +626,40 @@ async def test_records_spooled_by_one_sink_are_sent_by_the_next(
         last[message.partition] = sequence
 
 
+@pytest.mark.kafka
+async def test_each_worker_claims_its_own_spool_and_a_restart_replays_all(
+    kafka_broker: KafkaBroker,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Two worker processes share kafka.spool_dir: each claims a slot (TOPIC/w0, TOPIC/w1);
+    after a restart the two new sinks claim the same slots and deliver both spools."""
+    topic = unique_topic("workers")
+    away = f"127.0.0.1:{unused_port()}"
+    first = [KafkaSink([away], topic, kafka_config(tmp_path), JSON) for _ in range(2)]
+    for n, sink in enumerate(first):
+        await sink.start()
+        sink.submit(make_records(500, f"workers/w{n}/1"))
+    for sink in first:
+        await sink.flush(5)
+        await sink.close()
+    slots = sorted(p.name for p in (tmp_path / "spool" / topic).iterdir())
+    assert slots == ["w0", "w1"]
+
+    second = [KafkaSink([kafka_broker.bootstrap], topic, kafka_config(tmp_path), JSON)]
+    second.append(KafkaSink([kafka_broker.bootstrap], topic, kafka_config(tmp_path), JSON))
+    for sink in second:
+        await sink.start()
+    await wait_until(
+        lambda: sum(s.status().delivered for s in second) >= 1000, 120, "both spools delivered"
+    )
+    for sink in second:
+        await sink.close()
+    messages = await read_topic(kafka_broker.bootstrap, topic, 1000)
+    for n in range(2):
+        mine = [m for m in messages if decode(m.value).exporter == f"workers/w{n}/1"]
+        check_complete(mine, f"workers/w{n}/1", 500)
+
+
 CRASHING_COLLECTOR = textwrap.dedent(
     """
     import asyncio, sys
@@ -693,7 +727,7 @@ async def test_a_torn_spool_tail_is_skipped_and_counted(
     away.submit(make_records(100, "torn/w0/1"))
     await away.flush(5)
     await away.close()
-    (segment,) = (tmp_path / "spool" / topic).glob("*.seg")
+    (segment,) = (tmp_path / "spool" / topic).rglob("*.seg")
     with segment.open("ab") as fh:
         fh.write(b"\x40\x00\x00\x00\x12\x34")  # a crash in the middle of the next entry
 

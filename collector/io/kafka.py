@@ -78,7 +78,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 from collector.config import KafkaConfig, RecordsConfig
 from collector.errors import ConfigError, SinkError
 from collector.io.sinks import SinkStatus
-from collector.io.spool import Spool, SpoolError
+from collector.io.spool import Spool, SpoolError, SpoolLockedError
 from collector.records import CONTENT_TYPES, FlowRecord, encoder_for
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,8 @@ WATCH_INTERVAL_S = 0.5
 MAX_LATENCY_OBSERVATIONS = 10_000
 """One per delivered batch, drained by status(); bounded in case nobody asks."""
 CLOSE_TIMEOUT_S = 5.0
+MAX_SPOOL_SLOTS = 256
+"""Spool directories per topic (one per live worker process); bounds the search at start."""
 
 LZ4_LEVEL = 0
 """lz4 frame level: 0 is lz4's fast mode (see use_fast_lz4)."""
@@ -227,14 +229,15 @@ class KafkaSink:
         *,
         spool_name: str | None = None,
     ) -> None:
-        """``spool_name``: subdirectory of ``kafka.spool_dir`` for this sink; worker processes each
-        need their own (default: the topic name)."""
+        """``spool_name``: subdirectory of ``kafka.spool_dir`` for this sink; by default each sink
+        claims the first free ``TOPIC/wN`` (see _open_spool)."""
         self.name = f"kafka://{','.join(bootstrap)}/{topic}"
         self._servers = list(bootstrap)
         self._topic = topic
         self._config = config
         self._records = records
-        self._spool_path = Path(config.spool_dir) / (spool_name or topic)
+        self._spool_name = spool_name
+        self._spool_path = Path(config.spool_dir) / (spool_name or f"{topic}/w0")
         self._spool: Spool | None = None
         self._encode: Callable[[FlowRecord], bytes] | None = None
         self._content_type = CONTENT_TYPES.get(records.format, "application/octet-stream")
@@ -425,14 +428,7 @@ class KafkaSink:
             "linger_ms": 0,  # batches are built (and lingered) here, closed before send_batch
         }
         self._headers = [("content-type", self._content_type.encode())]
-        spool = Spool(
-            self._spool_path, max_bytes=c.spool_max_bytes, segment_bytes=c.spool_segment_bytes
-        )
-        try:
-            spool.open()
-        except SpoolError as exc:
-            raise ConfigError("kafka.spool_dir", str(exc)) from exc
-        self._spool = spool
+        self._spool = spool = self._open_spool()
         for note in spool.counters.notes:
             log.warning("spool %s: %s", self._spool_path, note)
         if not spool.is_empty():
@@ -465,6 +461,33 @@ class KafkaSink:
             asyncio.create_task(self._pump(), name="kafka-pump"),
             asyncio.create_task(self._watch(), name="kafka-watch"),
         ]
+
+    def _open_spool(self) -> Spool:
+        """The spool named by ``spool_name``, or else the first free slot ``TOPIC/wN``: worker
+        processes each claim one (a slot is locked while its process lives), and a restarted
+        fleet claims, and so replays, the same slots."""
+        c = self._config
+        if self._spool_name is not None:
+            candidates = [self._spool_path]
+        else:
+            base = Path(c.spool_dir) / self._topic
+            candidates = [base / f"w{slot}" for slot in range(MAX_SPOOL_SLOTS)]
+        for path in candidates:
+            spool = Spool(path, max_bytes=c.spool_max_bytes, segment_bytes=c.spool_segment_bytes)
+            try:
+                spool.open()
+            except SpoolLockedError as exc:
+                if len(candidates) == 1:
+                    raise ConfigError("kafka.spool_dir", str(exc)) from exc
+                continue
+            except SpoolError as exc:
+                raise ConfigError("kafka.spool_dir", str(exc)) from exc
+            self._spool_path = path
+            return spool
+        raise ConfigError(
+            "kafka.spool_dir",
+            f"all {MAX_SPOOL_SLOTS} spool slots under {candidates[0].parent} are in use",
+        )
 
     async def _connect(self) -> None:
         """One bounded attempt: probe, start a producer, check the topic."""

@@ -45,6 +45,10 @@ class SpoolError(Exception):
     """The spool directory cannot be used (permissions, another collector holds the lock)."""
 
 
+class SpoolLockedError(SpoolError):
+    """Another live process holds the spool directory's lock."""
+
+
 @dataclass(slots=True)
 class SpoolChunk:
     """Entries read from one segment, in order."""
@@ -120,7 +124,7 @@ class Spool:
         except OSError as exc:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
             os.close(fd)
-            raise SpoolError(
+            raise SpoolLockedError(
                 f"spool directory {self.directory} is in use by another running collector"
                 f" (pid {holder})"
             ) from exc
