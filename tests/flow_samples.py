@@ -50,3 +50,29 @@ def make_record(**overrides: Any) -> FlowRecord:
             fields["dst_port"],
         )
     return FlowRecord(**fields)
+
+
+# the record contract of ARCHITECTURE.md ("at least" these fields)
+CONTRACT_FIELDS = frozenset(
+    {
+        "vni",
+        "session",
+        "interface_id",
+        "direction",
+        "ip_version",
+        "src_addr",
+        "dst_addr",
+        "src_port",
+        "dst_port",
+        "protocol",
+        "packets",
+        "bytes",
+        "tcp_flags",
+        "start_ms",
+        "end_ms",
+        "end_reason",
+        "flow_id",
+        "exporter",
+        "sequence",
+    }
+)

@@ -10,33 +10,11 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from flow_samples import CONTRACT_FIELDS
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "deploy" / "examples" / "collector.toml"
 AWS_JSON = ROOT / "tests" / "data" / "aws" / "describe-traffic-mirror-filters.json"
-
-# the record contract of ARCHITECTURE.md ("at least" these fields)
-CONTRACT_FIELDS = {
-    "vni",
-    "session",
-    "interface_id",
-    "direction",
-    "ip_version",
-    "src_addr",
-    "dst_addr",
-    "src_port",
-    "dst_port",
-    "protocol",
-    "packets",
-    "bytes",
-    "tcp_flags",
-    "start_ms",
-    "end_ms",
-    "end_reason",
-    "flow_id",
-    "exporter",
-    "sequence",
-}
 
 
 def collector(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ from typing import Any
 import jsonschema
 import msgspec
 import pytest
-from flow_samples import make_record
+from flow_samples import CONTRACT_FIELDS, make_record
 
 from collector.records import FlowRecord, decode, encode, json_schema
 
@@ -43,27 +43,7 @@ def test_schema_names_every_record_field_and_the_contract_fields_are_required() 
     schema = json_schema()
     body = schema
     assert set(body["properties"]) == set(FlowRecord.__struct_fields__)
-    contract = {
-        "vni",
-        "session",
-        "interface_id",
-        "direction",
-        "ip_version",
-        "src_addr",
-        "dst_addr",
-        "src_port",
-        "dst_port",
-        "protocol",
-        "packets",
-        "bytes",
-        "tcp_flags",
-        "start_ms",
-        "end_ms",
-        "end_reason",
-        "flow_id",
-        "exporter",
-        "sequence",
-    }
+    contract = CONTRACT_FIELDS
     assert contract <= set(body["required"])
 
 
