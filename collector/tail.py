@@ -17,7 +17,6 @@ import bisect
 import contextlib
 import os
 import signal
-import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -250,31 +249,13 @@ def formatter(fmt: str, config: Config) -> Callable[[FlowRecord], str]:
 
 def consumer_kwargs(c: KafkaConfig) -> dict[str, Any]:
     """Connection and security settings of ``[kafka]`` for a consumer."""
-    kwargs: dict[str, Any] = {
-        "client_id": f"{c.client_id}-tail",
-        "request_timeout_ms": c.request_timeout_ms,
-        "security_protocol": c.security_protocol,
-    }
-    if c.security_protocol in ("SSL", "SASL_SSL"):
-        try:
-            context = ssl.create_default_context(cafile=c.tls_ca_file)
-            if c.tls_cert_file:
-                context.load_cert_chain(c.tls_cert_file, c.tls_key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError("kafka.tls_ca_file", f"cannot load TLS files: {exc}") from exc
-        kwargs["ssl_context"] = context
-    if c.sasl_mechanism in ("OAUTHBEARER", "AWS_MSK_IAM"):
-        from collector.io.kafka import msk_iam_token_provider  # noqa: PLC0415
+    from collector.io.kafka import client_kwargs  # noqa: PLC0415 - aiokafka only when tailing
 
-        kwargs["sasl_mechanism"] = "OAUTHBEARER"
-        kwargs["sasl_oauth_token_provider"] = msk_iam_token_provider(c.aws_region)
-    elif c.sasl_mechanism is not None:
-        if not c.security_protocol.startswith("SASL_"):
-            raise ConfigError("kafka.security_protocol", "a SASL mechanism needs SASL_*")
-        kwargs["sasl_mechanism"] = c.sasl_mechanism
-        kwargs["sasl_plain_username"] = c.sasl_username
-        kwargs["sasl_plain_password"] = c.sasl_password
-    return kwargs
+    if c.sasl_mechanism not in (None, "OAUTHBEARER", "AWS_MSK_IAM") and not (
+        c.security_protocol.startswith("SASL_")
+    ):
+        raise ConfigError("kafka.security_protocol", "a SASL mechanism needs SASL_*")
+    return client_kwargs(c, client_id=f"{c.client_id}-tail")
 
 
 class _Output:

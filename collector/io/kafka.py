@@ -366,40 +366,9 @@ class KafkaSink:
         except (ValueError, ImportError) as exc:
             raise ConfigError("records.format", f"cannot encode records as {exc}") from exc
 
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        c = self._config
-        if c.security_protocol not in ("SSL", "SASL_SSL"):
-            return None
-        try:
-            context = ssl.create_default_context(cafile=c.tls_ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError("kafka.tls_ca_file", f"cannot load {c.tls_ca_file}: {exc}") from exc
-        if c.tls_cert_file:
-            try:
-                context.load_cert_chain(c.tls_cert_file, c.tls_key_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(
-                    "kafka.tls_cert_file", f"cannot load {c.tls_cert_file}: {exc}"
-                ) from exc
-        return context
-
     def _client_kwargs(self) -> dict[str, Any]:
         """Connection settings shared by the producer, the admin client and the probe."""
-        c = self._config
-        kwargs: dict[str, Any] = {
-            "client_id": c.client_id,
-            "request_timeout_ms": c.request_timeout_ms,
-            "security_protocol": c.security_protocol,
-            "ssl_context": self._ssl_context(),
-        }
-        if c.sasl_mechanism in ("OAUTHBEARER", "AWS_MSK_IAM"):
-            kwargs["sasl_mechanism"] = "OAUTHBEARER"
-            kwargs["sasl_oauth_token_provider"] = msk_iam_token_provider(c.aws_region)
-        elif c.sasl_mechanism is not None:
-            kwargs["sasl_mechanism"] = c.sasl_mechanism
-            kwargs["sasl_plain_username"] = c.sasl_username
-            kwargs["sasl_plain_password"] = c.sasl_password
-        return kwargs
+        return client_kwargs(self._config)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -1317,3 +1286,39 @@ def msk_iam_token_provider(region: str | None) -> Any:
             return self._token
 
     return MskIamTokenProvider()
+
+
+def ssl_context(c: KafkaConfig) -> ssl.SSLContext | None:
+    """The TLS context of ``[kafka]`` (None without TLS); unreadable files name their key."""
+    if c.security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    try:
+        context = ssl.create_default_context(cafile=c.tls_ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("kafka.tls_ca_file", f"cannot load {c.tls_ca_file}: {exc}") from exc
+    if c.tls_cert_file:
+        try:
+            context.load_cert_chain(c.tls_cert_file, c.tls_key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                "kafka.tls_cert_file", f"cannot load {c.tls_cert_file}: {exc}"
+            ) from exc
+    return context
+
+
+def client_kwargs(c: KafkaConfig, client_id: str | None = None) -> dict[str, Any]:
+    """aiokafka connection and security arguments from ``[kafka]`` (producers, admin, consumers)."""
+    kwargs: dict[str, Any] = {
+        "client_id": client_id or c.client_id,
+        "request_timeout_ms": c.request_timeout_ms,
+        "security_protocol": c.security_protocol,
+        "ssl_context": ssl_context(c),
+    }
+    if c.sasl_mechanism in ("OAUTHBEARER", "AWS_MSK_IAM"):
+        kwargs["sasl_mechanism"] = "OAUTHBEARER"
+        kwargs["sasl_oauth_token_provider"] = msk_iam_token_provider(c.aws_region)
+    elif c.sasl_mechanism is not None:
+        kwargs["sasl_mechanism"] = c.sasl_mechanism
+        kwargs["sasl_plain_username"] = c.sasl_username
+        kwargs["sasl_plain_password"] = c.sasl_password
+    return kwargs
