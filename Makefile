@@ -26,6 +26,16 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tshark >/dev/null; \
 	  else echo "tshark is missing: install it (Debian/Ubuntu: apt-get install tshark)"; exit 1; fi; }
 
+# promtool checks and unit-tests the Prometheus alert rules; taken from the distribution's prometheus
+# package without installing it (no service is started)
+PROMTOOL := .cache/promtool/usr/bin/promtool
+$(PROMTOOL):
+	@mkdir -p .cache/promtool/deb
+	@cd .cache/promtool/deb && { apt-get download -qq prometheus 2>/dev/null || \
+	  { apt-get update -qq && apt-get download -qq prometheus; }; }
+	dpkg -x .cache/promtool/deb/prometheus_*.deb .cache/promtool
+	@rm -rf .cache/promtool/deb
+
 lint: install
 	$(VENV)/bin/ruff format --check collector tests bench
 	$(VENV)/bin/ruff check collector tests bench
@@ -38,7 +48,7 @@ format: install
 lint-deploy: install
 	$(VENV)/bin/cfn-lint deploy/cloudformation/*.yaml
 
-test: install system-deps lint lint-deploy
+test: install system-deps $(PROMTOOL) lint lint-deploy
 	$(PY) -m pytest -q
 
 kafka:

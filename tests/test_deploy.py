@@ -551,3 +551,28 @@ def test_compose_broker_matches_the_local_broker() -> None:
     assert collector["network_mode"] == "service:kafka"
     sink = collector["command"][collector["command"].index("--sink") + 1]
     assert sink.startswith("kafka://127.0.0.1:9092/")
+
+
+def test_alert_rules_pass_promtool_check_and_their_unit_tests() -> None:
+    promtool = ROOT / ".cache" / "promtool" / "usr" / "bin" / "promtool"
+    assert promtool.exists(), "run `make test` (it fetches promtool from the prometheus package)"
+    rules = ROOT / "deploy" / "prometheus"
+    checked = subprocess.run(
+        [str(promtool), "check", "rules", "alerts.yml"],
+        cwd=rules,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = subprocess.run(
+        [str(promtool), "test", "rules", "alerts_test.yml"],
+        cwd=rules,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "SUCCESS" in tested.stdout
