@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import socket
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
 
 SCHEMA_VERSION = 1
 
@@ -23,67 +24,144 @@ DIRECTIONS = ("ingress", "egress", "unknown")
 class FlowRecord(msgspec.Struct, kw_only=True, gc=False):
     """One unidirectional flow as seen by one collector worker between start_ms and end_ms."""
 
-    flow_id: str
-    """16 hex digits: a hash of (protocol, both endpoints) in canonical order, so both directions of
-    one connection, from any session and any collector, share it. It is also the Kafka key."""
-    exporter: str
-    """Which collector worker made the record: ``HOST/wN/START`` (START: worker start, Unix s)."""
-    sequence: int
-    """1, 2, 3, ... per exporter: a gap means a lost record, a repeat a duplicate."""
-    vni: int
-    """VXLAN network identifier = the mirror session."""
-    session: str | None
-    """Configured session name; null for VNIs accepted without configuration."""
-    interface_id: str | None
-    """Mirror-source ENI id, when known."""
-    direction: Literal["ingress", "egress", "unknown"]
-    """Relative to the source ENI."""
-    ip_version: int
-    """4 or 6."""
-    protocol: int
-    """IANA protocol number of the inner packet."""
-    src_addr: str
-    """Inner source address."""
-    dst_addr: str
-    """Inner destination address."""
-    src_port: int
-    """TCP/UDP source port; 0 for other protocols, later fragments and truncated headers."""
-    dst_port: int
-    """TCP/UDP destination port; 0 as for src_port."""
-    icmp_type: int | None = None
-    """ICMP/ICMPv6 type; null for other protocols."""
-    icmp_code: int | None = None
-    """ICMP/ICMPv6 code; null for other protocols."""
-    packets: int
-    """Mirrored packets in the flow."""
-    bytes: int
-    """Sum of the inner IP lengths (as sent on the wire, not as truncated by the session)."""
-    tcp_flags: int
-    """OR of the TCP flag bytes seen (FIN=1 SYN=2 RST=4 PSH=8 ACK=16 URG=32 ECE=64 CWR=128)."""
-    start_ms: int
-    """Collector receive time of the first packet, Unix milliseconds."""
-    end_ms: int
-    """Collector receive time of the last packet, Unix milliseconds."""
+    flow_id: Annotated[
+        str,
+        Meta(
+            description=(
+                "16 hex digits: a hash of (protocol, both endpoints) in canonical order, so both "
+                "directions of one connection, from any session and any collector, share it. It is "
+                "also the Kafka key."
+            )
+        ),
+    ]
+    exporter: Annotated[
+        str,
+        Meta(
+            description=(
+                "Which collector worker made the record: `HOST/wN/START_MS` (the worker incarnation; "
+                "START_MS is its start, Unix ms)."
+            )
+        ),
+    ]
+    sequence: Annotated[
+        int,
+        Meta(
+            description="1, 2, 3, ... per exporter: a gap means a lost record, a repeat a duplicate."
+        ),
+    ]
+    vni: Annotated[
+        int,
+        Meta(description="VXLAN network identifier = the mirror session."),
+    ]
+    session: Annotated[
+        str | None,
+        Meta(description="Configured session name; null for VNIs accepted without configuration."),
+    ]
+    interface_id: Annotated[
+        str | None,
+        Meta(description="Mirror-source ENI id, when known."),
+    ]
+    direction: Annotated[
+        Literal["ingress", "egress", "unknown"],
+        Meta(description="Relative to the source ENI."),
+    ]
+    ip_version: Annotated[
+        int,
+        Meta(description="4 or 6."),
+    ]
+    protocol: Annotated[
+        int,
+        Meta(description="IANA protocol number of the inner packet."),
+    ]
+    src_addr: Annotated[
+        str,
+        Meta(description="Inner source address."),
+    ]
+    dst_addr: Annotated[
+        str,
+        Meta(description="Inner destination address."),
+    ]
+    src_port: Annotated[
+        int,
+        Meta(
+            description="TCP/UDP source port; 0 for other protocols, later fragments and truncated headers."
+        ),
+    ]
+    dst_port: Annotated[
+        int,
+        Meta(description="TCP/UDP destination port; 0 as for src_port."),
+    ]
+    icmp_type: Annotated[
+        int | None,
+        Meta(description="ICMP/ICMPv6 type; null for other protocols."),
+    ] = None
+    icmp_code: Annotated[
+        int | None,
+        Meta(description="ICMP/ICMPv6 code; null for other protocols."),
+    ] = None
+    packets: Annotated[
+        int,
+        Meta(description="Mirrored packets in the flow."),
+    ]
+    bytes: Annotated[
+        int,
+        Meta(
+            description="Sum of the inner IP lengths (as sent on the wire, not as truncated by the session)."
+        ),
+    ]
+    tcp_flags: Annotated[
+        int,
+        Meta(
+            description=(
+                "OR of the TCP flag bytes seen (FIN=1 SYN=2 RST=4 PSH=8 ACK=16 URG=32 ECE=64 "
+                "CWR=128)."
+            )
+        ),
+    ]
+    start_ms: Annotated[
+        int,
+        Meta(description="Collector receive time of the first packet, Unix milliseconds."),
+    ]
+    end_ms: Annotated[
+        int,
+        Meta(description="Collector receive time of the last packet, Unix milliseconds."),
+    ]
     end_reason: Literal[
         "active_timeout", "inactive_timeout", "tcp_fin", "tcp_rst", "evicted", "shutdown"
     ]
     """Why the record was emitted."""
-    instance_id: str | None = None
-    """EC2 instance of the source ENI."""
-    subnet_id: str | None = None
-    """Subnet of the source ENI."""
-    vpc_id: str | None = None
-    """VPC of the source ENI."""
-    az_id: str | None = None
-    """Availability Zone id of the source ENI."""
-    account_id: str | None = None
-    """Owner account of the source ENI."""
-    region: str | None = None
-    """AWS Region."""
-    tags: dict[str, str] = msgspec.field(default_factory=dict)
-    """Session tags from the configuration."""
-    schema_version: int = SCHEMA_VERSION
-    """Version of this schema."""
+    instance_id: Annotated[
+        str | None,
+        Meta(description="EC2 instance of the source ENI."),
+    ] = None
+    subnet_id: Annotated[
+        str | None,
+        Meta(description="Subnet of the source ENI."),
+    ] = None
+    vpc_id: Annotated[
+        str | None,
+        Meta(description="VPC of the source ENI."),
+    ] = None
+    az_id: Annotated[
+        str | None,
+        Meta(description="Availability Zone id of the source ENI."),
+    ] = None
+    account_id: Annotated[
+        str | None,
+        Meta(description="Owner account of the source ENI."),
+    ] = None
+    region: Annotated[
+        str | None,
+        Meta(description="AWS Region."),
+    ] = None
+    tags: Annotated[
+        dict[str, str],
+        Meta(description="Session tags from the configuration."),
+    ] = msgspec.field(default_factory=dict)
+    schema_version: Annotated[
+        int,
+        Meta(description="Version of this schema."),
+    ] = SCHEMA_VERSION
 
 
 def address_text(packed: bytes) -> str:
