@@ -124,6 +124,11 @@ class Worker:
             log.error("reload refused", extra={"error": str(exc), "worker": self.index})
             return
         self.configured_sessions = sessions
+        table = self.pipeline.table
+        table.active_timeout_s = config.flows.active_timeout_s
+        table.inactive_timeout_s = config.flows.inactive_timeout_s
+        table.max_flows = config.flows.max_flows
+        self.config = msgspec.structs.replace(self.config, flows=config.flows)
         if self.enricher is not None:
             sessions = self.enricher.apply(sessions, self.enricher.view)
         self.pipeline.sessions = sessions

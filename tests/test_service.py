@@ -248,3 +248,54 @@ def test_every_receive_path_counts_alike_and_infers_direction_from_the_outer_sou
     assert records["10.9.9.9"]["direction"] == "ingress"
     assert records["10.9.9.9"]["bytes"] == 20 * (20 + 8 + 90)
     assert records["10.8.8.8"]["direction"] == "unknown"
+
+
+def test_stdout_sink_with_two_workers_on_one_pipe_never_interleaves_lines(tmp_path: Path) -> None:
+    import json
+    import socket
+
+    from tests.service_harness import free_port
+
+    udp_port, http_port = free_port(socket.SOCK_DGRAM), free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "collector",
+            "run",
+            "--workers",
+            "2",
+            "--sink",
+            "-",
+            "--listen",
+            f"127.0.0.1:{udp_port}",
+            "--health",
+            f"127.0.0.1:{http_port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        probe = Collector.__new__(Collector)
+        probe.http_port, probe.proc = http_port, proc
+        wait_for(lambda: probe.get("/healthz")[0] == 200, "healthy")
+        senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(8)]
+        sent = 0
+        for i in range(3000):  # 3000 flows from 8 source sockets: both workers get a share
+            senders[i % 8].sendto(
+                udp(4, "10.3.0.1", "10.3.0.2", 1024 + i, 53), ("127.0.0.1", udp_port)
+            )
+            sent += 1
+        wait_for(lambda: probe.metric("collector_datagrams_received_total") >= sent, "received")
+        for s in senders:
+            s.close()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    records = [json.loads(line) for line in out.splitlines()]
+    assert len(records) == 3000
+    assert len({r["exporter"] for r in records}) == 2
+    assert sum(r["packets"] for r in records) == sent

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -68,24 +70,37 @@ class StreamSink:
         self._fd = -1
         self._counters = SinkStatus()
         self._error = ""
+        self._atomic_limit = 0
 
     async def start(self) -> None:
         try:
             self._fd = self._open()
+            regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
         except OSError as exc:
             raise SinkError(f"sink {self.name}: {exc.strerror}", retriable=False) from exc
+        # Several workers share one stdout pipe: a write of at most PIPE_BUF bytes is atomic there,
+        # so batches go out in whole-line chunks of that size and lines never interleave. Appends
+        # to a regular file opened with O_APPEND are one write per batch.
+        self._atomic_limit = 0 if regular else select.PIPE_BUF
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
 
     def submit(self, records: list[FlowRecord]) -> None:
         if not records:
             return
         encode = self._encode
         started = time.monotonic()
-        data = b"".join([encode(r) + b"\n" for r in records])
+        lines = [encode(r) + b"\n" for r in records]
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            if self._atomic_limit:
+                for chunk in _chunks(lines, self._atomic_limit):
+                    self._write(chunk)
+            else:
+                self._write(b"".join(lines))
         except OSError as exc:
             self._counters.failures += 1
             self._counters.failed += len(records)
@@ -117,6 +132,22 @@ class StreamSink:
             failures=c.failures,
             latency_observations=observations,
         )
+
+
+def _chunks(lines: list[bytes], limit: int) -> list[bytes]:
+    """Join lines into chunks of at most ``limit`` bytes (a longer line is a chunk of its own)."""
+    chunks: list[bytes] = []
+    current: list[bytes] = []
+    size = 0
+    for line in lines:
+        if current and size + len(line) > limit:
+            chunks.append(b"".join(current))
+            current, size = [], 0
+        current.append(line)
+        size += len(line)
+    if current:
+        chunks.append(b"".join(current))
+    return chunks
 
 
 def make_sink(spec: str, config: Config, *, key: str = "sink") -> Sink:
