@@ -299,3 +299,26 @@ def test_stdout_sink_with_two_workers_on_one_pipe_never_interleaves_lines(tmp_pa
     assert len(records) == 3000
     assert len({r["exporter"] for r in records}) == 2
     assert sum(r["packets"] for r in records) == sent
+
+
+def test_kernel_drops_are_counted_so_every_datagram_sent_is_accounted_for(tmp_path: Path) -> None:
+    env = {"COLLECTOR_RECV_BUFFER_BYTES": "65536"}
+    with Collector(tmp_path, env=env) as c:
+        _, body = c.health()
+        worker = body["workers"][0]["pid"]
+        os.kill(worker, signal.SIGSTOP)  # the socket buffer fills while the worker cannot read
+        try:
+            sent = c.send(
+                udp(6, "10.4.0.1", "10.4.0.2", 1000 + i % 50, 53, 200) for i in range(3000)
+            )
+        finally:
+            os.kill(worker, signal.SIGCONT)
+
+        def accounted() -> bool:
+            m = c.metrics()
+            received = m.get("collector_datagrams_received_total", 0)
+            return received + m.get("collector_kernel_drops_total", 0) == sent and received > 0
+
+        wait_for(accounted, "received + kernel drops == sent")
+        assert c.metric("collector_kernel_drops_total") > 0
+        assert c.stop() == 0
