@@ -51,22 +51,34 @@ def setup_logging(fmt: str, level: str) -> None:
 
 
 class RateLimiter:
-    """At most one event per key per ``interval_s``; keys must come from a bounded set."""
+    """At most one event per key per ``interval_s``; keys must come from a bounded set.
+
+    ``check`` also counts what it held back, so the line that does get logged can say how often
+    the condition happened since the previous one.
+    """
 
     def __init__(self, interval_s: float, max_keys: int = 256) -> None:
         self.interval_s = interval_s
         self.max_keys = max_keys
         self._last: dict[str, float] = {}
+        self._pending: dict[str, int] = {}
         self.suppressed = 0
+
+    def check(self, key: str, now: float, count: int = 1) -> int | None:
+        """None while ``key`` is held back; else the count accumulated since its last event."""
+        last = self._last.get(key)
+        if last is None and len(self._last) >= self.max_keys:
+            self.suppressed += count
+            return None
+        total = self._pending.get(key, 0) + count
+        if last is not None and now - last < self.interval_s:
+            self._pending[key] = total
+            self.suppressed += count
+            return None
+        self._pending.pop(key, None)
+        self._last[key] = now
+        return total
 
     def allow(self, key: str, now: float) -> bool:
         """True when an event with ``key`` may be logged now."""
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval_s:
-            self.suppressed += 1
-            return False
-        if last is None and len(self._last) >= self.max_keys:
-            self.suppressed += 1
-            return False
-        self._last[key] = now
-        return True
+        return self.check(key, now) is not None

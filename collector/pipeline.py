@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 import sys
-from collections.abc import Iterable
 
 from collector.config import Config
 from collector.flows import FlowTable
@@ -154,17 +153,6 @@ class Pipeline:
                 cache.clear()
             packed = cache[text] = packed_address(text)
         return packed
-
-    def feed_many(self, datagrams: Iterable[tuple[bytes, float, bytes | str | None]]) -> None:
-        """Feed (datagram, time, outer source) triples, expiring flows as time passes (replay)."""
-        next_expiry = None
-        for data, now, outer_src in datagrams:
-            if next_expiry is None:
-                next_expiry = now + 1.0
-            elif now >= next_expiry:
-                self.table.expire(now)
-                next_expiry = now + 1.0
-            self.feed(data, len(data), now, outer_src)
 
     def expire(self, now: float) -> list[FlowRecord]:
         """Records of the flows that ended by ``now``."""

@@ -67,6 +67,7 @@ class Supervisor:
         self.stopping = False
         self.done = asyncio.Event()
         self.exit_status = 0
+        self.fatal_message = ""
         self.http = HealthServer({"/healthz": self.healthz, "/metrics": self.metrics})
 
     # ---- health and metrics -------------------------------------------------------------
@@ -320,7 +321,7 @@ class Supervisor:
         await self.done.wait()
         monitor.cancel()
         await self.http.close()
-        if getattr(self, "fatal_message", ""):
+        if self.fatal_message:
             raise _FatalError(self.fatal_message, self.exit_status)
         log.info("collector stopped", extra={"exit_status": self.exit_status})
         return self.exit_status

@@ -64,6 +64,7 @@ class Worker:
             config, self.configured_sessions, exporter_name(config, index, self.started)
         )
         self.enricher: Enricher | None = None
+        self.ingest: ProtocolIngest | ReaderIngest | MmsgIngest | None = None
         self.sink: Sink = make_sink(config.sink, config)
         self.stop_requested = asyncio.Event()
         self.loop_lag_s = 0.0
@@ -93,17 +94,13 @@ class Worker:
             flows_active=len(self.pipeline.table),
             evictions=self.pipeline.table.evictions,
             kernel_drops=self.kernel_drops,
-            recv_errors=self.ingest_errors(),
+            recv_errors=self.ingest.errors if self.ingest is not None else 0,
             enrich_refreshes=self.enricher.refreshes if self.enricher else 0,
             enrich_failures=self.enricher.failures if self.enricher else 0,
             loop_lag_s=self.loop_lag_s,
             sink=status,
             stopping=stopping,
         )
-
-    def ingest_errors(self) -> int:
-        ingest = getattr(self, "ingest", None)
-        return int(getattr(ingest, "errors", 0))
 
     def _on_message(self) -> None:
         try:
@@ -201,7 +198,6 @@ class Worker:
         if mode == "mmsg" and not recvmmsg_available():
             log.warning("recvmmsg unavailable; using the reader receive path")
             mode = "reader"
-        self.ingest: ProtocolIngest | ReaderIngest | MmsgIngest
         if mode == "protocol":
             protocol = ProtocolIngest(feed)
             transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=self.sock)
@@ -242,7 +238,12 @@ class Worker:
         # stop receiving, account what the kernel already queued for us, then flush everything
         if isinstance(self.ingest, ReaderIngest | MmsgIngest):
             self.ingest.stop()
-            self._drain_socket()
+            drained = 0
+            while drained < FINAL_DRAIN_DATAGRAMS:
+                got = self.ingest.read()
+                if not got:
+                    break
+                drained += got
         else:
             transport.close()
         self.sink.submit(self.pipeline.flush())
@@ -258,17 +259,6 @@ class Worker:
             extra={"worker": self.index, "records": self.pipeline.sequence},
         )
         return 0
-
-    def _drain_socket(self) -> None:
-        buf = bytearray(self.config.max_datagram_bytes)
-        now = time.time()
-        feed = self.pipeline.feed
-        for _ in range(FINAL_DRAIN_DATAGRAMS):
-            try:
-                n, addr = self.sock.recvfrom_into(buf)
-            except OSError:
-                return
-            feed(buf, n, now, addr[0])
 
 
 def worker_main(index: int, config_raw: bytes, conn: Connection) -> None:

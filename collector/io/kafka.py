@@ -79,6 +79,7 @@ from collector.config import KafkaConfig, RecordsConfig
 from collector.errors import ConfigError, SinkError
 from collector.io.sinks import SinkStatus
 from collector.io.spool import Spool, SpoolError, SpoolLockedError
+from collector.logs import RateLimiter
 from collector.records import CONTENT_TYPES, FlowRecord, encoder_for
 
 log = logging.getLogger(__name__)
@@ -153,15 +154,11 @@ class _RateLimited:
     """Log a recurring condition at most every LOG_EVERY_S, with how often it happened meanwhile."""
 
     def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-        self._count: dict[str, int] = {}
+        self._limiter = RateLimiter(LOG_EVERY_S)
 
     def __call__(self, key: str, level: int, message: str, *args: object, count: int = 1) -> None:
-        now = time.monotonic()
-        self._count[key] = self._count.get(key, 0) + count
-        if now - self._last.get(key, -LOG_EVERY_S) >= LOG_EVERY_S:
-            total = self._count.pop(key)
-            self._last[key] = now
+        total = self._limiter.check(key, time.monotonic(), count)
+        if total is not None:
             log.log(level, message + " (%d since the last message)", *args, total)
 
 
@@ -172,21 +169,19 @@ class _RepeatFilter(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._last: dict[tuple[str, str], float] = {}
-        self._held: dict[tuple[str, str], int] = {}
+        self._limiter = RateLimiter(LOG_EVERY_S)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        key = (record.name, str(record.msg))  # templates: a bounded set from aiokafka's source
-        now = time.monotonic()
-        if now - self._last.get(key, -LOG_EVERY_S) < LOG_EVERY_S:
-            self._held[key] = self._held.get(key, 0) + 1
+        # templates: a bounded set from aiokafka's source
+        total = self._limiter.check(f"{record.name}\0{record.msg}", time.monotonic())
+        if total is None:
             return False
-        self._last[key] = now
-        held = self._held.pop(key, 0)
-        if held:
-            record.msg = f"{record.msg} [{held} more like this in the last {LOG_EVERY_S:.0f} s]"
+        if total > 1:
+            record.msg = (
+                f"{record.msg} [{total - 1} more like this in the last {LOG_EVERY_S:.0f} s]"
+            )
         return True
 
 

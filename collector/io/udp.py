@@ -93,19 +93,26 @@ class ReaderIngest:
         self.loop.remove_reader(self.sock.fileno())
 
     def _on_readable(self) -> None:
+        self.read()
+
+    def read(self) -> int:
+        """Read and feed what the socket holds, up to max_batch datagrams; how many were read."""
         recv = self.sock.recvfrom_into
         buf = self.buf
         feed = self.feed
         now = time.time()
-        for _ in range(self.max_batch):
+        count = 0
+        while count < self.max_batch:
             try:
                 n, addr = recv(buf)
             except BlockingIOError:
-                return
+                break
             except OSError:  # e.g. ECONNREFUSED bounced by ICMP; counted, never raised
                 self.errors += 1
-                return
+                break
             feed(buf, n, now, addr[0])
+            count += 1
+        return count
 
 
 class ProtocolIngest(asyncio.DatagramProtocol):
