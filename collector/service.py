@@ -185,7 +185,7 @@ class Supervisor:
         if process is None:
             return
         loop.remove_reader(process.sentinel)
-        process.join(timeout=0)
+        process.join(timeout=5)  # the sentinel fires as it exits; reap it for its exit code
         if slot.conn is not None:
             # read what the worker said last (its final snapshot) before closing the pipe
             while slot.conn.poll() and self._read_message(slot):
