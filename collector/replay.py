@@ -23,10 +23,11 @@ def replay(
     path: str | Path,
     config: Config,
     emit: Callable[[list[FlowRecord]], None],
+    capture: CaptureStats | None = None,
 ) -> Pipeline:
     """Run a capture through a pipeline; ``emit`` gets records in batches as flows end."""
     pipeline = Pipeline(config, build_sessions(config), exporter=f"replay/{Path(path).name}")
-    capture = CaptureStats()
+    capture = capture if capture is not None else CaptureStats()
     next_expiry: float | None = None
     for payload, now, outer_src in read_vxlan(path, config.vxlan_port, capture):
         if next_expiry is None:
@@ -50,13 +51,20 @@ def run_replay(path: str, config: Config, out: BinaryIO | None = None) -> int:
         if records:
             stream.write(b"".join([encode(r) + b"\n" for r in records]))
 
+    capture = CaptureStats()
     try:
-        pipeline = replay(path, config, emit)
+        pipeline = replay(path, config, emit, capture)
         stream.flush()
     except BrokenPipeError:  # `replay ... | head` is a normal way to look at a capture
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, stream.fileno())
         return 0
+    if capture.truncated_file:
+        print(
+            f"replay {Path(path).name}: the capture file ends inside a record (cut short while "
+            "being written?); everything before that point was replayed",
+            file=sys.stderr,
+        )
     stats = pipeline.stats
     drops = {Drop(i).label: n for i, n in enumerate(stats.drops) if n}
     print(

@@ -511,3 +511,18 @@ def test_bundled_demo_matches_tshark() -> None:
     replay = run_replay(DEMO)
     assert per_flow(replay.records) == totals.flows
     assert replay.summary["datagrams"] == totals.frames
+
+
+def test_a_capture_cut_short_is_replayed_up_to_the_cut_and_says_so(tmp_path: Path) -> None:
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(DEMO.read_bytes()[:3000])
+    result = subprocess.run(
+        [sys.executable, "-m", "collector", "replay", str(cut)],
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert b"ends inside a record" in result.stderr
+    assert b"Traceback" not in result.stderr
+    assert len(result.stdout.splitlines()) >= 1
