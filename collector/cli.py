@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from collector import __version__
-from collector.config import Config, load_config, parse_hostport
+from collector.config import load_config
 from collector.errors import CollectorError, ConfigError
 
 
@@ -63,17 +63,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def validate(config: Config) -> None:
-    """Everything check-config checks beyond types: addresses, sink, sessions and filters."""
-    from collector.io.sinks import make_sink  # noqa: PLC0415 - keep `schema` import-light
-    from collector.sessions import build_sessions  # noqa: PLC0415
-
-    parse_hostport(config.listen, "listen")
-    parse_hostport(config.health, "health")
-    make_sink(config.sink, config)
-    build_sessions(config)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -100,6 +89,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(json.dumps(json_schema(), indent=2, sort_keys=True))
         return 0
     if args.command == "check-config":
+        from collector.checks import validate  # noqa: PLC0415
+
         config = load_config(args.file)
         validate(config)
         print(f"{args.file}: ok ({len(config.sessions)} sessions, {len(config.filters)} filters)")
@@ -118,6 +109,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         return run_tail(args, config)
     config = load_config(args.config, overrides=_overrides(args))
+    from collector.checks import validate  # noqa: PLC0415 - keep `schema` import-light
+
     validate(config)
     from collector.service import run_service  # noqa: PLC0415
 

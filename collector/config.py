@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from collector.errors import ConfigError
+from collector.terms import DEFAULT_FLOW_LOG_FORMAT
 
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
@@ -106,10 +107,7 @@ class RecordsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     format: Literal["json", "msgpack", "vpc-flow-log"] = "json"
     """Encoding of each record for the sink."""
-    vpc_flow_log_format: str = (
-        "${version} ${account-id} ${interface-id} ${srcaddr} ${dstaddr} ${srcport} ${dstport} "
-        "${protocol} ${packets} ${bytes} ${start} ${end} ${action} ${log-status}"
-    )
+    vpc_flow_log_format: str = DEFAULT_FLOW_LOG_FORMAT
     """AWS custom-format string used by the ``vpc-flow-log`` format (default: AWS's v2 format)."""
     exporter: str = ""
     """Exporter name in records; empty means the host name. The worker index is appended."""

@@ -7,6 +7,11 @@ one-line message naming the offending key. Sink failures say whether retrying ca
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for the annotation only: wire imports this module
+    from collector.wire.drops import Drop
+
 
 class CollectorError(Exception):
     """Base of every error this package raises on purpose."""
@@ -26,11 +31,9 @@ class ConfigError(CollectorError):
 class DecodeError(CollectorError):
     """A datagram could not be decoded; ``reason`` is a ``collector.wire.Drop`` member."""
 
-    def __init__(self, reason: int) -> None:
-        from collector.wire.drops import Drop  # noqa: PLC0415 - avoids an import cycle
-
-        self.reason = Drop(reason)
-        super().__init__(f"undecodable datagram: {self.reason.label}")
+    def __init__(self, reason: Drop) -> None:
+        self.reason = reason
+        super().__init__(f"undecodable datagram: {reason.label}")
 
 
 class SinkError(CollectorError):

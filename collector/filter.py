@@ -18,9 +18,9 @@ from typing import Any, NamedTuple
 
 from collector.config import FilterConfig, FilterRuleConfig
 from collector.errors import ConfigError
+from collector.terms import EGRESS, INGRESS, RULE_DIRECTIONS
 from collector.wire.l4 import IPPROTO_TCP, IPPROTO_UDP
 
-DIRECTIONS = ("ingress", "egress")
 ACTIONS = ("accept", "reject")
 RULE_NUMBER_MIN, RULE_NUMBER_MAX = 1, 32766  # EC2 API: RuleNumber range
 _PORTED = (IPPROTO_TCP, IPPROTO_UDP)
@@ -103,7 +103,7 @@ def compile_rule(
         return f"{key}.{names.get(field, field)}"
 
     direction = rule.direction.lower()
-    if direction not in DIRECTIONS:
+    if direction not in RULE_DIRECTIONS:
         raise ConfigError(where("direction"), f"{rule.direction!r} is not ingress or egress")
     action = rule.action.lower()
     if action not in ACTIONS:
@@ -164,7 +164,7 @@ class MirrorFilter:
 
     def __init__(self, name: str, rules: Iterable[tuple[str, Rule]]) -> None:
         self.name = name
-        by_direction: dict[str, list[Rule]] = {d: [] for d in DIRECTIONS}
+        by_direction: dict[str, list[Rule]] = {d: [] for d in RULE_DIRECTIONS}
         for direction, rule in rules:
             by_direction[direction].append(rule)
         self.rules = {d: sorted(r, key=lambda rule: rule.number) for d, r in by_direction.items()}
@@ -294,7 +294,7 @@ def _aws_ports(raw: Mapping[str, Any], field: str, where: str) -> str | None:
 def _aws_rule(raw: Any, list_field: str, where: str) -> FilterRuleConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError(where, "a rule must be a JSON object")
-    listed = "ingress" if list_field == "IngressFilterRules" else "egress"
+    listed = INGRESS if list_field == "IngressFilterRules" else EGRESS
     direction = listed
     if raw.get("TrafficDirection") is not None:
         direction = _aws_str(raw, "TrafficDirection", where)

@@ -11,22 +11,21 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from collector.errors import ConfigError
-from collector.records import FlowRecord
+from collector.terms import DEFAULT_FLOW_LOG_FORMAT, UNKNOWN
+from collector.wire.l4 import IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
+
+if TYPE_CHECKING:  # records imports this module for its encoder; the getters only read attributes
+    from collector.records import FlowRecord
 
 CONFIG_KEY = "records.vpc_flow_log_format"
 
-DEFAULT_FORMAT = (
-    "${version} ${account-id} ${interface-id} ${srcaddr} ${dstaddr} ${srcport} ${dstport} "
-    "${protocol} ${packets} ${bytes} ${start} ${end} ${action} ${log-status}"
-)
-"""AWS's default format: the version 2 fields in their documented order."""
+DEFAULT_FORMAT = DEFAULT_FLOW_LOG_FORMAT
 
 # TCP flags as VPC Flow Logs reports them: FIN, SYN and RST, plus ACK only next to SYN (SYN-ACK = 18)
-_FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
-_REPORTED = _FIN | _SYN | _RST
-TCP = 6
+_REPORTED = TCP_FIN | TCP_SYN | TCP_RST
 
 NONE = "-"
 
@@ -34,8 +33,8 @@ NONE = "-"
 def aws_tcp_flags(flags: int) -> int:
     """Our OR of TCP flag bytes reduced to what VPC Flow Logs reports (FIN=1 SYN=2 RST=4 SYN-ACK=18)."""
     out = flags & _REPORTED
-    if flags & _SYN and flags & _ACK:
-        out |= _ACK
+    if flags & TCP_SYN and flags & TCP_ACK:
+        out |= TCP_ACK
     return out
 
 
@@ -58,18 +57,18 @@ def _end(r: FlowRecord) -> str:
 
 
 def _tcp_flags(r: FlowRecord) -> str:
-    return str(aws_tcp_flags(r.tcp_flags)) if r.protocol == TCP else "0"
+    return str(aws_tcp_flags(r.tcp_flags)) if r.protocol == IPPROTO_TCP else "0"
 
 
 def _flow_direction(r: FlowRecord) -> str:
-    return NONE if r.direction == "unknown" else r.direction
+    return NONE if r.direction == UNKNOWN else r.direction
 
 
 def _none(_: FlowRecord) -> str:
     return NONE
 
 
-Getter = Callable[[FlowRecord], str]
+Getter = Callable[["FlowRecord"], str]
 
 # field -> (version that introduced it, value); "version" is filled in by FlowLogFormat
 FIELDS: dict[str, tuple[int, Getter]] = {

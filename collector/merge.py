@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from collector.records import FlowRecord
+from collector.records import CLOSING_END_REASONS, FlowRecord
 
-CLOSING_END_REASONS = frozenset({"tcp_fin", "tcp_rst"})
 # ICMP echo reply (RFC 792) and ICMPv6 echo reply (RFC 4443 section 4.2): answers, not initiators
 _ICMP_REPLIES = {(1, 0), (58, 129)}
 

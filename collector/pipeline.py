@@ -12,7 +12,8 @@ import sys
 from collector.config import Config
 from collector.flows import FlowTable
 from collector.records import FlowRecord, address_text, flow_id
-from collector.sessions import UNKNOWN, SessionMap
+from collector.sessions import SessionMap
+from collector.terms import UNKNOWN
 from collector.wire.decode import FlowKey, decode
 from collector.wire.drops import DROP_COUNT, Drop
 

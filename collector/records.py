@@ -15,10 +15,16 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-SCHEMA_VERSION = 1
+from collector.flowlog import FlowLogFormat
+from collector.terms import (
+    CLOSING_END_REASONS,
+    DIRECTIONS,
+    END_REASONS,
+    Direction,
+    EndReason,
+)
 
-END_REASONS = ("active_timeout", "inactive_timeout", "tcp_fin", "tcp_rst", "evicted", "shutdown")
-DIRECTIONS = ("ingress", "egress", "unknown")
+SCHEMA_VERSION = 1
 
 
 class FlowRecord(msgspec.Struct, kw_only=True, gc=False):
@@ -62,7 +68,7 @@ class FlowRecord(msgspec.Struct, kw_only=True, gc=False):
         Meta(description="Mirror-source ENI id, when known."),
     ]
     direction: Annotated[
-        Literal["ingress", "egress", "unknown"],
+        Direction,
         Meta(description="Relative to the source ENI."),
     ]
     ip_version: Annotated[
@@ -126,9 +132,7 @@ class FlowRecord(msgspec.Struct, kw_only=True, gc=False):
         int,
         Meta(description="Collector receive time of the last packet, Unix milliseconds."),
     ]
-    end_reason: Literal[
-        "active_timeout", "inactive_timeout", "tcp_fin", "tcp_rst", "evicted", "shutdown"
-    ]
+    end_reason: EndReason
     """Why the record was emitted."""
     instance_id: Annotated[
         str | None,
@@ -162,6 +166,24 @@ class FlowRecord(msgspec.Struct, kw_only=True, gc=False):
         int,
         Meta(description="Version of this schema."),
     ] = SCHEMA_VERSION
+
+
+__all__ = [
+    "CLOSING_END_REASONS",
+    "CONTENT_TYPES",
+    "DIRECTIONS",
+    "END_REASONS",
+    "SCHEMA_VERSION",
+    "Direction",
+    "EndReason",
+    "FlowRecord",
+    "address_text",
+    "decode",
+    "encode",
+    "encoder_for",
+    "flow_id",
+    "json_schema",
+]
 
 
 def address_text(packed: bytes) -> str:
@@ -211,8 +233,6 @@ def encoder_for(fmt: str, vpc_flow_log_format: str | None = None) -> Callable[[F
     if fmt == "msgpack":
         return _msgpack_encoder.encode
     if fmt == "vpc-flow-log":
-        from collector.flowlog import FlowLogFormat  # noqa: PLC0415 - only this format needs it
-
         encoder: Callable[[FlowRecord], bytes] = FlowLogFormat.parse(vpc_flow_log_format).encode
         return encoder
     raise ValueError(fmt)

@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 import uvloop
 
-from collector.cli import validate
+from collector.checks import validate
 from collector.config import Config, load_config, parse_hostport
 from collector.errors import CollectorError, ConfigError
 from collector.io.http import HealthServer

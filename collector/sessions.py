@@ -10,10 +10,7 @@ from pathlib import Path
 from collector.config import Config
 from collector.errors import ConfigError
 from collector.filter import MirrorFilter, load_filter
-
-EGRESS = "egress"
-INGRESS = "ingress"
-UNKNOWN = "unknown"
+from collector.terms import EGRESS, INGRESS, UNKNOWN, Direction
 
 Network = tuple[int, int, int]  # (network as int, mask as int, family 4|6)
 # Sessions made up for VNIs no session names (zero-config or accept_unknown_vni) are cached; VNIs
@@ -56,7 +53,7 @@ class Session:
     region: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
 
-    def direction(self, src: bytes, dst: bytes, outer_src: bytes | None) -> str:
+    def direction(self, src: bytes, dst: bytes, outer_src: bytes | None) -> Direction:
         """Egress when the inner source is the ENI, ingress when the destination is, else unknown.
 
         Configured addresses decide first; otherwise the outer source IP, which AWS sets to the

@@ -212,7 +212,7 @@ def decode_packet(data: bytes | bytearray | memoryview) -> Packet:
     """Decode one VXLAN payload; raise ``DecodeError`` (and nothing else) when it is malformed."""
     result = decode(data, len(data))
     if isinstance(result, int):
-        raise DecodeError(result)
+        raise DecodeError(Drop(result))
     (vni, src, dst, proto, sport, dport, icmp), ip_len, tflags = result
     return Packet(
         vni=vni,

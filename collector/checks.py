@@ -1,0 +1,18 @@
+"""The checks ``check-config``, ``run`` and a SIGHUP reload all make beyond the config's types.
+
+It sits below both the command line and the supervisor, so neither imports the other to share it.
+"""
+
+from __future__ import annotations
+
+from collector.config import Config, parse_hostport
+from collector.io.sinks import make_sink
+from collector.sessions import build_sessions
+
+
+def validate(config: Config) -> None:
+    """Addresses, sink spec, sessions and filters (with their AWS JSON); a ConfigError names the key."""
+    parse_hostport(config.listen, "listen")
+    parse_hostport(config.health, "health")
+    make_sink(config.sink, config)
+    build_sessions(config)
