@@ -23,14 +23,7 @@ from collector.config import Config
 from collector.enrich import Enricher
 from collector.errors import CollectorError, ConfigError
 from collector.io.sinks import Sink, SinkStatus, make_sink
-from collector.io.udp import (
-    MmsgIngest,
-    ProtocolIngest,
-    ReaderIngest,
-    open_socket,
-    recvmmsg_available,
-    socket_drops,
-)
+from collector.io.udp import Ingest, open_socket, socket_drops, start_ingest
 from collector.logs import RateLimiter, setup_logging
 from collector.metrics import WorkerSnapshot
 from collector.pipeline import Pipeline
@@ -64,7 +57,7 @@ class Worker:
             config, self.configured_sessions, exporter_name(config, index, self.started)
         )
         self.enricher: Enricher | None = None
-        self.ingest: ProtocolIngest | ReaderIngest | MmsgIngest | None = None
+        self.ingest: Ingest | None = None
         self.sink: Sink = make_sink(config.sink, config)
         self.stop_requested = asyncio.Event()
         self.loop_lag_s = 0.0
@@ -193,36 +186,15 @@ class Worker:
         except CollectorError as exc:
             self.send("fatal", {"message": str(exc), "status": 1})
             return 1
-        feed = self.pipeline.feed
-        mode = self.config.recv_mode
-        if mode == "mmsg" and not recvmmsg_available():
-            log.warning("recvmmsg unavailable; using the reader receive path")
-            mode = "reader"
-        if mode == "protocol":
-            protocol = ProtocolIngest(feed)
-            transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=self.sock)
-            self.ingest = protocol
-        elif mode == "mmsg":
-            mmsg = MmsgIngest(
-                loop,
-                self.sock,
-                self.pipeline,
-                max_batch=self.config.max_batch_datagrams,
-                max_datagram_bytes=self.config.max_datagram_bytes,
-                coalesce_s=self.config.recv_coalesce_ms / 1000,
-            )
-            mmsg.start()
-            self.ingest = mmsg
-        else:
-            reader = ReaderIngest(
-                loop,
-                self.sock,
-                feed,
-                max_batch=self.config.max_batch_datagrams,
-                max_datagram_bytes=self.config.max_datagram_bytes,
-            )
-            reader.start()
-            self.ingest = reader
+        self.ingest = await start_ingest(
+            loop,
+            self.sock,
+            self.pipeline,
+            mode=self.config.recv_mode,
+            max_batch=self.config.max_batch_datagrams,
+            max_datagram_bytes=self.config.max_datagram_bytes,
+            coalesce_s=self.config.recv_coalesce_ms / 1000,
+        )
         loop.add_reader(self.conn.fileno(), self._on_message)
         log.info(
             "worker started",
@@ -236,16 +208,13 @@ class Worker:
         for task in tasks:
             task.cancel()
         # stop receiving, account what the kernel already queued for us, then flush everything
-        if isinstance(self.ingest, ReaderIngest | MmsgIngest):
-            self.ingest.stop()
-            drained = 0
-            while drained < FINAL_DRAIN_DATAGRAMS:
-                got = self.ingest.read()
-                if not got:
-                    break
-                drained += got
-        else:
-            transport.close()
+        self.ingest.stop()
+        drained = 0
+        while drained < FINAL_DRAIN_DATAGRAMS:  # the protocol path's transport drains nothing
+            got = self.ingest.read()
+            if not got:
+                break
+            drained += got
         self.sink.submit(self.pipeline.flush())
         try:
             await self.sink.flush(self.config.kafka.flush_timeout_s)
