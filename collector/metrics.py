@@ -3,11 +3,18 @@
 Workers keep plain integer counters and send a snapshot to the supervisor a few times a second; the
 supervisor sums them (keeping what exited workers had counted) and renders /metrics. No metric call
 ever happens per packet.
+
+Every exported counter only rises: a restarted worker's counts start from zero, so what an exited
+incarnation had counted is kept (``Totals``); the kernel's 32-bit per-socket drop count is unwrapped
+(``KernelDrops``); a worker slot's CPU time carries over its restarts (``ProcessCounters``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -32,44 +39,166 @@ class WorkerSnapshot(msgspec.Struct, kw_only=True):
     flows_active: int = 0
     evictions: int = 0
     kernel_drops: int = 0
+    """The kernel's drop count of the worker's socket as read (32 bits: it wraps)."""
     recv_errors: int = 0
     enrich_refreshes: int = 0
     enrich_failures: int = 0
     loop_lag_s: float = 0.0
+    spool_limit_bytes: int = 0
+    """Largest spool this worker's sink may hold (0: the sink has no spool)."""
     sink: SinkStatus = msgspec.field(default_factory=SinkStatus)
     stopping: bool = False
+    """Set on the last snapshot of a worker that flushed everything before it exited."""
 
 
 COUNTER_FIELDS = (
     "datagrams",
     "rx_bytes",
     "evictions",
-    "kernel_drops",
     "recv_errors",
     "enrich_refreshes",
     "enrich_failures",
 )
 SINK_COUNTERS = ("delivered", "retried", "failed", "dropped", "failures")
 
+KERNEL_DROPS_WRAP = 1 << 32  # /proc/net/udp prints sk_drops, an atomic_t, as %u
+
+
+class KernelDrops:
+    """The kernel's per-socket drop count unwrapped into a count that only rises.
+
+    Each worker incarnation has its own socket, whose count starts at 0 and wraps at 2**32. The
+    difference between two readings modulo 2**32 is what was dropped in between, as long as fewer
+    than 2**32 datagrams were dropped between two readings (at a scrape every few seconds, more than
+    a billion drops per second).
+    """
+
+    def __init__(self) -> None:
+        # (pid, started) of an incarnation -> (last raw reading, unwrapped count)
+        self._seen: dict[tuple[int, float], tuple[int, int]] = {}
+
+    def observe(self, snap: WorkerSnapshot) -> int:
+        """The unwrapped count of this snapshot's incarnation."""
+        key = (snap.pid, snap.started)
+        last_raw, count = self._seen.get(key, (0, 0))
+        count += (snap.kernel_drops - last_raw) % KERNEL_DROPS_WRAP
+        self._seen[key] = (snap.kernel_drops, count)
+        return count
+
+    def retire(self, snap: WorkerSnapshot) -> int:
+        """The final unwrapped count of an exited incarnation; it is not tracked any longer."""
+        count = self.observe(snap)
+        del self._seen[(snap.pid, snap.started)]
+        return count
+
 
 class Totals:
     """Counters summed over exited worker incarnations."""
 
-    def __init__(self) -> None:
-        self.values: dict[str, int] = dict.fromkeys(COUNTER_FIELDS + SINK_COUNTERS, 0)
+    def __init__(self, kernel_drops: KernelDrops | None = None) -> None:
+        self.kernel = kernel_drops if kernel_drops is not None else KernelDrops()
+        self.values: dict[str, int] = dict.fromkeys(
+            (*COUNTER_FIELDS, "kernel_drops", *SINK_COUNTERS), 0
+        )
         self.drops = [0] * DROP_COUNT
         self.records: dict[str, int] = {}
+        # what a worker held when it exited without flushing (crash, kill): lost for good
+        self.lost_flows = 0
+        self.lost_queued = 0
 
     def add(self, snap: WorkerSnapshot) -> None:
         """Fold an exited worker's last snapshot in."""
         for name in COUNTER_FIELDS:
             self.values[name] += getattr(snap, name)
+        self.values["kernel_drops"] += self.kernel.retire(snap)
         for name in SINK_COUNTERS:
             self.values[name] += getattr(snap.sink, name)
         for i, n in enumerate(snap.drops):
             self.drops[i] += n
         for reason, n in snap.records.items():
             self.records[reason] = self.records.get(reason, 0) + n
+        if not snap.stopping:
+            self.lost_flows += snap.flows_active
+            self.lost_queued += snap.sink.queue_records
+
+
+# ---- process metrics ---------------------------------------------------------------------------
+class ProcessSample(NamedTuple):
+    """What /proc says of one process."""
+
+    cpu_seconds: float
+    resident_bytes: int
+    open_fds: int
+    start_time_s: float
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+_boot_time_s: float | None = None
+
+
+def _boot_time() -> float:
+    global _boot_time_s  # noqa: PLW0603 - read once: it does not change while the host runs
+    if _boot_time_s is None:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("btime "):
+                _boot_time_s = float(line.split()[1])
+                break
+        else:
+            _boot_time_s = 0.0
+    return _boot_time_s
+
+
+def read_process(pid: int, proc: Path = Path("/proc")) -> ProcessSample | None:
+    """CPU time, resident memory, open fds and start time of a process (None once it is gone)."""
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+        # statm's resident count is summed exactly; stat's rss field may lag behind (per-CPU caches)
+        rss_pages = int((proc / str(pid) / "statm").read_text().split()[1])
+        fds = len(os.listdir(proc / str(pid) / "fd"))
+        boot = _boot_time()
+    except (OSError, ValueError, IndexError):
+        return None
+    # proc(5): the command name in field 2 may hold spaces and parentheses; fields after it split
+    fields = stat[stat.rindex(")") + 2 :].split()
+    try:
+        utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15, in clock ticks
+        start_ticks = int(fields[19])  # field 22
+    except (IndexError, ValueError):
+        return None
+    return ProcessSample(
+        cpu_seconds=(utime + stime) / _CLOCK_TICKS,
+        resident_bytes=rss_pages * _PAGE_BYTES,
+        open_fds=fds,
+        start_time_s=boot + start_ticks / _CLOCK_TICKS,
+    )
+
+
+ProcessReader = Callable[[int], ProcessSample | None]
+
+
+class ProcessCounters:
+    """Per worker slot, CPU seconds that carry over restarts: the count of a new process starts
+    from what the slot's earlier processes were last seen to use (what a crashed worker used after
+    the last scrape is not counted, but the count never goes backwards)."""
+
+    def __init__(self) -> None:
+        self._base: dict[int, float] = {}  # slot -> CPU seconds of its earlier processes
+        self._last: dict[int, tuple[int, float]] = {}  # slot -> (pid, CPU seconds last seen)
+
+    def cpu(self, index: int, pid: int | None, sample: ProcessSample | None) -> float:
+        """The slot's CPU seconds given its current process (None: no process right now)."""
+        last_pid, last_cpu = self._last.get(index, (0, 0.0))
+        base = self._base.get(index, 0.0)
+        if pid is None or sample is None:
+            return base + last_cpu
+        if pid != last_pid:
+            base += last_cpu
+            self._base[index] = base
+            last_cpu = 0.0
+        cpu = max(sample.cpu_seconds, last_cpu)
+        self._last[index] = (pid, cpu)
+        return base + cpu
 
 
 class WorkerView(msgspec.Struct, kw_only=True):
@@ -83,19 +212,27 @@ class WorkerView(msgspec.Struct, kw_only=True):
     snapshot: WorkerSnapshot | None = None
 
 
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
 class Aggregate(Collector):
     """Renders the supervisor's view of all workers as Prometheus metric families."""
 
-    def __init__(self) -> None:
-        self.retired = Totals()
+    def __init__(self, read_process: ProcessReader = read_process) -> None:
+        self.kernel_drops = KernelDrops()
+        self.retired = Totals(self.kernel_drops)
         self.workers: dict[int, WorkerView] = {}
         self.draining = False
         self.healthy = False
+        self.read_process = read_process
+        self.process_counters = ProcessCounters()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         self.latency = Histogram(
             "collector_sink_delivery_latency_seconds",
-            "Time from a batch handed to the sink to its acknowledgement.",
+            "Time from a batch handed to the sink to its acknowledgement (every sink: Kafka, file,"
+            " stdout).",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry,
         )
@@ -104,22 +241,29 @@ class Aggregate(Collector):
         """The /metrics body."""
         return generate_latest(self.registry)
 
+    def _live(self) -> Iterator[WorkerSnapshot]:
+        for view in self.workers.values():
+            if view.snapshot is not None:
+                yield view.snapshot
+
     def total(self, name: str) -> int:
         """A counter summed over live and exited workers."""
         value = self.retired.values[name]
-        for view in self.workers.values():
-            snap = view.snapshot
-            if snap is not None:
-                value += getattr(snap.sink, name) if name in SINK_COUNTERS else getattr(snap, name)
+        for snap in self._live():
+            if name == "kernel_drops":
+                value += self.kernel_drops.observe(snap)
+            elif name in SINK_COUNTERS:
+                value += getattr(snap.sink, name)
+            else:
+                value += getattr(snap, name)
         return value
 
     def drops(self) -> list[int]:
         """Drops per reason over live and exited workers."""
         drops = list(self.retired.drops)
-        for view in self.workers.values():
-            if view.snapshot is not None:
-                for i, n in enumerate(view.snapshot.drops):
-                    drops[i] += n
+        for snap in self._live():
+            for i, n in enumerate(snap.drops):
+                drops[i] += n
         return drops
 
     def records(self) -> dict[str, int]:
@@ -127,20 +271,22 @@ class Aggregate(Collector):
         out = dict.fromkeys(END_REASONS, 0)
         for reason, n in self.retired.records.items():
             out[reason] = out.get(reason, 0) + n
-        for view in self.workers.values():
-            if view.snapshot is not None:
-                for reason, n in view.snapshot.records.items():
-                    out[reason] = out.get(reason, 0) + n
+        for snap in self._live():
+            for reason, n in snap.records.items():
+                out[reason] = out.get(reason, 0) + n
         return out
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            return CounterMetricFamily(name, doc, value=value)
+        yield from self._ingest_families()
+        yield from self._sink_families()
+        yield from self._worker_families()
+        yield from self._process_families()
 
-        yield counter(
+    def _ingest_families(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        yield _counter(
             "collector_datagrams_received", "UDP datagrams received.", self.total("datagrams")
         )
-        yield counter(
+        yield _counter(
             "collector_received_bytes", "UDP payload bytes received.", self.total("rx_bytes")
         )
         drops = self.drops()
@@ -161,25 +307,26 @@ class Aggregate(Collector):
         filtered.add_metric(["accept"], datagrams - sum(drops))
         filtered.add_metric(["reject"], drops[Drop.FILTER_REJECT])
         yield filtered
-        yield counter(
+        yield _counter(
             "collector_flow_evictions",
             "Flows emitted early because the flow table was full.",
             self.total("evictions"),
         )
-        yield counter(
+        yield _counter(
             "collector_kernel_drops",
-            "Datagrams the kernel dropped on the worker sockets (receive buffer full).",
+            "Datagrams the kernel dropped on the worker sockets (receive buffer full); keeps"
+            " rising across the kernel's 32-bit wrap and worker restarts.",
             self.total("kernel_drops"),
         )
-        yield counter(
+        yield _counter(
             "collector_receive_errors", "Socket receive errors.", self.total("recv_errors")
         )
-        yield counter(
+        yield _counter(
             "collector_enrich_refreshes",
             "Successful EC2 API refreshes of the session view.",
             self.total("enrich_refreshes"),
         )
-        yield counter(
+        yield _counter(
             "collector_enrich_failures",
             "Failed EC2 API refreshes (the last good view stayed in use).",
             self.total("enrich_failures"),
@@ -192,57 +339,142 @@ class Aggregate(Collector):
         for end_reason, n in sorted(self.records().items()):
             emitted.add_metric([end_reason], n)
         yield emitted
-        yield counter(
+
+    def _sink_families(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        yield _counter(
             "collector_records_delivered",
-            "Records the sink acknowledged.",
+            "Records the sink acknowledged (Kafka: the broker; file, stdout: written).",
             self.total("delivered"),
         )
-        yield counter("collector_sink_failures", "Failed sink operations.", self.total("failures"))
-        yield counter(
-            "collector_sink_records_retried", "Records sent again.", self.total("retried")
+        yield _counter(
+            "collector_sink_failures",
+            "Failed sink operations (a batch the broker did not take, a failed write); what became"
+            " of their records is counted as retried, failed or dropped.",
+            self.total("failures"),
         )
-        yield counter(
+        yield _counter(
+            "collector_sink_records_retried",
+            "Records sent again after a retriable failure (not lost).",
+            self.total("retried"),
+        )
+        yield _counter(
             "collector_sink_records_failed",
-            "Records a sink could not deliver on a try.",
+            "Records lost: a sink gave up on them for good, never retried (the broker rejected"
+            " them for their content: too large, corrupt, not authorized; or the file/stdout sink"
+            " could not write them).",
             self.total("failed"),
         )
-        yield counter(
+        yield _counter(
             "collector_sink_records_dropped",
-            "Records lost because the spool was full.",
+            "Records lost before reaching the broker: the spool was full (kafka.spool_max_bytes),"
+            " no spool was open, or writing the spool failed.",
             self.total("dropped"),
         )
-        yield counter(
+        lost = CounterMetricFamily(
+            "collector_worker_exit_lost",
+            "Lost when a worker exited without flushing (crash, kill), from its last snapshot:"
+            " kind=flows, flows in its flow table (never emitted); kind=records, records in its"
+            " sink's memory queue (neither delivered nor spooled).",
+            labels=["kind"],
+        )
+        lost.add_metric(["flows"], self.retired.lost_flows)
+        lost.add_metric(["records"], self.retired.lost_queued)
+        yield lost
+
+    def _worker_families(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        yield _counter(
             "collector_worker_restarts",
             "Worker processes restarted by the supervisor.",
             sum(v.restarts for v in self.workers.values()),
         )
-        active = 0
-        queue = 0
-        spool = 0
+        active = queue = spool = spool_limit = 0
         up = GaugeMetricFamily(
             "collector_worker_up", "1 when the worker is alive and responsive.", labels=["worker"]
         )
         lag = GaugeMetricFamily(
             "collector_event_loop_lag_seconds", "Event-loop lag of the worker.", labels=["worker"]
         )
+        worker_spool = GaugeMetricFamily(
+            "collector_worker_spool_bytes", "Bytes in the worker's disk spool.", labels=["worker"]
+        )
+        worker_limit = GaugeMetricFamily(
+            "collector_worker_spool_limit_bytes",
+            "Largest spool the worker's sink may hold (kafka.spool_max_bytes; beyond it records"
+            " are dropped); 0 when the sink has no spool.",
+            labels=["worker"],
+        )
         for index, view in sorted(self.workers.items()):
-            up.add_metric([str(index)], 1 if view.alive and view.responsive else 0)
+            worker = str(index)
+            up.add_metric([worker], 1 if view.alive and view.responsive else 0)
             snap = view.snapshot
-            lag.add_metric([str(index)], snap.loop_lag_s if snap else 0.0)
+            lag.add_metric([worker], snap.loop_lag_s if snap else 0.0)
             if snap is not None and view.alive:
                 active += snap.flows_active
                 queue += snap.sink.queue_records
                 spool += snap.sink.spool_bytes
+                spool_limit += snap.spool_limit_bytes
+                worker_spool.add_metric([worker], snap.sink.spool_bytes)
+                worker_limit.add_metric([worker], snap.spool_limit_bytes)
         yield up
         yield lag
+        yield worker_spool
+        yield worker_limit
         yield GaugeMetricFamily("collector_flows_active", "Flows in the flow tables.", value=active)
         yield GaugeMetricFamily(
             "collector_sink_queue_records", "Records in memory awaiting delivery.", value=queue
         )
-        yield GaugeMetricFamily("collector_spool_bytes", "Bytes in the disk spool.", value=spool)
+        yield GaugeMetricFamily("collector_spool_bytes", "Bytes in the disk spools.", value=spool)
+        yield GaugeMetricFamily(
+            "collector_spool_limit_bytes",
+            "Sum of the live workers' spool limits (collector_worker_spool_limit_bytes).",
+            value=spool_limit,
+        )
         yield GaugeMetricFamily(
             "collector_draining", "1 while draining after SIGTERM.", value=int(self.draining)
         )
         yield GaugeMetricFamily(
             "collector_healthy", "1 when /healthz answers 200.", value=int(self.healthy)
         )
+
+    def _process_families(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        labels = ["process", "worker"]
+        cpu = CounterMetricFamily(
+            "collector_process_cpu_seconds",
+            "User and system CPU time of the supervisor and of each worker slot (a slot's count"
+            " carries over its restarts).",
+            labels=labels,
+        )
+        rss = GaugeMetricFamily(
+            "collector_process_resident_memory_bytes", "Resident memory.", labels=labels
+        )
+        fds = GaugeMetricFamily(
+            "collector_process_open_fds", "Open file descriptors.", labels=labels
+        )
+        start = GaugeMetricFamily(
+            "collector_process_start_time_seconds",
+            "When the process started, in seconds since the Unix epoch.",
+            labels=labels,
+        )
+        processes: list[tuple[list[str], ProcessSample | None, float | None]] = []
+        supervisor = self.read_process(os.getpid())
+        processes.append(
+            (["supervisor", ""], supervisor, supervisor.cpu_seconds if supervisor else None)
+        )
+        for index, view in sorted(self.workers.items()):
+            snap = view.snapshot
+            pid = snap.pid if snap is not None and view.alive else None
+            sample = self.read_process(pid) if pid is not None else None
+            processes.append(
+                (["worker", str(index)], sample, self.process_counters.cpu(index, pid, sample))
+            )
+        for label_values, sample, cpu_seconds in processes:
+            if cpu_seconds is not None:
+                cpu.add_metric(label_values, cpu_seconds)
+            if sample is not None:
+                rss.add_metric(label_values, sample.resident_bytes)
+                fds.add_metric(label_values, sample.open_fds)
+                start.add_metric(label_values, sample.start_time_s)
+        yield cpu
+        yield rss
+        yield fds
+        yield start

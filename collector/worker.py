@@ -76,6 +76,8 @@ class Worker:
         """Counters now."""
         stats = self.pipeline.stats
         status = self.sink.status()
+        # only the Kafka sink spools; /metrics alerts on the fill ratio before the spool is full
+        spool_limit = self.config.kafka.spool_max_bytes if self.sink.name.startswith("kafka") else 0
         return WorkerSnapshot(
             index=self.index,
             pid=os.getpid(),
@@ -91,6 +93,7 @@ class Worker:
             enrich_refreshes=self.enricher.refreshes if self.enricher else 0,
             enrich_failures=self.enricher.failures if self.enricher else 0,
             loop_lag_s=self.loop_lag_s,
+            spool_limit_bytes=spool_limit,
             sink=status,
             stopping=stopping,
         )
