@@ -1,4 +1,5 @@
-"""The Kafka sink against a real Apache Kafka broker, and its disk spool against real files.
+"""The Kafka sink against a real Apache Kafka broker (the spool alone: test_spool.py; the delivery
+core without a broker: test_kafka_delivery.py).
 
 No mocks: the broker is the one deploy/kafka/kafkactl runs (session fixture), outages are real
 broker stops, crashes are real SIGKILLs. Waits poll with deadlines; no assertion is about time.
@@ -7,8 +8,6 @@ broker stops, crashes are real SIGKILLs. Waits poll with deadlines; no assertion
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -36,7 +35,6 @@ from collector.config import KafkaConfig, RecordsConfig, build_config
 from collector.errors import ConfigError, SinkError
 from collector.io.kafka import KafkaSink
 from collector.io.sinks import make_sink
-from collector.io.spool import Spool, SpoolError
 from collector.records import decode
 
 JSON = RecordsConfig()
@@ -79,119 +77,6 @@ def check_complete(messages: list[Any], exporter: str, count: int) -> Counter[in
     return seen
 
 
-# -- the spool on its own ----------------------------------------------------------------------
-
-
-def write_segment(directory: Path, entries: list[tuple[bytes, bytes]]) -> Path:
-    spool = Spool(directory, max_bytes=1 << 30, segment_bytes=1 << 20)
-    spool.open()
-    assert spool.append("application/json", [k for k, _ in entries], [v for _, v in entries]) == (
-        len(entries)
-    )
-    spool.close()
-    (segment,) = directory.glob("*.seg")
-    return segment
-
-
-def read_everything(directory: Path) -> tuple[list[tuple[bytes, bytes]], Spool]:
-    spool = Spool(directory, max_bytes=1 << 30, segment_bytes=1 << 20)
-    spool.open()
-    out: list[tuple[bytes, bytes]] = []
-    while (chunk := spool.read(3)) is not None:
-        assert chunk.content_type == "application/json"
-        out.extend(zip(chunk.keys, chunk.values, strict=True))
-    spool.close()
-    return out, spool
-
-
-def test_spool_survives_every_truncation(tmp_path: Path) -> None:
-    """A crash can cut the last segment anywhere: the reader keeps every whole entry before the
-    cut, skips and counts the torn rest, and never raises."""
-    entries = [(f"{i:016x}".encode(), b'{"sequence":%d}' % i * (i + 1)) for i in range(6)]
-    original = write_segment(tmp_path / "orig", entries).read_bytes()
-    header_size = 8 + 1 + 1 + 2 + 8 + len(b"application/json")
-    ends = []
-    offset = header_size
-    for key, value in entries:
-        offset += 8 + 2 + len(key) + len(value)
-        ends.append(offset)
-    for cut in range(len(original)):
-        directory = tmp_path / f"cut{cut}"
-        directory.mkdir()
-        (directory / "00000000000000000001.seg").write_bytes(original[:cut])
-        got, spool = read_everything(directory)
-        whole = sum(1 for end in ends if end <= cut)
-        assert got == entries[:whole], cut
-        torn = cut < header_size or cut not in (header_size, *ends)
-        assert spool.counters.corrupt_segments == (1 if torn else 0), cut
-    got, spool = read_everything(tmp_path / "orig")
-    assert got == entries
-    assert spool.counters.corrupt_segments == 0
-
-
-def test_spool_flipped_byte_is_caught_by_the_crc(tmp_path: Path) -> None:
-    entries = [(b"%016x" % i, b"value-%d" % i) for i in range(5)]
-    segment = write_segment(tmp_path, entries)
-    data = bytearray(segment.read_bytes())
-    data[-12] ^= 0x40  # inside the last entry's value
-    segment.write_bytes(bytes(data))
-    got, spool = read_everything(tmp_path)
-    assert got == entries[:4]
-    assert spool.counters.corrupt_segments == 1
-    assert "CRC mismatch" in spool.counters.notes[0]
-
-
-def test_spool_bounds_bytes_and_deletes_acknowledged_segments(tmp_path: Path) -> None:
-    spool = Spool(tmp_path, max_bytes=2000, segment_bytes=600)
-    spool.open()
-    keys = [b"%016x" % i for i in range(100)]
-    values = [b"x" * 50 for _ in range(100)]
-    written = spool.append("application/json", keys, values)
-    assert 0 < written < 100
-    assert spool.size_bytes <= 2000
-    assert len(list(tmp_path.glob("*.seg"))) > 1
-    read = 0
-    while (chunk := spool.read(1000)) is not None or spool.rotate():
-        if chunk is None:
-            continue
-        assert chunk.keys == keys[read : read + len(chunk.keys)]
-        read += len(chunk.values)
-        spool.ack(chunk.segment, len(chunk.values))
-    assert read == written
-    assert spool.is_empty()
-    assert spool.size_bytes == 0
-    assert not list(tmp_path.glob("*.seg"))
-    spool.close()
-
-
-def test_spool_keeps_unacknowledged_segments_for_the_next_run(tmp_path: Path) -> None:
-    spool = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=1 << 20)
-    spool.open()
-    spool.append("application/msgpack", [b"k1", b"k2"], [b"v1", b"v2"])
-    spool.rotate()
-    chunk = spool.read(10)
-    assert chunk is not None
-    spool.ack(chunk.segment, 1)  # one of two delivered when the process stops
-    spool.close()
-    again = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=1 << 20)
-    again.open()
-    chunk = again.read(10)
-    assert chunk is not None
-    assert (chunk.content_type, chunk.values) == ("application/msgpack", [b"v1", b"v2"])
-    again.close()
-
-
-def test_spool_directory_is_locked_against_a_second_collector(tmp_path: Path) -> None:
-    first = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=1 << 20)
-    first.open()
-    second = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=1 << 20)
-    with pytest.raises(SpoolError, match="in use by another running collector"):
-        second.open()
-    first.close()
-    second.open()
-    second.close()
-
-
 # -- settings that cannot work fail at start, quickly and clearly -------------------------------
 
 
@@ -212,6 +97,11 @@ def test_spool_directory_is_locked_against_a_second_collector(tmp_path: Path) ->
             "cannot read /nonexistent/ca.pem",
         ),
         ({"tls_ca_file": "/etc/hostname"}, "kafka.tls_ca_file", "security_protocol is PLAINTEXT"),
+        (
+            {"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER"},
+            "kafka.sasl_mechanism",
+            "OAUTHBEARER without a token provider is not supported",
+        ),
         (
             {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "AWS_MSK_IAM"},
             "kafka.security_protocol",
@@ -739,14 +629,3 @@ async def test_a_torn_spool_tail_is_skipped_and_counted(
     assert sink.spool_skipped_bytes == 6
     messages = await read_topic(kafka_broker.bootstrap, topic, 100)
     check_complete(messages, "torn/w0/1", 100)
-
-
-def test_spool_copy_is_independent(tmp_path: Path) -> None:
-    """Segments are plain files: copying a spool directory to another host and starting a
-    collector there replays it (what ops do when replacing an instance)."""
-    entries = [(b"%016x" % i, b"v%d" % i) for i in range(10)]
-    write_segment(tmp_path / "a", entries)
-    shutil.copytree(tmp_path / "a", tmp_path / "b")
-    os.remove(tmp_path / "b" / "LOCK")
-    got, _ = read_everything(tmp_path / "b")
-    assert got == entries

@@ -1,4 +1,4 @@
-"""Where records go: the Sink protocol, stdout and file sinks, and the SPEC parser.
+"""Where records go: stdout and file sinks, and the SPEC parser that picks a sink.
 
 Sinks take records in batches (``submit`` never blocks the receive path) and say how they are doing
 (``status``) so /healthz can tell "degraded" from "cannot take traffic".
@@ -13,60 +13,27 @@ import stat
 import sys
 import time
 from collections.abc import Callable
-from typing import Literal, Protocol
-
-import msgspec
 
 from collector.config import Config, KafkaConfig
 from collector.errors import ConfigError, SinkError
-from collector.records import FlowRecord, encoder_for
-
-
-class SinkStatus(msgspec.Struct, kw_only=True):
-    """A sink's health and counters (counters are totals since start)."""
-
-    state: Literal["ok", "degraded", "failed"] = "ok"
-    detail: str = ""
-    queue_records: int = 0
-    spool_bytes: int = 0
-    delivered: int = 0
-    retried: int = 0
-    failed: int = 0
-    dropped: int = 0
-    failures: int = 0
-    latency_observations: list[float] = msgspec.field(default_factory=list)
-
-
-class Sink(Protocol):
-    """What the service needs from a sink."""
-
-    name: str
-
-    async def start(self) -> None:
-        """Connect; raise SinkError/ConfigError on bad settings within a bounded time."""
-
-    def submit(self, records: list[FlowRecord]) -> None:
-        """Take ownership of records; never blocks, never raises."""
-
-    async def flush(self, timeout_s: float) -> None:
-        """Deliver (or safely park) everything submitted so far."""
-
-    async def close(self) -> None:
-        """Release resources after a flush."""
-
-    def status(self) -> SinkStatus:
-        """Current state and counters; drains latency observations."""
+from collector.io.sink import Sink, SinkStatus
+from collector.records import FlowRecord, encoder_for, record_separator
 
 
 class StreamSink:
     """JSON lines (or another format) written to a file descriptor with one write per batch."""
 
     def __init__(
-        self, name: str, fd_opener: Callable[[], int], encode: Callable[[FlowRecord], bytes]
+        self,
+        name: str,
+        fd_opener: Callable[[], int],
+        encode: Callable[[FlowRecord], bytes],
+        separator: bytes = b"\n",
     ):
         self.name = name
         self._open = fd_opener
         self._encode = encode
+        self._separator = separator  # b"" for formats that frame themselves (goflow2)
         self._fd = -1
         self._counters = SinkStatus()
         self._error = ""
@@ -92,9 +59,9 @@ class StreamSink:
     def submit(self, records: list[FlowRecord]) -> None:
         if not records:
             return
-        encode = self._encode
+        encode, end = self._encode, self._separator
         started = time.monotonic()
-        lines = [encode(r) + b"\n" for r in records]
+        lines = [encode(r) + end for r in records]
         try:
             if self._atomic_limit:
                 for chunk in _chunks(lines, self._atomic_limit):
@@ -150,11 +117,18 @@ def _chunks(lines: list[bytes], limit: int) -> list[bytes]:
     return chunks
 
 
-def make_sink(spec: str, config: Config, *, key: str = "sink") -> Sink:
-    """Build the sink a SPEC names: ``-``, ``file:PATH`` or ``kafka://HOST:PORT[,...]/TOPIC``."""
+def make_sink(spec: str, config: Config, *, key: str = "sink", worker: int = 0) -> Sink:
+    """Build the sink a SPEC names: ``-``, ``file:PATH``, ``kafka://HOST:PORT[,...]/TOPIC``,
+    ``ipfix://HOST:PORT`` or ``ipfix+tcp://HOST:PORT``; ``worker`` is the worker's index."""
+    if spec.startswith(("ipfix://", "ipfix+tcp://")):
+        from collector.io.ipfix import IpfixSink, parse_ipfix_spec  # noqa: PLC0415
+
+        transport, host, port = parse_ipfix_spec(spec, key)
+        return IpfixSink(transport, host, port, config.ipfix, worker=worker)
     encode = encoder_for(config.records.format, config.records.vpc_flow_log_format)
+    end = record_separator(config.records.format)
     if spec == "-":
-        return StreamSink("stdout", sys.stdout.fileno, encode)
+        return StreamSink("stdout", sys.stdout.fileno, encode, end)
     if spec.startswith("file:"):
         path = spec[len("file:") :]
         if not path:
@@ -163,13 +137,18 @@ def make_sink(spec: str, config: Config, *, key: str = "sink") -> Sink:
             f"file:{path}",
             lambda: os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644),
             encode,
+            end,
         )
     if spec.startswith("kafka://"):
         bootstrap, topic = parse_kafka_spec(spec, key)
         from collector.io.kafka import KafkaSink  # noqa: PLC0415 - aiokafka only when asked for
 
         return KafkaSink(bootstrap, topic, config.kafka, config.records)
-    raise ConfigError(key, f"{spec!r} is not '-', 'file:PATH' or 'kafka://HOST:PORT/TOPIC'")
+    raise ConfigError(
+        key,
+        f"{spec!r} is not '-', 'file:PATH', 'kafka://HOST:PORT/TOPIC', 'ipfix://HOST:PORT' "
+        "or 'ipfix+tcp://HOST:PORT'",
+    )
 
 
 def parse_kafka_spec(spec: str, key: str = "sink") -> tuple[list[str], str]:

@@ -1,0 +1,346 @@
+"""Client settings shared by the sink and ``collector tail``: setting checks, TLS, SASL, MSK IAM,
+the connection probe, topic admin, and which Kafka errors waiting can fix.
+
+Nothing here holds records; everything here talks to a broker only when asked to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import ssl
+import time
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    ClusterAuthorizationFailedError,
+    CorruptRecordException,
+    IllegalSaslStateError,
+    InvalidTimestampError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    PolicyViolationError,
+    ProducerFenced,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+    UnknownProducerId,
+    UnknownTopicOrPartitionError,
+    UnsupportedSaslMechanismError,
+)
+from aiokafka.errors import for_code as kafka_error_for_code
+from aiokafka.protocol.metadata import MetadataRequest
+
+from collector.config import KafkaConfig
+from collector.errors import ConfigError, SinkError
+from collector.records import encoder_for
+
+TOPIC_EXISTS = 36  # Kafka error code TOPIC_ALREADY_EXISTS
+AUTH_ERRORS = (
+    SaslAuthenticationFailed,
+    AuthenticationFailedError,
+    UnsupportedSaslMechanismError,
+    IllegalSaslStateError,
+)
+TOO_LARGE_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+"""The batch is too large for the broker: smaller batches of the same records may pass."""
+RECORD_ERRORS = (*TOO_LARGE_ERRORS, CorruptRecordException)
+"""The broker rejects the batch for its content: retrying the same bytes cannot help."""
+PERMANENT_ERRORS = (
+    TopicAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    PolicyViolationError,
+    InvalidTimestampError,
+)
+"""The broker refuses these records for a reason waiting does not fix (see dead-lettering)."""
+TOPIC_GONE_ERRORS = (UnknownTopicOrPartitionError,)
+"""The topic disappeared mid-run (deleted); it is recreated when kafka.create_topic is on."""
+PRODUCER_FATAL = (OutOfOrderSequenceNumber, ProducerFenced, UnknownProducerId)
+"""The producer session is unusable; a new producer (new producer id) carries on."""
+ACKS: dict[str, int | str] = {"all": "all", "1": 1, "0": 0}
+COMPRESSIONS = ("lz4", "zstd", "gzip", "none")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "AWS_MSK_IAM")
+PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+
+
+def check_security(c: KafkaConfig) -> None:
+    """Connection and security settings that cannot work, as ConfigErrors naming the key."""
+    if c.security_protocol not in PROTOCOLS:
+        raise ConfigError(
+            "kafka.security_protocol",
+            f"unknown protocol {c.security_protocol!r}; use one of {', '.join(PROTOCOLS)}",
+        )
+    sasl = c.security_protocol.startswith("SASL_")
+    if sasl and c.sasl_mechanism is None:
+        raise ConfigError("kafka.sasl_mechanism", f"{c.security_protocol} needs a SASL mechanism")
+    if c.sasl_mechanism == "OAUTHBEARER":
+        # aiokafka needs a token provider for OAUTHBEARER, and the only one this project has signs
+        # MSK IAM tokens: say so instead of silently sending MSK tokens to another broker
+        raise ConfigError(
+            "kafka.sasl_mechanism",
+            "OAUTHBEARER without a token provider is not supported;"
+            " for Amazon MSK IAM authentication use AWS_MSK_IAM",
+        )
+    if c.sasl_mechanism is not None:
+        if c.sasl_mechanism not in SASL_MECHANISMS:
+            raise ConfigError(
+                "kafka.sasl_mechanism",
+                f"unknown mechanism {c.sasl_mechanism!r}; use one of {', '.join(SASL_MECHANISMS)}",
+            )
+        if not sasl:
+            raise ConfigError(
+                "kafka.security_protocol",
+                f"SASL mechanism {c.sasl_mechanism} needs SASL_SSL or SASL_PLAINTEXT,"
+                f" not {c.security_protocol}",
+            )
+        if c.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            if not c.sasl_username:
+                raise ConfigError("kafka.sasl_username", f"{c.sasl_mechanism} needs a user")
+            if not c.sasl_password:
+                raise ConfigError("kafka.sasl_password", f"{c.sasl_mechanism} needs a password")
+        elif c.security_protocol != "SASL_SSL":
+            raise ConfigError("kafka.security_protocol", "MSK IAM authentication needs SASL_SSL")
+    tls = c.security_protocol in ("SSL", "SASL_SSL")
+    for key in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+        path = getattr(c, key)
+        if path is None:
+            continue
+        if not tls:
+            raise ConfigError(
+                f"kafka.{key}", f"is set but security_protocol is {c.security_protocol}"
+            )
+        if not os.access(path, os.R_OK):
+            raise ConfigError(f"kafka.{key}", f"cannot read {path}")
+    if c.tls_key_file and not c.tls_cert_file:
+        raise ConfigError("kafka.tls_cert_file", "a client key needs its certificate")
+
+
+def check_producer_settings(c: KafkaConfig, records_format: str, flow_log_format: str) -> None:
+    """Every producer setting mistake as a ConfigError naming the key, before any I/O."""
+    if c.compression not in COMPRESSIONS:
+        raise ConfigError(
+            "kafka.compression",
+            f"unknown compression {c.compression!r}; use one of {', '.join(COMPRESSIONS)}",
+        )
+    if c.compression in ("lz4", "zstd"):
+        from aiokafka.codec import has_lz4, has_zstd  # noqa: PLC0415
+
+        if not (has_lz4() if c.compression == "lz4" else has_zstd()):
+            raise ConfigError(
+                "kafka.compression",
+                f"{c.compression} needs the cramjam package: pip install 'aiokafka[lz4,zstd]'",
+            )
+    if c.acks not in ACKS:
+        raise ConfigError("kafka.acks", f"unknown acks {c.acks!r}; use all, 1 or 0")
+    if c.enable_idempotence and c.acks != "all":
+        raise ConfigError(
+            "kafka.acks", "the idempotent producer needs acks = 'all' (or enable_idempotence off)"
+        )
+    check_security(c)
+    try:
+        encoder_for(records_format, flow_log_format)
+    except (ValueError, ImportError) as exc:
+        raise ConfigError("records.format", f"cannot encode records as {exc}") from exc
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """Whether waiting (and trying again) can fix ``exc``."""
+    if isinstance(exc, AUTH_ERRORS):
+        return False
+    if isinstance(exc, KafkaTimeoutError | KafkaConnectionError | OSError | TimeoutError):
+        return True
+    return bool(getattr(exc, "retriable", False))
+
+
+def describe(exc: BaseException) -> str:
+    """``ExceptionName: message`` without repeating the name."""
+    text = str(exc)
+    name = type(exc).__name__
+    if not text or text == name:
+        return name
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
+def msk_iam_token_provider(region: str | None) -> Any:
+    """An aiokafka OAUTHBEARER token provider signing MSK IAM tokens (optional extra ``msk-iam``)."""
+    try:
+        signer = importlib.import_module("aws_msk_iam_sasl_signer")
+    except ImportError as exc:
+        raise ConfigError(
+            "kafka.sasl_mechanism",
+            "MSK IAM authentication needs the optional extra:"
+            " pip install 'vpc-mirror-collector[msk-iam]'",
+        ) from exc
+    from aiokafka.abc import AbstractTokenProvider  # noqa: PLC0415
+
+    resolved = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not resolved:
+        raise ConfigError("kafka.aws_region", "MSK IAM authentication needs the AWS region")
+
+    class MskIamTokenProvider(AbstractTokenProvider):  # type: ignore[misc]
+        """Signs a token with the instance's AWS credentials; reuses it until a minute before
+        it expires (token() is called on every new connection)."""
+
+        def __init__(self) -> None:
+            self._token = ""
+            self._expires_s = 0.0
+
+        async def token(self) -> str:
+            if time.time() > self._expires_s - 60:
+                loop = asyncio.get_running_loop()
+                token, expiry_ms = await loop.run_in_executor(
+                    None, signer.MSKAuthTokenProvider.generate_auth_token, resolved
+                )
+                self._token, self._expires_s = str(token), float(expiry_ms) / 1000
+            return self._token
+
+    return MskIamTokenProvider()
+
+
+def ssl_context(c: KafkaConfig) -> ssl.SSLContext | None:
+    """The TLS context of ``[kafka]`` (None without TLS); unreadable files name their key."""
+    if c.security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    try:
+        context = ssl.create_default_context(cafile=c.tls_ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("kafka.tls_ca_file", f"cannot load {c.tls_ca_file}: {exc}") from exc
+    if c.tls_cert_file:
+        try:
+            context.load_cert_chain(c.tls_cert_file, c.tls_key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                "kafka.tls_cert_file", f"cannot load {c.tls_cert_file}: {exc}"
+            ) from exc
+    return context
+
+
+def client_kwargs(c: KafkaConfig, client_id: str | None = None) -> dict[str, Any]:
+    """aiokafka connection and security arguments from ``[kafka]`` (producers, admin, consumers)."""
+    check_security(c)
+    kwargs: dict[str, Any] = {
+        "client_id": client_id or c.client_id,
+        "request_timeout_ms": c.request_timeout_ms,
+        "security_protocol": c.security_protocol,
+        "ssl_context": ssl_context(c),
+    }
+    if c.sasl_mechanism == "AWS_MSK_IAM":
+        kwargs["sasl_mechanism"] = "OAUTHBEARER"
+        kwargs["sasl_oauth_token_provider"] = msk_iam_token_provider(c.aws_region)
+    elif c.sasl_mechanism is not None:
+        kwargs["sasl_mechanism"] = c.sasl_mechanism
+        kwargs["sasl_plain_username"] = c.sasl_username
+        kwargs["sasl_plain_password"] = c.sasl_password
+    return kwargs
+
+
+def producer_kwargs(c: KafkaConfig, servers: list[str], client: dict[str, Any]) -> dict[str, Any]:
+    """AIOKafkaProducer arguments: the sink builds (and lingers) batches itself."""
+    return {
+        **client,
+        "bootstrap_servers": servers,
+        "acks": ACKS[c.acks],
+        "enable_idempotence": c.enable_idempotence,
+        "compression_type": None if c.compression == "none" else c.compression,
+        "max_batch_size": c.max_batch_bytes,
+        "max_request_size": max(c.max_batch_bytes + 65536, 1_048_576),
+        "linger_ms": 0,  # batches are closed before send_batch
+    }
+
+
+async def probe(servers: list[str], client: dict[str, Any], c: KafkaConfig) -> None:
+    """Open one connection ourselves and ask for metadata: aiokafka's bootstrap reports every
+    failure as 'Unable to bootstrap', and the operator needs to know refused vs. TLS vs.
+    credentials vs. a listener that speaks another protocol."""
+    tls = c.security_protocol in ("SSL", "SASL_SSL")
+    problems: list[str] = []
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        try:
+            conn = await create_conn(host, int(port), **client)
+        except IllegalSaslStateError as exc:
+            raise SinkError(
+                f"Kafka at {server} does not expect SASL on this port ({describe(exc)});"
+                f" check kafka.security_protocol ({c.security_protocol}) and the port",
+                retriable=False,
+            ) from exc
+        except AUTH_ERRORS as exc:
+            user = f" as {c.sasl_username!r}" if c.sasl_username else ""
+            raise SinkError(
+                f"Kafka at {server} rejected SASL {c.sasl_mechanism}"
+                f" authentication{user}: {describe(exc)}",
+                retriable=False,
+            ) from exc
+        except ssl.SSLError as exc:
+            raise SinkError(
+                f"TLS handshake with Kafka at {server} failed: {exc.reason or exc}",
+                retriable=False,
+            ) from exc
+        except ConnectionResetError as exc:
+            hint = " during the TLS handshake: is it a TLS listener?" if tls else ""
+            problems.append(f"{server}: connection reset{hint} ({describe(exc)})")
+            continue
+        except (OSError, KafkaError, TimeoutError) as exc:
+            problems.append(f"{server}: {describe(exc)}")
+            continue
+        try:
+            await conn.send(MetadataRequest([]))
+        except (KafkaError, OSError, TimeoutError) as exc:
+            problems.append(
+                f"{server}: connected, but the metadata request failed ({describe(exc)});"
+                f" does the listener expect another protocol than {c.security_protocol}?"
+            )
+            continue
+        finally:
+            conn.close()
+        return
+    raise SinkError(f"cannot reach Kafka ({'; '.join(problems)})", retriable=True)
+
+
+async def ensure_topic(
+    servers: list[str], client: dict[str, Any], topic: str, c: KafkaConfig
+) -> bool:
+    """Check that ``topic`` exists, creating it when ``kafka.create_topic`` allows; True when it
+    was created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers, **client)
+    try:
+        await admin.start()
+        if topic in await admin.list_topics():
+            return False
+        if not c.create_topic:
+            raise SinkError(
+                f"topic {topic!r} does not exist and kafka.create_topic is off;"
+                f" create it with {c.topic_partitions} partitions",
+                retriable=False,
+            )
+        response = await admin.create_topics(
+            [NewTopic(topic, c.topic_partitions, c.topic_replication_factor)]
+        )
+        for item in response.topic_errors:
+            code, message = item[1], item[2] if len(item) > 2 else None
+            if code in (0, TOPIC_EXISTS):
+                continue
+            error = kafka_error_for_code(code)
+            raise SinkError(
+                f"topic {topic!r} does not exist and could not be created"
+                f" ({c.topic_partitions} partitions, replication factor"
+                f" {c.topic_replication_factor}): {error.__name__}"
+                f"{': ' + message if message else ''}; create it or allow the collector to",
+                retriable=False,
+            )
+    except (TopicAuthorizationFailedError, ClusterAuthorizationFailedError) as exc:
+        raise SinkError(
+            f"not allowed to look up or create topic {topic!r}: {describe(exc)}",
+            retriable=False,
+        ) from exc
+    finally:
+        await admin.close()
+    return True

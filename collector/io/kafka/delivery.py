@@ -1,0 +1,312 @@
+"""The broker-free core of the Kafka sink: which records are where, and what was counted.
+
+A record submitted to the sink is, until it leaves memory, in exactly one of three places::
+
+    pending   submitted, not yet encoded (FIFO of the lists submit() was given)
+    unacked   encoded into a Batch handed (or about to be handed) to the producer
+    retry     in a Batch the producer failed to deliver, waiting for its turn again
+
+``Delivery`` moves records between them and counts what leaves memory: ``delivered`` (acknowledged),
+``failed`` (rejected by the broker for what they are) and, through the sink, spooled or dropped. It
+builds batches with a BatchBuilder factory it is given and never talks to a broker, so it is tested
+without one. The sink (``sink.py``) decides when to call what.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from collector.records import FlowRecord
+
+MAX_LATENCY_OBSERVATIONS = 10_000
+"""One per delivered batch, drained by status(); bounded in case nobody asks."""
+
+
+@dataclass(slots=True, eq=False)
+class Batch:
+    """Records bound for one partition, kept (encoded) until the broker acknowledges them."""
+
+    partition: int
+    content_type: str
+    first_s: float
+    """Monotonic time the oldest record was submitted (latency)."""
+    segment: int | None
+    """Spool segment the records came from; None for records only held in memory."""
+    keys: list[bytes] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)
+    builder: Any = None
+    sent_s: float = 0.0
+    """When the producer took the batch; 0 while it is being built or handed over."""
+    abandoned: bool = False
+    """Taken back (spooled, or retried by another producer); a late callback no longer counts."""
+
+
+@dataclass(slots=True)
+class Parked:
+    """Encoded records that must leave memory for the spool, in order."""
+
+    content_type: str
+    keys: list[bytes]
+    values: list[bytes]
+
+
+def key_hash(key: bytes) -> int:
+    """The partitioning hash of a key: flow ids are 16 hex digits of a hash already."""
+    try:
+        return int(key, 16)
+    except ValueError:
+        return zlib.crc32(key)
+
+
+class Delivery:
+    """Pending, unacknowledged and retried records, and the counts of what left memory."""
+
+    def __init__(
+        self,
+        new_builder: Callable[[], Any],
+        encode: Callable[[FlowRecord], bytes],
+        content_type: str,
+    ) -> None:
+        """``new_builder``: returns an empty aiokafka BatchBuilder (``producer.create_batch``)."""
+        self.new_builder = new_builder
+        self.encode = encode
+        self.content_type = content_type
+        self.partitions: list[int] = []
+        self.pending: deque[tuple[float, list[FlowRecord]]] = deque()
+        self.pending_count = 0
+        self.unacked: dict[Batch, None] = {}  # insertion-ordered set: oldest first
+        self.unacked_count = 0
+        self.retry: deque[Batch] = deque()
+        self.retry_count = 0
+        self.delivered = 0
+        self.retried = 0
+        self.failed = 0
+        self.latencies: list[float] = []
+
+    # -- where records are ---------------------------------------------------------------------
+
+    def memory_records(self) -> int:
+        return self.pending_count + self.unacked_count + self.retry_count
+
+    def waiting(self) -> bool:
+        """Batches wait for the broker: handed to the producer, or due for a retry."""
+        return bool(self.retry) or any(b.sent_s for b in self.unacked)
+
+    def add(self, records: list[FlowRecord], now: float) -> None:
+        self.pending.append((now, records))
+        self.pending_count += len(records)
+
+    def take_pending(self, limit: int) -> tuple[float, list[FlowRecord]]:
+        """The oldest ``limit`` pending records and when the first of them was submitted."""
+        taken: list[FlowRecord] = []
+        first_s = 0.0
+        pending = self.pending
+        while pending and len(taken) < limit:
+            submitted, records = pending[0]
+            if not taken:
+                first_s = submitted
+            need = limit - len(taken)
+            if len(records) <= need:
+                pending.popleft()
+                taken.extend(records)
+            else:
+                taken.extend(records[:need])
+                pending[0] = (submitted, records[need:])
+        self.pending_count -= len(taken)
+        return first_s, taken
+
+    def encode_pending(self, limit: int) -> Parked | None:
+        """The oldest ``limit`` pending records encoded, for the spool."""
+        _, records = self.take_pending(limit)
+        if not records:
+            return None
+        encode = self.encode
+        return Parked(
+            self.content_type, [r.flow_id.encode() for r in records], [encode(r) for r in records]
+        )
+
+    # -- building batches ----------------------------------------------------------------------
+
+    def from_pending(self, limit: int, timestamp_ms: int) -> list[Batch]:
+        """Encode and partition the oldest ``limit`` pending records into tracked batches."""
+        first_s, records = self.take_pending(limit)
+        encode = self.encode
+        flow_ids = [r.flow_id for r in records]
+        keys = [f.encode() for f in flow_ids]
+        try:  # flow_id is 16 hex digits of a hash: the number itself spreads keys evenly
+            hashes = [int(f, 16) for f in flow_ids]
+        except ValueError:
+            hashes = [key_hash(k) for k in keys]
+        values = [encode(r) for r in records]
+        partitions = self.partitions
+        count = len(partitions)
+        chosen = [partitions[h % count] for h in hashes]
+        headers = [("content-type", self.content_type.encode())]
+        batches = self.fill(
+            keys, values, chosen, self.content_type, first_s, None, headers, timestamp_ms
+        )
+        return self.track(batches)
+
+    def from_chunk(
+        self,
+        keys: list[bytes],
+        values: list[bytes],
+        content_type: str,
+        first_s: float,
+        segment: int | None,
+        timestamp_ms: int,
+        *,
+        partition: int | None = None,
+    ) -> list[Batch]:
+        """Tracked batches of already encoded records (a spool chunk, a retried batch)."""
+        if partition is not None:
+            chosen = [partition] * len(keys)
+        else:
+            partitions = self.partitions
+            count = len(partitions)
+            chosen = [partitions[key_hash(k) % count] for k in keys]
+        headers = [("content-type", content_type.encode())]
+        return self.track(
+            self.fill(keys, values, chosen, content_type, first_s, segment, headers, timestamp_ms)
+        )
+
+    def rebuild_retries(self, room: int, timestamp_ms: int) -> list[Batch]:
+        """Fresh batches for the oldest retries, at least one, about ``room`` records in all;
+        a batch keeps its partition while that partition exists (order within it is kept)."""
+        out: list[Batch] = []
+        taken = 0
+        while self.retry and (taken < room or not out):
+            old = self.retry.popleft()
+            self.retry_count -= len(old.values)
+            taken += len(old.values)
+            out.extend(
+                self.from_chunk(
+                    old.keys,
+                    old.values,
+                    old.content_type,
+                    old.first_s,
+                    old.segment,
+                    timestamp_ms,
+                    partition=old.partition if old.partition in self.partitions else None,
+                )
+            )
+        return out
+
+    def fill(
+        self,
+        keys: list[bytes],
+        values: list[bytes],
+        chosen: list[int],
+        content_type: str,
+        first_s: float,
+        segment: int | None,
+        headers: list[tuple[str, bytes]],
+        timestamp_ms: int,
+    ) -> list[Batch]:
+        """Append records to one BatchBuilder per partition (a new one when it is full)."""
+        open_batches: dict[int, Batch] = {}
+        out: list[Batch] = []
+        new_builder = self.new_builder
+        for key, value, partition in zip(keys, values, chosen, strict=True):
+            batch = open_batches.get(partition)
+            if batch is None:
+                batch = open_batches[partition] = Batch(
+                    partition, content_type, first_s, segment, builder=new_builder()
+                )
+                out.append(batch)
+            if (
+                batch.builder.append(timestamp=timestamp_ms, key=key, value=value, headers=headers)
+                is None
+            ):
+                batch = open_batches[partition] = Batch(
+                    partition, content_type, first_s, segment, builder=new_builder()
+                )
+                out.append(batch)
+                batch.builder.append(timestamp=timestamp_ms, key=key, value=value, headers=headers)
+            batch.keys.append(key)
+            batch.values.append(value)
+        return out
+
+    def track(self, batches: list[Batch]) -> list[Batch]:
+        for batch in batches:
+            batch.builder.close()
+            self.unacked[batch] = None
+            self.unacked_count += len(batch.values)
+        return batches
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    def _untrack(self, batch: Batch) -> int:
+        count = len(batch.values)
+        if batch in self.unacked:
+            del self.unacked[batch]
+            self.unacked_count -= count
+        return count
+
+    def acked(self, batch: Batch, now: float) -> int:
+        """The broker acknowledged ``batch``: its records are delivered; returns how many."""
+        count = self._untrack(batch)
+        self.delivered += count
+        if len(self.latencies) < MAX_LATENCY_OBSERVATIONS:
+            self.latencies.append(now - batch.first_s)
+        return count
+
+    def rejected(self, batch: Batch) -> int:
+        """The broker refused ``batch`` for good: its records failed; returns how many."""
+        count = self._untrack(batch)
+        self.failed += count
+        return count
+
+    def to_retry(self, batch: Batch) -> int:
+        """``batch`` goes out again later, behind the retries already waiting."""
+        count = self._untrack(batch)
+        self.retried += count
+        self.retry.append(batch)
+        self.retry_count += count
+        return count
+
+    def take_back_unacked(self) -> None:
+        """After a producer is gone, every batch it did not finish is retried by the next one
+        (the old object is marked abandoned so a late callback cannot count it twice)."""
+        for batch in list(self.unacked):
+            if batch.abandoned:
+                continue
+            batch.abandoned = True
+            self._untrack(batch)
+            self.retried += len(batch.values)
+            self.retry_count += len(batch.values)
+            self.retry.append(
+                Batch(
+                    batch.partition,
+                    batch.content_type,
+                    batch.first_s,
+                    batch.segment,
+                    keys=batch.keys,
+                    values=batch.values,
+                )
+            )
+
+    def park_memory(self, slice_records: int) -> list[Parked]:
+        """Everything held only in memory, for the spool, oldest first: in-flight batches
+        (abandoned: a late ack is not counted), retries, then pending. Batches read from the spool
+        stay: their records are still on disk."""
+        out: list[Parked] = []
+        for batch in [b for b in self.unacked if b.segment is None and not b.abandoned]:
+            batch.abandoned = True
+            self._untrack(batch)
+            out.append(Parked(batch.content_type, batch.keys, batch.values))
+        keep: deque[Batch] = deque()
+        for batch in self.retry:
+            if batch.segment is None:
+                out.append(Parked(batch.content_type, batch.keys, batch.values))
+                self.retry_count -= len(batch.values)
+            else:
+                keep.append(batch)
+        self.retry = keep
+        while (parked := self.encode_pending(slice_records)) is not None:
+            out.append(parked)
+        return out

@@ -1,0 +1,673 @@
+"""The Kafka sink: batched, idempotent, at-least-once publishing with a disk spool.
+
+How a record travels::
+
+    submit() -> pending (memory, O(1) per call) -> pump: encode, partition, BatchBuilder per partition
+             -> producer.send_batch() -> broker ack -> counted delivered, forgotten
+    broker slow or away -> pending spills to the spool -> replayed in order when the broker
+             acknowledges again -> spool segment deleted after its last ack
+
+Rules that give "at least once":
+- a record leaves memory only when the broker acknowledged it, or when it is written to the spool;
+- memory holds at most ``kafka.queue_records`` records (pending + in flight + awaiting a retry);
+  beyond that, and whenever the broker has not acknowledged anything for ``STALL_S``, new records go
+  to the spool, and while the spool holds anything new records go behind it (order is kept);
+- at shutdown, ``flush`` waits for acknowledgements up to its timeout, then spools what is left;
+  the next start sends the spool before anything new;
+- only a full spool (``kafka.spool_max_bytes``) or a record the broker rejects for what it is
+  (too large, corrupt) loses records, and both are counted.
+
+Duplicates are possible only where a consumer can see them: a batch spooled at shutdown that the
+broker had in fact received, and the acknowledged part of a spool segment replayed after a crash.
+Both repeat (exporter, sequence) pairs. The idempotent producer removes the duplicates that
+retries inside one producer session would otherwise make.
+
+Partitioning: the key is ``flow_id``, 16 hex digits of a hash, so the partition is that number
+modulo the partition count: every collector puts one connection on one partition, without the cost
+of murmur2 in Python. (It is not the Java client's default partitioner.)
+
+Broker unreachable at start: with ``kafka.require_broker_at_start`` off (the default for ``run``),
+the sink starts degraded and spools until a broker answers: a collector fleet that boots during a
+Kafka outage keeps taking mirrored traffic instead of crash-looping (and the NLB would fail open
+anyway). ``check``-style callers set it on and get a clear error within ``connect_timeout_s``.
+Bad credentials, TLS failures, a missing codec and a topic that may not be created fail start-up
+in both modes: waiting cannot fix them.
+
+The sink is in exactly one ``State`` at a time; the table in its docstring says what each state
+does with new records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from functools import partial
+from typing import Any, Literal
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    TopicAuthorizationFailedError,
+)
+
+from collector.config import KafkaConfig, RecordsConfig
+from collector.errors import SinkError
+from collector.io.kafka import client, workarounds
+from collector.io.kafka.delivery import Batch, Delivery
+from collector.io.kafka.spooling import SinkSpool
+from collector.io.sink import SinkStatus
+from collector.logs import RateLimiter
+from collector.records import CONTENT_TYPES, FlowRecord, encoder_for
+
+log = logging.getLogger(__name__)
+
+STALL_S = 5.0
+"""No acknowledgement for this long while batches are in flight: the broker is slow or away, so new
+records go to the spool instead of piling up in memory."""
+CYCLE_RECORDS = 8192
+"""Records encoded per pump cycle without yielding: bounds how long the receive path waits."""
+LINGER_FULL_RECORDS = 4096
+"""Pending records that make a cycle worth starting before linger_ms is up."""
+SPILL_SLICE_RECORDS = 8192
+"""Records written to the spool per event-loop callback while spilling."""
+BACKOFF_MIN_S = 0.2
+BACKOFF_MAX_S = 5.0
+LOG_EVERY_S = 10.0
+"""Repeated warnings (drops, retries, reconnects) are logged at most this often, with a count."""
+RECENT_S = 60.0
+"""A drop or a permanent failure keeps the sink 'failed' in status() for this long."""
+WATCH_INTERVAL_S = 0.5
+CLOSE_TIMEOUT_S = 5.0
+
+
+class State(enum.Enum):
+    """What the sink does with records right now.
+
+    ========= ============================================== ==========================
+    state     meaning                                        new records go
+    ========= ============================================== ==========================
+    OFFLINE   no producer: not started, reconnecting         to the spool
+    REPLAYING connected; the spool holds records             to the spool, behind them
+    DIRECT    connected; the spool is drained                to the broker from memory
+    STALLED   connected; no ack for STALL_S while waiting    to the spool
+    CLOSED    close() ran                                    dropped and counted
+    ========= ============================================== ==========================
+
+    Retries of batches already built go out in every state but OFFLINE and CLOSED (they also
+    probe a stalled broker). An acknowledgement ends STALLED (to REPLAYING); a drained spool ends
+    REPLAYING; a producer reset or a failed connect means OFFLINE.
+    """
+
+    OFFLINE = "offline"
+    REPLAYING = "replaying"
+    DIRECT = "direct"
+    STALLED = "stalled"
+    CLOSED = "closed"
+
+
+_CONNECTED = (State.REPLAYING, State.DIRECT, State.STALLED)
+_SPOOLING = (State.OFFLINE, State.REPLAYING, State.STALLED)
+
+
+class _RateLimited:
+    """Log a recurring condition at most every LOG_EVERY_S, with how often it happened meanwhile."""
+
+    def __init__(self) -> None:
+        self._limiter = RateLimiter(LOG_EVERY_S)
+
+    def __call__(self, key: str, level: int, message: str, *args: object, count: int = 1) -> None:
+        total = self._limiter.check(key, time.monotonic(), count)
+        if total is not None:
+            log.log(level, message + " (%d since the last message)", *args, total)
+
+
+class KafkaSink:
+    """``kafka://HOST:PORT[,HOST:PORT]/TOPIC``; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        bootstrap: list[str],
+        topic: str,
+        config: KafkaConfig,
+        records: RecordsConfig,
+        *,
+        spool_name: str | None = None,
+    ) -> None:
+        """``spool_name``: subdirectory of ``kafka.spool_dir`` for this sink; by default each sink
+        claims the first free ``TOPIC/wN`` (see SinkSpool.open)."""
+        self.name = f"kafka://{','.join(bootstrap)}/{topic}"
+        self._servers = list(bootstrap)
+        self._topic = topic
+        self._config = config
+        self._records = records
+        self._spool = SinkSpool(config, topic, spool_name)
+        self._content_type = CONTENT_TYPES.get(records.format, "application/octet-stream")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._delivery: Delivery | None = None
+
+        self.state = State.OFFLINE
+        self._producer: Any = None
+        self._retiring: Any = None  # a producer being replaced, until it is stopped
+        self._producer_kwargs: dict[str, Any] = {}
+        self._client: dict[str, Any] = {}  # connection settings, built once (token provider)
+        self._topic_checked = False
+        self._flush_deadline: float | None = None  # while a flush runs: linger no longer waits
+        self._spill_handle: asyncio.Handle | None = None
+        self._busy_since = 0.0  # when batches last started waiting for acks after none did
+        self._last_ack_s = 0.0
+        self._backoff_s = BACKOFF_MIN_S
+        self._retry_after = 0.0
+
+        self._failures = 0
+        self._connect_error = ""
+        self._last_error = ""
+        self._error = ""
+        self._error_s = -RECENT_S
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._connect_task: asyncio.Task[None] | None = None
+        self._ratelimited = _RateLimited()
+
+    def __repr__(self) -> str:
+        return f"KafkaSink({self.name!r}, spool={str(self._spool.path)!r})"
+
+    @property
+    def delivery(self) -> Delivery:
+        assert self._delivery is not None, "start() builds the delivery core"
+        return self._delivery
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Validate, open the spool, connect and check the topic.
+
+        Raises ConfigError for setting mistakes, SinkError(retriable=False) for what waiting cannot
+        fix (authentication, TLS, topic), and SinkError(retriable=True) for an unreachable broker
+        when ``require_broker_at_start`` is on; otherwise an unreachable broker starts degraded.
+        """
+        self._loop = asyncio.get_running_loop()
+        c = self._config
+        client.check_producer_settings(c, self._records.format, self._records.vpc_flow_log_format)
+        if c.compression == "lz4":
+            workarounds.use_fast_lz4()
+        workarounds.quiet_aiokafka_repeats()
+        self._client = client.client_kwargs(c)
+        self._producer_kwargs = client.producer_kwargs(c, self._servers, self._client)
+        encode = encoder_for(self._records.format, self._records.vpc_flow_log_format)
+        self._delivery = Delivery(self._new_builder, encode, self._content_type)
+        spool = self._spool
+        spool.open()
+        try:
+            await self._connect()
+        except SinkError as exc:
+            if not exc.retriable or c.require_broker_at_start:
+                spool.forget()
+                raise
+            self._connect_error = str(exc)
+            log.warning(
+                "%s; starting degraded: records go to the spool %s until a broker answers",
+                exc,
+                spool.path,
+            )
+            self._connect_task = asyncio.create_task(self._connect_loop(), name="kafka-connect")
+        except BaseException:
+            spool.forget()
+            raise
+        self._tasks = [
+            asyncio.create_task(self._pump(), name="kafka-pump"),
+            asyncio.create_task(self._watch(), name="kafka-watch"),
+        ]
+
+    def _new_builder(self) -> Any:
+        return self._producer.create_batch()
+
+    async def _connect(self) -> None:
+        """One bounded attempt: probe, start a producer, check the topic."""
+        c = self._config
+        producer = AIOKafkaProducer(**self._producer_kwargs)
+        try:
+            async with asyncio.timeout(c.connect_timeout_s):
+                await client.probe(self._servers, self._client, c)
+                await producer.start()
+                if not self._topic_checked:
+                    if await client.ensure_topic(self._servers, self._client, self._topic, c):
+                        log.info(
+                            "created topic %r: %d partitions, replication factor %d",
+                            self._topic,
+                            c.topic_partitions,
+                            c.topic_replication_factor,
+                        )
+                    self._topic_checked = True
+                partitions = await producer.partitions_for(self._topic)
+        except BaseException as exc:
+            await self._stop_producer(producer)
+            if isinstance(exc, TimeoutError):
+                raise SinkError(
+                    f"Kafka at {','.join(self._servers)} did not answer within"
+                    f" {c.connect_timeout_s:g} s",
+                    retriable=True,
+                ) from exc
+            if isinstance(exc, KafkaError):
+                raise SinkError(
+                    f"Kafka at {','.join(self._servers)}: {client.describe(exc)}",
+                    retriable=client.is_retriable(exc),
+                ) from exc
+            raise
+        self._producer = producer
+        self.delivery.partitions = sorted(partitions)
+        self.state = State.DIRECT if self._spool.is_empty() else State.REPLAYING
+        self._last_ack_s = time.monotonic()
+        self._connect_error = ""
+        self._wake.set()
+        log.info(
+            "publishing to %s (%d partitions, acks=%s, %s)",
+            self.name,
+            len(partitions),
+            c.acks,
+            c.compression,
+        )
+
+    async def _connect_loop(self) -> None:
+        backoff = BACKOFF_MIN_S
+        outage = self._connect_error or "a producer reset"
+        while self.state is State.OFFLINE:
+            await asyncio.sleep(backoff)
+            try:
+                await self._connect()
+            except SinkError as exc:
+                self._connect_error = str(exc)
+                self._failures += 1
+                if not exc.retriable:
+                    self._set_error(str(exc))
+                self._ratelimited("connect", logging.WARNING, "%s; retrying", exc)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+            else:
+                log.info("Kafka answers again after: %s", outage)
+
+    async def _stop_producer(self, producer: Any, *, graceful: bool = True) -> None:
+        """Stop a producer within a bound: graceful is aiokafka's stop(), which waits for the
+        batches it holds (acked or failed, each reaches our callbacks); with the broker gone that
+        never ends, so then, or after CLOSE_TIMEOUT_S, the producer is dropped instead (see
+        workarounds.drop_producer); the batches it still held are taken back by the caller."""
+        if graceful:
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await producer.stop()
+            except TimeoutError:
+                reason = f"no answer within {CLOSE_TIMEOUT_S:g} s"
+            except Exception as exc:  # a broken sender raises on the way out
+                reason = client.describe(exc)
+            else:
+                return
+            log.warning("the Kafka producer did not stop cleanly (%s); dropping it", reason)
+        await workarounds.drop_producer(producer, CLOSE_TIMEOUT_S)
+
+    def _reset_producer(self, reason: str, *, graceful: bool = True) -> None:
+        """Replace the producer: its session broke (fenced, sequence error; graceful) or the
+        broker is gone (not graceful: aiokafka would retry its metadata in a tight loop, so the
+        connect loop takes over, with a backoff)."""
+        if self.state not in _CONNECTED:
+            return
+        log.warning("restarting the Kafka producer: %s", reason)
+        self.state = State.OFFLINE
+        self._connect_error = reason
+        producer, self._producer = self._producer, None
+        self._retiring = producer
+
+        async def reset() -> None:
+            # the pump may be waiting inside send_batch of the old producer: restart it
+            pump = self._tasks[0]
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+            await self._stop_producer(producer, graceful=graceful)
+            self._retiring = None
+            self.delivery.take_back_unacked()
+            self._tasks[0] = asyncio.create_task(self._pump(), name="kafka-pump")
+            await self._connect_loop()
+
+        self._connect_task = asyncio.create_task(reset(), name="kafka-reset")
+
+    async def flush(self, timeout_s: float) -> None:
+        """Wait for acknowledgements up to ``timeout_s``, then spool whatever is still in memory.
+        Returns early when the broker is away: waiting would only delay shutdown."""
+        deadline = self._flush_deadline = time.monotonic() + timeout_s
+        self._wake.set()
+        delivery = self.delivery
+        try:
+            while delivery.memory_records() and self.state in (State.DIRECT, State.REPLAYING):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(remaining, WATCH_INTERVAL_S)):
+                        await self._wake.wait()
+            if delivery.memory_records():
+                self._spool_memory()
+            self._spool.rotate()
+        finally:
+            self._flush_deadline = None
+
+    async def close(self) -> None:
+        """Spool what is left in memory, stop the tasks and the producer, release the spool."""
+        if self.state is State.CLOSED:
+            return
+        if self._delivery is not None:
+            self._spool_memory()
+        graceful = self.state in (State.DIRECT, State.REPLAYING)
+        self.state = State.CLOSED
+        tasks = [*self._tasks, *([self._connect_task] if self._connect_task else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._retiring is not None:  # close() interrupted a reset
+            retiring, self._retiring = self._retiring, None
+            await self._stop_producer(retiring, graceful=False)
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await self._stop_producer(producer, graceful=graceful)
+        self._spool.close()
+        log.info(
+            "closed %s: %d delivered, %d dropped, %d failed, %d bytes left in the spool",
+            self.name,
+            self._delivery.delivered if self._delivery else 0,
+            self._spool.dropped,
+            self._delivery.failed if self._delivery else 0,
+            self._spool.size_bytes,
+        )
+
+    # -- intake --------------------------------------------------------------------------------
+
+    def submit(self, records: list[FlowRecord]) -> None:
+        """O(1) per call on the receive path: queue the list, wake the pump."""
+        if not records:
+            return
+        if self.state is State.CLOSED or self._delivery is None:
+            self._spool.drop(len(records), "the sink is closed")
+            return
+        delivery = self._delivery
+        delivery.add(records, time.monotonic())
+        if self.state in _SPOOLING or delivery.memory_records() > self._config.queue_records:
+            self._schedule_spill()
+        self._wake.set()
+
+    def _schedule_spill(self) -> None:
+        if self._spill_handle is None and self._loop is not None:
+            self._spill_handle = self._loop.call_soon(self._spill)
+
+    def _spill(self) -> None:
+        """Move pending records to the spool, a slice per loop callback."""
+        self._spill_handle = None
+        delivery = self.delivery
+        if not delivery.pending or self.state is State.CLOSED:
+            return
+        if self.state is State.DIRECT:  # memory is full: what follows queues behind the spool
+            self.state = State.REPLAYING
+        self._spool.park(delivery.encode_pending(SPILL_SLICE_RECORDS))
+        if delivery.pending:
+            self._schedule_spill()
+
+    def _spool_memory(self) -> None:
+        for parked in self.delivery.park_memory(SPILL_SLICE_RECORDS):
+            self._spool.park(parked)
+
+    # -- delivery ------------------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        while True:
+            try:
+                batches = await self._next_batches()
+                if batches:
+                    await self._dispatch(batches)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not stop delivery for good
+                log.exception("Kafka delivery loop error; continuing")
+                self._failures += 1
+                await asyncio.sleep(BACKOFF_MAX_S)
+
+    async def _next_batches(self) -> list[Batch]:
+        """Wait until sending makes sense, then build the next batches: retries first, then the
+        spool (while replaying) or pending records."""
+        delivery = self.delivery
+        while True:
+            self._wake.clear()
+            wait_s: float | None = None
+            now = time.monotonic()
+            room = self._config.queue_records - delivery.unacked_count
+            state = self.state
+            if state not in _CONNECTED or not delivery.partitions:
+                wait_s = None
+            elif delivery.retry:  # retries go out even while stalled: they probe for the broker
+                if now < self._retry_after:
+                    wait_s = self._retry_after - now
+                else:
+                    return delivery.rebuild_retries(max(room, 1), _now_ms())
+            elif state is State.STALLED or room <= 0:
+                wait_s = WATCH_INTERVAL_S if state is State.STALLED else None
+            elif state is State.REPLAYING:
+                batches = self._from_spool(room)
+                if batches or self.state is State.REPLAYING:
+                    return batches
+                continue  # spool drained: carry on with pending
+            elif delivery.pending:
+                linger_s = self._config.linger_ms / 1000
+                oldest = delivery.pending[0][0]
+                if (
+                    delivery.pending_count >= LINGER_FULL_RECORDS
+                    or self._flush_deadline is not None
+                    or now - oldest >= linger_s
+                ):
+                    return delivery.from_pending(min(room, CYCLE_RECORDS), _now_ms())
+                wait_s = oldest + linger_s - now
+            if wait_s is None:
+                await self._wake.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait_s):
+                        await self._wake.wait()
+
+    def _from_spool(self, room: int) -> list[Batch]:
+        """The next spooled records, in order; leaves REPLAYING when the spool has nothing unread
+        (what is in flight from it is acknowledged or retried as usual)."""
+        delivery = self.delivery
+        while delivery.pending:  # pending records are newer than the spool: they queue behind it
+            self._spool.park(delivery.encode_pending(SPILL_SLICE_RECORDS))
+        limit = min(room, CYCLE_RECORDS)
+        chunk = self._spool.next_chunk(limit)
+        if chunk is None:
+            self.state = State.DIRECT
+            log.info("spool replay done; publishing directly again")
+            return []
+        first_s = time.monotonic() - max(0.0, time.time() - chunk.created_s)
+        return delivery.from_chunk(
+            chunk.keys, chunk.values, chunk.content_type, first_s, chunk.segment, _now_ms()
+        )
+
+    async def _dispatch(self, batches: list[Batch]) -> None:
+        """Hand batches to the producer: partitions side by side, each partition in order."""
+        by_partition: dict[int, list[Batch]] = {}
+        for batch in batches:
+            by_partition.setdefault(batch.partition, []).append(batch)
+        await asyncio.gather(*(self._send_in_order(group) for group in by_partition.values()))
+
+    async def _send_in_order(self, batches: list[Batch]) -> None:
+        producer = self._producer
+        for i, batch in enumerate(batches):
+            if batch.abandoned:
+                continue
+            try:
+                future = await producer.send_batch(
+                    batch.builder, self._topic, partition=batch.partition
+                )
+            except Exception as exc:  # not handed over: this batch and the rest retry, in order
+                for rest in batches[i:]:
+                    if not rest.abandoned:
+                        self._on_failure(rest, exc)
+                return
+            batch.sent_s = time.monotonic()
+            future.add_done_callback(partial(self._on_done, batch))
+
+    def _on_done(self, batch: Batch, future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            exc: BaseException | None = KafkaConnectionError("delivery cancelled")
+        else:
+            exc = future.exception()
+        if batch.abandoned:
+            return
+        if exc is not None:
+            self._on_failure(batch, exc)
+            return
+        now = time.monotonic()
+        count = self.delivery.acked(batch, now)
+        self._last_ack_s = now
+        if self.state is State.STALLED:
+            self.state = State.REPLAYING
+            log.info("Kafka acknowledges again")
+        self._spool.ack(batch.segment, count)
+        self._backoff_s = BACKOFF_MIN_S
+        self._wake.set()
+
+    def _on_failure(self, batch: Batch, exc: BaseException) -> None:
+        delivery = self.delivery
+        self._failures += 1
+        self._last_error = client.describe(exc)
+        if isinstance(exc, client.RECORD_ERRORS):
+            count = delivery.rejected(batch)
+            self._set_error(f"the broker rejected {count} records: {self._last_error}")
+            self._ratelimited(
+                "rejected",
+                logging.ERROR,
+                "the broker rejected a batch of %d records for good: %s",
+                count,
+                self._last_error,
+            )
+            self._spool.ack(batch.segment, count)
+        else:
+            count = delivery.to_retry(batch)
+            now = time.monotonic()
+            self._retry_after = max(self._retry_after, now + self._backoff_s)
+            self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
+            if isinstance(exc, TopicAuthorizationFailedError | ClusterAuthorizationFailedError):
+                self._set_error(f"not allowed to write to {self._topic!r}: {self._last_error}")
+            self._ratelimited(
+                "retry",
+                logging.WARNING,
+                "Kafka did not take %d records (%s); retrying",
+                count,
+                self._last_error,
+                count=count,
+            )
+            if isinstance(exc, client.PRODUCER_FATAL) or workarounds.producer_broken(
+                self._producer
+            ):
+                self._reset_producer(self._last_error)
+        if delivery.memory_records() > self._config.queue_records:
+            self._schedule_spill()
+        self._wake.set()
+
+    async def _watch(self) -> None:
+        """Notice a broker that stopped acknowledging (aiokafka retries in-flight batches of an
+        idempotent producer forever, silently) and route new records to the spool meanwhile.
+        Stalled: batches wait for acknowledgement (or a retry) and nothing was acknowledged for
+        STALL_S since they started waiting. Only an acknowledgement ends it."""
+        busy = False
+        probed_s = 0.0
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            now = time.monotonic()
+            if not self.delivery.waiting():
+                busy = False
+                continue
+            if not busy:
+                busy, self._busy_since = True, now
+            quiet_s = now - max(self._busy_since, self._last_ack_s)
+            if quiet_s > STALL_S and self.state in (State.DIRECT, State.REPLAYING):
+                self.state = State.STALLED
+                self._schedule_spill()
+                log.warning(
+                    "Kafka has not acknowledged anything for %.0f s; spooling new records to %s",
+                    quiet_s,
+                    self._spool.path,
+                )
+            if self.state is State.STALLED and now - probed_s > STALL_S:
+                probed_s = now
+                await self._probe_while_stalled()
+
+    async def _probe_while_stalled(self) -> None:
+        """A stalled broker that refuses connections is gone: replace the producer (see
+        _reset_producer). One that answers is only slow: keep waiting for its acks."""
+        try:
+            async with asyncio.timeout(self._config.connect_timeout_s):
+                await client.probe(self._servers, self._client, self._config)
+        except (SinkError, TimeoutError) as exc:
+            if self.state is State.STALLED:
+                self._reset_producer(f"Kafka is unreachable ({exc})", graceful=False)
+
+    # -- status --------------------------------------------------------------------------------
+
+    def _set_error(self, message: str) -> None:
+        self._error = message
+        self._error_s = time.monotonic()
+
+    def status(self) -> SinkStatus:
+        """State, detail and counters; hands over (and forgets) the latency observations."""
+        now = time.monotonic()
+        spool_bytes = self._spool.size_bytes
+        delivery = self._delivery
+        state: Literal["ok", "degraded", "failed"] = "ok"
+        detail = ""
+        if now - self._spool.write_error_s < RECENT_S:
+            state, detail = "failed", f"dropping records: {self._spool.write_error}"
+        elif now - self._spool.dropped_s < RECENT_S:
+            state, detail = "failed", f"dropping records: spool full ({spool_bytes} bytes)"
+        elif self._error and now - self._error_s < RECENT_S:
+            state, detail = "failed", self._error
+        elif self.state is State.OFFLINE:
+            state = "degraded"
+            detail = f"{self._connect_error or 'not connected'}; spooling ({spool_bytes} bytes)"
+        elif self.state is State.STALLED:
+            state = "degraded"
+            detail = f"Kafka is not acknowledging; spooling ({spool_bytes} bytes)"
+        elif self.state is State.REPLAYING or spool_bytes:
+            state, detail = "degraded", f"replaying the spool ({spool_bytes} bytes)"
+        elif delivery is not None and delivery.retry:
+            state = "degraded"
+            detail = f"retrying {delivery.retry_count} records: {self._last_error}"
+        if delivery is None:
+            return SinkStatus(state=state, detail=detail, dropped=self._spool.dropped)
+        observations, delivery.latencies = delivery.latencies, []
+        return SinkStatus(
+            state=state,
+            detail=detail,
+            queue_records=delivery.memory_records(),
+            spool_bytes=spool_bytes,
+            delivered=delivery.delivered,
+            retried=delivery.retried,
+            failed=delivery.failed,
+            dropped=self._spool.dropped,
+            failures=self._failures,
+            latency_observations=observations,
+        )
+
+    @property
+    def spool_skipped_bytes(self) -> int:
+        """Bytes of torn or corrupt spool data skipped since start (crash leftovers)."""
+        return self._spool.skipped_bytes
+
+    @property
+    def spool_corrupt_segments(self) -> int:
+        """Spool segments found torn or corrupt since start."""
+        return self._spool.corrupt_segments
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

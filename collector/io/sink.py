@@ -1,0 +1,49 @@
+"""The contract between the service and every sink: the ``Sink`` protocol and ``SinkStatus``.
+
+It sits below both the sink factory (``io/sinks.py``) and the sinks themselves (``io/kafka``), so
+neither has to import the other to agree on it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+import msgspec
+
+from collector.records import FlowRecord
+
+
+class SinkStatus(msgspec.Struct, kw_only=True):
+    """A sink's health and counters (counters are totals since start)."""
+
+    state: Literal["ok", "degraded", "failed"] = "ok"
+    detail: str = ""
+    queue_records: int = 0
+    spool_bytes: int = 0
+    delivered: int = 0
+    retried: int = 0
+    failed: int = 0
+    dropped: int = 0
+    failures: int = 0
+    latency_observations: list[float] = msgspec.field(default_factory=list)
+
+
+class Sink(Protocol):
+    """What the service needs from a sink."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Connect; raise SinkError/ConfigError on bad settings within a bounded time."""
+
+    def submit(self, records: list[FlowRecord]) -> None:
+        """Take ownership of records; never blocks, never raises."""
+
+    async def flush(self, timeout_s: float) -> None:
+        """Deliver (or safely park) everything submitted so far."""
+
+    async def close(self) -> None:
+        """Release resources after a flush."""
+
+    def status(self) -> SinkStatus:
+        """Current state and counters; drains latency observations."""
