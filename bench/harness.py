@@ -1,4 +1,5 @@
-"""A collector in a subprocess for the load benchmarks, and its /metrics as numbers.
+"""What the benchmarks share: a collector in a subprocess, its /metrics as numbers, free ports,
+per-process CPU and per-port kernel drops from /proc, and the local Kafka broker.
 
 Every address is on 127.0.0.1: the benchmarks only ever send to this machine.
 """
@@ -12,19 +13,68 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 LOOPBACK = "127.0.0.1"
+ROOT = Path(__file__).resolve().parent.parent
+KAFKACTL = ROOT / "deploy" / "kafka" / "kafkactl"
+KAFKA = (LOOPBACK, 9092)  # kafkactl's default
+TICKS = os.sysconf("SC_CLK_TCK")
+PORT_ATTEMPTS = 5
 
 Metrics = dict[str, float]  # 'name' or 'name{label="value"}' -> value
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    """A port nothing listens on right now (UDP or TCP) on 127.0.0.1."""
+    """A port the kernel just handed out for 127.0.0.1 (bound to port 0 and read back).
+
+    A subprocess must bind it after this returns; with SO_REUSEPORT a clash would silently share
+    traffic instead of failing, so the collector harness checks who holds the port afterwards.
+    """
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
+
+
+def udp_sockets(port: int) -> list[tuple[int, int]]:
+    """(inode, kernel drops) of every UDP socket bound to ``port`` (/proc/net/udp and udp6)."""
+    found = []
+    suffix = f":{port:04X}"
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 13 and fields[1].endswith(suffix):
+                found.append((int(fields[9]), int(fields[12])))
+    return found
+
+
+def port_drops(port: int) -> int:
+    """Datagrams the kernel dropped on the sockets bound to ``port`` (full receive buffers)."""
+    return sum(drops for _, drops in udp_sockets(port))
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU seconds of these processes so far (clock ticks, 10 ms)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
+def backlog_drops() -> int:
+    """Packets dropped by the kernel before any socket (per-CPU backlog full; softnet_stat)."""
+    try:
+        lines = Path("/proc/net/softnet_stat").read_text().splitlines()
+    except OSError:
+        return 0
+    return sum(int(line.split()[1], 16) for line in lines)
 
 
 def parse_metrics(text: str) -> Metrics:
@@ -58,7 +108,11 @@ def by_label(metrics: Metrics, name: str, label: str) -> dict[str, float]:
 
 
 class Collector:
-    """``python -m collector run`` on free loopback ports with a /dev/null file sink."""
+    """``python -m collector run`` on free loopback ports with a /dev/null file sink.
+
+    Default config otherwise; ``env`` adds ``COLLECTOR_*`` settings. Once healthy, the UDP port
+    must be held by exactly the collector's workers, or it starts again on other ports.
+    """
 
     def __init__(
         self,
@@ -68,6 +122,17 @@ class Collector:
         start_timeout_s: float = 30.0,
     ) -> None:
         self.workers = workers
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+        self.env = {**clean, **(env or {})}
+        for attempt in range(PORT_ATTEMPTS):
+            self._start(start_timeout_s)
+            if len(udp_sockets(self.port)) == workers:
+                return
+            self.close()
+            if attempt == PORT_ATTEMPTS - 1:
+                raise RuntimeError(f"UDP port {self.port} is shared with another process")
+
+    def _start(self, start_timeout_s: float) -> None:
         self.port = free_port(socket.SOCK_DGRAM)
         self.http = free_port(socket.SOCK_STREAM)
         self.metrics_url = f"http://{LOOPBACK}:{self.http}/metrics"
@@ -78,7 +143,7 @@ class Collector:
                 "collector",
                 "run",
                 "--workers",
-                str(workers),
+                str(self.workers),
                 "--listen",
                 f"{LOOPBACK}:{self.port}",
                 "--health",
@@ -88,7 +153,7 @@ class Collector:
                 "--log-level",
                 "error",
             ],
-            env={**os.environ, **(env or {})},
+            env=self.env,
         )
         deadline = time.monotonic() + start_timeout_s
         while True:
@@ -96,8 +161,11 @@ class Collector:
                 raise RuntimeError(f"collector exited with status {self.proc.returncode}")
             try:
                 body = self.health()
-                if body.get("status") == "ok" and len(body.get("workers", [])) == workers:
-                    self.pids = [int(w["pid"]) for w in body["workers"]]
+                workers = body.get("workers", [])
+                assert isinstance(workers, list)
+                if body.get("status") == "ok" and len(workers) == self.workers:
+                    self.pids = [int(w["pid"]) for w in workers]
+                    self.health_body = body
                     break
             except (OSError, KeyError, ValueError):
                 pass
@@ -116,6 +184,10 @@ class Collector:
 
     def received(self) -> int:
         return int(self.metrics().get("collector_datagrams_received_total", 0.0))
+
+    def count(self) -> int:
+        """Datagrams received (the ingest benchmark's receiver interface)."""
+        return self.received()
 
     def settle(self, expected: int, *, still_polls: int = 4, interval_s: float = 0.3) -> int:
         """Wait until the received count reaches ``expected`` or stops moving; return it."""
@@ -143,6 +215,61 @@ class Collector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def broker_listening(address: tuple[str, int] = KAFKA) -> bool:
+    """Whether something accepts connections where the benchmarks look for a broker."""
+    try:
+        with socket.create_connection(address, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+class Broker:
+    """The local Kafka broker (deploy/kafka/kafkactl): started when none listens, and stopped
+    again by ``stop`` only if this process started it."""
+
+    def __init__(self, address: tuple[str, int] = KAFKA) -> None:
+        self.address = address
+        self.started = False
+        self.error = ""
+
+    def ensure(self) -> bool:
+        if broker_listening(self.address):
+            return True
+        if not KAFKACTL.exists():
+            self.error = "deploy/kafka/kafkactl not found"
+            return False
+        if self._ctl("status", 30).returncode == 0:
+            return True
+        print("starting the local Kafka broker (deploy/kafka/kafkactl start)", file=sys.stderr)
+        done = self._ctl("start", 900)  # the first start fetches the broker's jars
+        if done.returncode != 0:
+            self.error = "kafkactl start failed: " + " | ".join(
+                done.stderr.strip().splitlines()[-4:]
+            )
+            return False
+        self.started = True
+        return True
+
+    def stop(self) -> None:
+        if self.started:
+            self._ctl("stop", 120)
+            self.started = False
+
+    @staticmethod
+    def _ctl(command: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(
+                [str(KAFKACTL), command],
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess([command], 1, "", f"kafkactl {command} timed out")
 
 
 def format_locust_report(report: dict[str, Any]) -> str:

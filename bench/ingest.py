@@ -1,70 +1,91 @@
-"""Live ingest with one worker: CPU per packet against a bare uvloop receiver, and loss per rate.
+"""Live ingest: a rate sweep over three receivers in the same run, loss and CPU per packet.
 
-    python -m bench.ingest [--count 400000] [--rates 0,50000,100000,...] [--json]
+    python -m bench.ingest [--rates 100000,200000,300000,0] [--profiles mixed,new-flows]
+        [--seconds 1.5] [--procs 2] [--receivers recvmmsg,uvloop,collector,collector-2w] [--json]
 
-For each receiver (the bare uvloop counter, then the collector with one worker and each receive
-path) the same blaster sends the same datagrams; CPU time is read from /proc for the receiving
-process only, before and after each flood, and divided by the datagrams it received. Loss is sent
-minus received. Rate 0 means the sender's flat-out rate.
+Receivers, each in its own process, fed the same traffic by the same blaster (bench.blast,
+sendmmsg from ``--procs`` processes, 8 sockets each so SO_REUSEPORT spreads them over workers):
+
+- ``recvmmsg``: a minimal recvmmsg(2) loop that only counts, the floor for user-space receive;
+- ``uvloop``: a bare uvloop DatagramProtocol that only counts;
+- ``collector``: ``python -m collector run --workers 1``, default config, /dev/null file sink;
+- ``collector-2w``: the same with 2 workers.
+
+Per offered rate (0 = the senders flat out) and profile: datagrams sent (what sendmmsg accepted),
+received, kernel drops (the ``drops`` of the receiver's sockets in /proc/net/udp), unexplained
+loss (sent - received - kernel drops: should be 0), loss %, and CPU per received packet (user +
+system time of the receiving processes, from /proc, before and after; the collector's workers
+only). For the collector, /healthz is polled every 0.1 s while the senders run: its slowest
+answer and any answer that was not 200. The knee of a receiver is the highest offered rate it
+took without loss. Targets, as ratios measured in this run, are printed with pass/fail.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bench.blast import blast
+from bench.blast import PROFILE_NAMES, NewFlows, blast
+from bench.harness import LOOPBACK, Collector, backlog_drops, cpu_seconds, port_drops
 from bench.traffic import PROFILES, build
 
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+RCVBUF = 32 << 20  # what the collector asks for by default; the kernel caps it (rmem_max)
+SOCKETS_PER_SENDER = 8
+WARMUP = 100_000
+MIN_COUNT = 200_000
+FLAT_OUT_SECONDS = 2.5
+FLAT_OUT_PPS = 350_000  # what 2 sendmmsg processes reach on a 2-core machine
+HEALTH_POLL_S = 0.1
+HEALTH_LIMIT_S = 1.0  # an NLB health check must get an answer well within its timeout
+SETTLE_POLL_S = 0.25
+RECEIVERS = ("recvmmsg", "uvloop", "collector", "collector-2w")
+DEFAULT_RATES = "100000,200000,250000,300000,0"
 
 
 @dataclass
-class Run:
+class Point:
     receiver: str
+    profile: str
     offered_pps: float  # 0 = flat out
     sent: int
-    received: int
-    loss: int
-    loss_pct: float
     send_rate_pps: float
+    received: int
+    kernel_drops: int
+    unexplained: int  # sent - received - kernel drops
+    backlog_drops: int  # dropped before any socket, machine-wide, during the point
+    loss_pct: float
     cpu_s: float
     cpu_us_per_packet: float
+    health_max_ms: float | None = None
+    health_not_200: int | None = None
+    health_polls: int | None = None
 
 
 class Bare:
-    name = "bare-uvloop"
+    """One of the counting baselines (bench.bare_receiver) in a subprocess."""
 
-    def __init__(self) -> None:
-        self.port = free_port(socket.SOCK_DGRAM)
+    def __init__(self, kind: str) -> None:
+        self.name = kind
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.bare_receiver", str(self.port), str(32 << 20)],
+            [sys.executable, "-m", "bench.bare_receiver", kind, "0", str(RCVBUF)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
-        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
-        self.pid = self.proc.pid
+        assert self.proc.stdout is not None
+        word, port = self.proc.stdout.readline().split()
+        assert word == "ready"
+        self.port = int(port)
+        self.pids = [self.proc.pid]
+        self.health_url: str | None = None
 
     def count(self) -> int:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -76,153 +97,301 @@ class Bare:
         assert self.proc.stdin is not None
         self.proc.stdin.write("quit\n")
         self.proc.stdin.flush()
-        self.proc.wait(timeout=10)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
-class Collector:
-    def __init__(self, mode: str) -> None:
-        self.name = f"collector-{mode}"
-        self.port = free_port(socket.SOCK_DGRAM)
-        self.http = free_port(socket.SOCK_STREAM)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "collector",
-                "run",
-                "--workers",
-                "1",
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--health",
-                f"127.0.0.1:{self.http}",
-                "--sink",
-                f"file:{os.devnull}",
-                "--log-level",
-                "error",
-            ],
-            env={**os.environ, "COLLECTOR_RECV_MODE": mode},
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.http}/healthz", timeout=2
-                ) as r:
-                    body = json.loads(r.read())
-                    self.pid = int(body["workers"][0]["pid"])
-                    break
-            except (OSError, KeyError, ValueError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+class CollectorReceiver:
+    def __init__(self, workers: int) -> None:
+        self.name = "collector" if workers == 1 else f"collector-{workers}w"
+        self.collector = Collector(workers)
+        self.port = self.collector.port
+        self.pids = self.collector.pids
+        self.health_url = f"http://{LOOPBACK}:{self.collector.http}/healthz"
 
     def count(self) -> int:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=5) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith("collector_datagrams_received_total "):
-                    return int(float(line.split()[1]))
-        return 0
+        return self.collector.received()
 
     def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
+        self.collector.close()
 
 
-def settle(receiver: Any, expected: int) -> int:
-    """Wait until the receiver has counted everything, or its count stops moving."""
+def make_receiver(name: str) -> Bare | CollectorReceiver:
+    if name in ("recvmmsg", "uvloop"):
+        return Bare(name)
+    if name == "collector":
+        return CollectorReceiver(1)
+    if name == "collector-2w":
+        return CollectorReceiver(2)
+    raise ValueError(f"unknown receiver {name!r}")
+
+
+@dataclass
+class HealthProbe:
+    """Polls /healthz in a thread: the slowest answer and the answers that were not 200."""
+
+    url: str
+    stopping: threading.Event = field(default_factory=threading.Event)
+    latencies: list[float] = field(default_factory=list)
+    not_200: int = 0
+
+    def __post_init__(self) -> None:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            start = time.perf_counter()
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as response:
+                    ok = response.status == 200
+                    response.read()
+            except (urllib.error.URLError, OSError):
+                ok = False
+            self.latencies.append(time.perf_counter() - start)
+            self.not_200 += not ok
+            self.stopping.wait(HEALTH_POLL_S)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join()
+
+
+def settle(receiver: Bare | CollectorReceiver, before: int, sent: int, drops: int) -> int:
+    """Wait until the receiver has counted what the kernel did not drop, or stops counting (the
+    collector's count is published every 0.5 s: four still polls span two publications)."""
     last, still = -1, 0
+    deadline = time.monotonic() + 60
     while True:
-        count = receiver.count()
-        if count >= expected:
-            return int(count)
+        count = receiver.count() - before
+        if count + (port_drops(receiver.port) - drops) >= sent or time.monotonic() > deadline:
+            return count
         still = still + 1 if count == last else 0
         if still >= 4:
-            return int(count)
+            return count
         last = count
-        time.sleep(0.5)
+        time.sleep(SETTLE_POLL_S)
 
 
-def measure(receiver: Any, datagrams: list[bytes], count: int, rate: float) -> Run:
-    before_count = settle(receiver, 0)
-    before_cpu = cpu_seconds(receiver.pid)
-    result = blast(("127.0.0.1", receiver.port), count, rate=rate, datagrams=datagrams)
-    received = settle(receiver, before_count + result.sent) - before_count
-    cpu = cpu_seconds(receiver.pid) - before_cpu
-    loss = result.sent - received
-    return Run(
-        receiver=receiver.name,
-        offered_pps=rate,
-        sent=result.sent,
-        received=received,
-        loss=loss,
-        loss_pct=100.0 * loss / result.sent,
-        send_rate_pps=result.rate_pps,
-        cpu_s=cpu,
-        cpu_us_per_packet=1e6 * cpu / max(received, 1),
-    )
+class Sweep:
+    """The senders' state across points: new-flows never repeats a 5-tuple within a run."""
 
+    def __init__(self, procs: int, seconds: float) -> None:
+        self.procs = procs
+        self.seconds = seconds
+        self.first_pass = 0
+        self.data: dict[str, list[bytes]] = {}
 
-def run(count: int, rates: list[float], profile: str) -> dict[str, Any]:
-    datagrams = build(PROFILES[profile], 50_000)
-    runs: list[Run] = []
-    receivers = (Bare, *(lambda m=m: Collector(m) for m in ("mmsg", "reader", "protocol")))
-    for factory in receivers:
-        receiver = factory()
-        try:
-            measure(receiver, datagrams, min(count, 50_000), 0)  # warm-up: flows, caches
-            runs.extend(measure(receiver, datagrams, count, rate) for rate in rates)
-        finally:
-            receiver.close()
-    flat = {r.receiver: r for r in runs if r.offered_pps == 0}
-    base = flat["bare-uvloop"].cpu_us_per_packet
-    summary = {
-        name: {
-            "cpu_us_per_packet": round(r.cpu_us_per_packet, 3),
-            "ratio_vs_bare": round(r.cpu_us_per_packet / base, 3),
-            "loss_pct_flat_out": round(r.loss_pct, 4),
-            "sender_pps": round(r.send_rate_pps),
-        }
-        for name, r in flat.items()
-    }
-    loss_starts = {}
-    for name in flat:
-        lossy = sorted(
-            r.offered_pps for r in runs if r.receiver == name and r.loss > 0 and r.offered_pps
+    def send(self, port: int, profile: str, count: int, rate: float) -> tuple[int, float]:
+        if profile != "new-flows" and profile not in self.data:
+            self.data[profile] = build(PROFILES[profile], 50_000)
+        result = blast(
+            (LOOPBACK, port),
+            count,
+            rate=rate,
+            procs=self.procs,
+            profile=profile,
+            datagrams=self.data.get(profile),
+            sockets=SOCKETS_PER_SENDER,
+            first_pass=self.first_pass,
         )
-        loss_starts[name] = lossy[0] if lossy else None
-    return {
-        "profile": profile,
-        "count": count,
-        "runs": [asdict(r) for r in runs],
-        "summary": summary,
-        "loss_starts_at_pps": loss_starts,
+        self.first_pass += NewFlows.passes_for(count // self.procs + 1)
+        return result.sent, result.rate_pps
+
+    def count_for(self, rate: float) -> int:
+        if not rate:  # flat out: about FLAT_OUT_SECONDS at the rate the senders reach here
+            return int(FLAT_OUT_PPS * FLAT_OUT_SECONDS)
+        return max(MIN_COUNT, int(rate * self.seconds))
+
+    def point(self, receiver: Bare | CollectorReceiver, profile: str, rate: float) -> Point:
+        count = self.count_for(rate)
+        before = receiver.count()
+        drops0, backlog0 = port_drops(receiver.port), backlog_drops()
+        cpu0 = cpu_seconds(receiver.pids)
+        probe = HealthProbe(receiver.health_url) if receiver.health_url else None
+        try:
+            sent, send_rate = self.send(receiver.port, profile, count, rate)
+            received = settle(receiver, before, sent, drops0)
+        finally:
+            if probe is not None:
+                probe.stop()
+        cpu = cpu_seconds(receiver.pids) - cpu0
+        drops = port_drops(receiver.port) - drops0
+        point = Point(
+            receiver=receiver.name,
+            profile=profile,
+            offered_pps=rate,
+            sent=sent,
+            send_rate_pps=round(send_rate),
+            received=received,
+            kernel_drops=drops,
+            unexplained=sent - received - drops,
+            backlog_drops=backlog_drops() - backlog0,
+            loss_pct=round(100.0 * (sent - received) / max(sent, 1), 4),
+            cpu_s=round(cpu, 3),
+            cpu_us_per_packet=round(1e6 * cpu / max(received, 1), 3),
+        )
+        if probe is not None and probe.latencies:
+            point.health_max_ms = round(1000 * max(probe.latencies), 1)
+            point.health_not_200 = probe.not_200
+            point.health_polls = len(probe.latencies)
+        return point
+
+
+def knee(points: list[Point]) -> float | None:
+    """The highest offered rate taken without loss (the senders' rate for flat out)."""
+    ok = [p.offered_pps or p.send_rate_pps for p in points if p.sent == p.received]
+    return max(ok) if ok else None
+
+
+def targets(points: list[Point], profiles: list[str]) -> list[dict[str, Any]]:
+    """The issue's targets as ratios from this run, with pass/fail."""
+    out: list[dict[str, Any]] = []
+
+    def at(receiver: str, profile: str) -> dict[float, Point]:
+        return {p.offered_pps: p for p in points if p.receiver == receiver and p.profile == profile}
+
+    for profile in profiles:
+        bare, ours, floor = at("uvloop", profile), at("collector", profile), at("recvmmsg", profile)
+        if not bare or not ours:
+            continue
+        clean = [r for r, p in bare.items() if p.sent == p.received and r in ours]
+        lossless = [r for r in clean if ours[r].sent == ours[r].received]
+        out.append(
+            {
+                "target": f"{profile}: zero loss wherever bare uvloop has zero loss",
+                "value": f"{len(lossless)}/{len(clean)} rates",
+                "pass": len(lossless) == len(clean),
+            }
+        )
+        if clean:
+            # flat out (0) is the highest rate of all; plain numbers order the rest
+            top = max(clean, key=lambda r: r or float("inf"))
+            ratio = ours[top].cpu_us_per_packet / max(bare[top].cpu_us_per_packet, 1e-9)
+            label = "flat out" if not top else f"{top:,.0f}/s"
+            out.append(
+                {
+                    "target": f"{profile}: CPU/packet <= 1.0x bare uvloop at {label}",
+                    "value": f"{ratio:.2f}x",
+                    "pass": ratio <= 1.0,
+                }
+            )
+            if top in floor:
+                ratio = ours[top].cpu_us_per_packet / max(floor[top].cpu_us_per_packet, 1e-9)
+                out.append(
+                    {
+                        "target": f"{profile}: CPU/packet <= 1.3x the recvmmsg loop at {label}",
+                        "value": f"{ratio:.2f}x",
+                        "pass": ratio <= 1.3,
+                    }
+                )
+        two = at("collector-2w", profile)
+        one_knee, two_knee = knee(list(ours.values())), knee(list(two.values()))
+        if two:
+            ratio = (two_knee or 0.0) / one_knee if one_knee else 0.0
+            out.append(
+                {
+                    "target": f"{profile}: 2 workers >= 1.6x one worker's zero-loss rate",
+                    "value": f"{ratio:.2f}x ({two_knee or 0:,.0f} vs {one_knee or 0:,.0f}/s)",
+                    "pass": ratio >= 1.6,
+                }
+            )
+    health = [p for p in points if p.health_max_ms is not None]
+    if health:
+        worst = max(health, key=lambda p: p.health_max_ms or 0.0)
+        not_200 = sum(p.health_not_200 or 0 for p in health)
+        out.append(
+            {
+                "target": "/healthz answers 200 within 1 s at every rate, saturated included",
+                "value": f"slowest {worst.health_max_ms:.0f} ms, {not_200} not 200",
+                "pass": (worst.health_max_ms or 0.0) <= 1000 * HEALTH_LIMIT_S and not not_200,
+            }
+        )
+    return out
+
+
+def run(
+    rates: list[float], profiles: list[str], receivers: list[str], procs: int, seconds: float
+) -> dict[str, Any]:
+    sweep = Sweep(procs, seconds)
+    points: list[Point] = []
+    for profile in profiles:
+        for name in receivers:
+            receiver = make_receiver(name)
+            try:
+                sweep.send(receiver.port, profile, WARMUP, 100_000)  # flows, caches, page faults
+                settle(receiver, 0, WARMUP, 0)
+                for rate in rates:
+                    point = sweep.point(receiver, profile, rate)
+                    points.append(point)
+                    print(line(point), file=sys.stderr, flush=True)
+            finally:
+                receiver.close()
+    knees = {
+        f"{name}/{profile}": knee(
+            [p for p in points if p.receiver == name and p.profile == profile]
+        )
+        for profile in profiles
+        for name in receivers
     }
+    return {
+        "profiles": profiles,
+        "receivers": receivers,
+        "rates": rates,
+        "sender_processes": procs,
+        "sockets_per_sender": SOCKETS_PER_SENDER,
+        "seconds_per_point": seconds,
+        "points": [asdict(p) for p in points],
+        "knees_pps": knees,
+        "targets": targets(points, profiles),
+        "sender_max_pps": max((p.send_rate_pps for p in points if not p.offered_pps), default=None),
+    }
+
+
+def line(p: Point) -> str:
+    offered = "flat out" if not p.offered_pps else f"{p.offered_pps:,.0f}/s"
+    health = (
+        f"  health max {p.health_max_ms:.0f} ms, {p.health_not_200} not 200"
+        if p.health_max_ms is not None
+        else ""
+    )
+    return (
+        f"{p.profile:>9} {p.receiver:>12}  offered {offered:>10}  sent {p.sent:>9,} at "
+        f"{p.send_rate_pps:>9,.0f}/s  received {p.received:>9,}  kernel drops {p.kernel_drops:>8,}"
+        f"  unexplained {p.unexplained:>3}  loss {p.loss_pct:7.3f}%  cpu {p.cpu_us_per_packet:5.2f}"
+        f" us/packet{health}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--count", type=int, default=400_000)
-    parser.add_argument("--rates", default="0", help="comma-separated offered rates, 0 = flat out")
-    parser.add_argument("--profile", default="mixed", choices=sorted(PROFILES))
+    parser.add_argument("--rates", default=DEFAULT_RATES, help="offered rates, 0 = flat out")
+    parser.add_argument("--profiles", default="mixed,new-flows")
+    parser.add_argument("--receivers", default=",".join(RECEIVERS))
+    parser.add_argument("--procs", type=int, default=2, help="sender processes")
+    parser.add_argument("--seconds", type=float, default=1.5, help="sending time per rate")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    report = run(args.count, [float(r) for r in args.rates.split(",")], args.profile)
+    profiles = [p for p in args.profiles.split(",") if p]
+    for profile in profiles:
+        if profile not in PROFILE_NAMES:
+            parser.error(f"--profiles: unknown profile {profile!r}")
+    receivers = [r for r in args.receivers.split(",") if r]
+    for name in receivers:
+        if name not in RECEIVERS:
+            parser.error(f"--receivers: unknown receiver {name!r}")
+    rates = sorted((float(r) for r in args.rates.split(",")), key=lambda r: r or float("inf"))
+    report = run(rates, profiles, receivers, args.procs, args.seconds)
     if args.json:
         print(json.dumps(report))
         return
-    for r in report["runs"]:
-        offered = "flat out" if not r["offered_pps"] else f"{r['offered_pps']:,.0f}/s"
-        print(
-            f"{r['receiver']:>20}  offered {offered:>12}  sent {r['sent']:>8} at "
-            f"{r['send_rate_pps']:>9,.0f}/s  loss {r['loss_pct']:6.3f}%  "
-            f"cpu {r['cpu_us_per_packet']:6.3f} us/packet"
-        )
-    for name, s in report["summary"].items():
-        print(
-            f"{name:>20}: {s['cpu_us_per_packet']:.3f} us/packet = "
-            f"{s['ratio_vs_bare']:.2f}x the bare receiver"
-        )
+    for name, value in report["knees_pps"].items():
+        print(f"knee {name}: " + (f"{value:,.0f}/s" if value else "loss at every rate"))
+    for t in report["targets"]:
+        print(f"{'PASS' if t['pass'] else 'FAIL'}  {t['target']}: {t['value']}")
 
 
 if __name__ == "__main__":
