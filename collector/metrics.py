@@ -41,6 +41,8 @@ class WorkerSnapshot(msgspec.Struct, kw_only=True):
     kernel_drops: int = 0
     """The kernel's drop count of the worker's socket as read (32 bits: it wraps)."""
     recv_errors: int = 0
+    recv_path: str = ""
+    """The receive path that runs: ``mmsg``, ``reader`` (also when mmsg is unavailable), ``protocol``."""
     enrich_refreshes: int = 0
     enrich_failures: int = 0
     loop_lag_s: float = 0.0

@@ -88,6 +88,7 @@ class Supervisor:
                 entry.update(
                     pid=snap.pid,
                     loop_lag_s=round(snap.loop_lag_s, 4),
+                    recv_path=snap.recv_path,
                     flows_active=snap.flows_active,
                     datagrams=snap.datagrams,
                     sink={

@@ -90,6 +90,7 @@ class Worker:
             evictions=self.pipeline.table.evictions,
             kernel_drops=self.kernel_drops,
             recv_errors=self.ingest.errors if self.ingest is not None else 0,
+            recv_path=self.ingest.path if self.ingest is not None else "",
             enrich_refreshes=self.enricher.refreshes if self.enricher else 0,
             enrich_failures=self.enricher.failures if self.enricher else 0,
             loop_lag_s=self.loop_lag_s,
