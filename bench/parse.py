@@ -43,6 +43,7 @@ from collector.config import build_config
 from collector.pipeline import Pipeline
 from collector.sessions import build_sessions
 from collector.wire import decode
+from collector.wire.flowkey import unpack_key
 
 TARGET_RATIO = 15.0  # issue #2: at least 15x dpkt
 PACKET_LENGTH = 128  # the truncating sessions' PacketLength
@@ -254,7 +255,10 @@ def agreement(datagrams: list[bytes]) -> tuple[int, int]:
         if theirs is None:
             continue
         keyed += 1
-        same += decode(data, len(data)) == theirs
+        ours = decode(data, len(data))
+        if not isinstance(ours, int):
+            key, ip_len, tcp_flags = ours
+            same += (unpack_key(key), ip_len, tcp_flags) == theirs
     return same, keyed
 
 

@@ -1,31 +1,72 @@
 """The flow table (sans-IO): unidirectional flows with active/inactive timeouts and a hard bound.
 
-Time is always passed in (``now``, Unix seconds as float); nothing here reads a clock. Entries are
-plain lists because the per-packet update in ``collector.pipeline`` indexes them directly; the slot
-constants below name the positions.
+This module owns the flow entry: its layout (``Flow``), its per-packet update (``FlowTable.count``)
+and the record built from it (``flow_record``). Time is always passed in (``now``, Unix seconds as
+a float); nothing here reads a clock.
+
+Memory and the garbage collector decide how many flows a worker can hold, so the table keeps no
+object the cyclic garbage collector tracks: keys are ``bytes`` (see ``collector.wire.flowkey``)
+and entries are ``msgspec`` structs declared ``gc=False`` (they reference only numbers, strings
+and the session, never each other, so they cannot be part of a cycle). A flood of new flows then
+neither grows the collector's generations nor makes a full collection walk the whole table.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from itertools import islice
 
+import msgspec
+
+from collector.config import FlowsConfig
+from collector.records import FlowRecord, address_text, flow_id
 from collector.sessions import Session
-from collector.wire.decode import FlowKey
-from collector.wire.l4 import TCP_FIN, TCP_RST
+from collector.terms import (
+    ACTIVE_TIMEOUT,
+    EVICTED,
+    INACTIVE_TIMEOUT,
+    SHUTDOWN,
+    TCP_FIN_END,
+    TCP_RST_END,
+    Direction,
+    EndReason,
+)
+from collector.wire.decode import decode
+from collector.wire.flowkey import FlowKey, unpack_key
+from collector.wire.l4 import NO_ICMP, TCP_FIN, TCP_RST
 
-# entry slots of an accepted flow
-PACKETS, BYTES, FLAGS, FIRST, LAST, SESSION, DIRECTION = range(7)
-# entry slots of a cached not-kept flow
-R_LAST, R_REASON = range(2)
+Source = bytes | str | memoryview | None
+"""The outer source of a datagram as the receive path has it (packed, text, raw sockaddr)."""
+Account = Callable[[bytes | bytearray | memoryview, int, float, Source], None]
+NewFlow = Callable[[FlowKey, int, int, float, Source], None]
 
-ACTIVE_TIMEOUT = "active_timeout"
-INACTIVE_TIMEOUT = "inactive_timeout"
-TCP_FIN_END = "tcp_fin"
-TCP_RST_END = "tcp_rst"
-EVICTED = "evicted"
-SHUTDOWN = "shutdown"
+_ENDS_FLOW = TCP_FIN | TCP_RST
+# When the table is full, this share of max_flows is evicted at once (at least one flow): finding
+# the oldest flow walks the slots deleted before it, so one eviction per new flow would cost a walk
+# per packet under a flood; a batch pays that walk once.
+EVICTION_BATCH_DIVISOR = 1024
 
-Ended = tuple[FlowKey, list[Any], str]
+
+class Flow(msgspec.Struct, gc=False):
+    """One accepted flow: counters, first/last packet time, and the decision it was admitted with."""
+
+    packets: int
+    bytes: int
+    tcp_flags: int
+    first: float
+    last: float
+    session: Session
+    direction: Direction
+
+
+class NotKept(msgspec.Struct, gc=False):
+    """A flow the filter (or the direction check) did not keep: its last packet and the Drop value."""
+
+    last: float
+    reason: int
+
+
+Ended = tuple[FlowKey, Flow, EndReason]
 
 
 class FlowTable:
@@ -37,14 +78,92 @@ class FlowTable:
         self.active_timeout_s = active_timeout_s
         self.inactive_timeout_s = inactive_timeout_s
         self.max_flows = max_flows
-        self.flows: dict[FlowKey, list[Any]] = {}
-        self.rejected: dict[FlowKey, list[Any]] = {}
-        self.ended: list[Ended] = []
+        self._flows: dict[FlowKey, Flow] = {}
+        self._not_kept: dict[FlowKey, NotKept] = {}
+        self._ended: list[Ended] = []
         self.evictions = 0
         self.rejected_evictions = 0
 
+    @classmethod
+    def from_config(cls, flows: FlowsConfig) -> FlowTable:
+        return cls(
+            active_timeout_s=flows.active_timeout_s,
+            inactive_timeout_s=flows.inactive_timeout_s,
+            max_flows=flows.max_flows,
+        )
+
     def __len__(self) -> int:
-        return len(self.flows)
+        return len(self._flows)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._flows
+
+    @property
+    def not_kept(self) -> int:
+        """Flows whose not-kept decision is cached."""
+        return len(self._not_kept)
+
+    def get(self, key: FlowKey) -> Flow | None:
+        """The accepted flow of ``key`` (tools and tests; packets go through ``packet_path``)."""
+        return self._flows.get(key)
+
+    def not_kept_keys(self) -> list[FlowKey]:
+        """Keys of the cached not-kept flows, oldest first."""
+        return list(self._not_kept)
+
+    def not_kept_reason(self, key: FlowKey) -> int | None:
+        """The cached Drop value of a not-kept flow, or None."""
+        cached = self._not_kept.get(key)
+        return None if cached is None else cached.reason
+
+    def packet_path(self, drops: list[int], new_flow: NewFlow) -> Account:
+        """The per-datagram hot path over this table: ``account(buf, n, now, outer_src)``.
+
+        It decodes the datagram, then either counts the packet into its flow (one dict lookup and
+        a few integer updates; a TCP FIN or RST ends the flow with it), or counts a drop (an
+        undecodable datagram, a flow whose not-kept decision is cached), or hands a new flow to
+        ``new_flow``, which decides it and calls ``add`` or ``reject``. A closure over the dicts,
+        so a packet costs one Python call and no attribute lookups.
+        """
+        get = self._flows.get
+        get_not_kept = self._not_kept.get
+        flows = self._flows
+        ended = self._ended
+
+        def account(
+            buf: bytes | bytearray | memoryview,
+            n: int,
+            now: float,
+            outer_src: bytes | str | memoryview | None,
+        ) -> None:
+            result = decode(buf, n)
+            if result.__class__ is int:
+                drops[result] += 1
+                return
+            key, ip_len, tcp_flags = result  # type: ignore[misc]
+            flow = get(key)
+            if flow is not None:
+                flow.packets += 1
+                flow.bytes += ip_len
+                # mirrored packets can arrive out of order (NLB): first/last are a min and a max
+                if now > flow.last:
+                    flow.last = now
+                elif now < flow.first:
+                    flow.first = now
+                if tcp_flags:
+                    flow.tcp_flags |= tcp_flags
+                    if tcp_flags & _ENDS_FLOW:
+                        del flows[key]
+                        ended.append((key, flow, _tcp_end(tcp_flags)))
+                return
+            cached = get_not_kept(key)
+            if cached is not None:
+                cached.last = now
+                drops[cached.reason] += 1
+                return
+            new_flow(key, ip_len, tcp_flags, now, outer_src)
+
+        return account
 
     def add(
         self,
@@ -53,61 +172,129 @@ class FlowTable:
         tcp_flags: int,
         now: float,
         session: Session,
-        direction: str,
+        direction: Direction,
     ) -> None:
-        """Start a flow with its first packet, evicting the oldest flow when the table is full."""
-        entry = [1, ip_len, tcp_flags, now, now, session, direction]
-        if tcp_flags & (TCP_FIN | TCP_RST):  # ends with its first packet: takes no slot
-            self.ended.append((key, entry, TCP_RST_END if tcp_flags & TCP_RST else TCP_FIN_END))
+        """Start a flow with its first packet, evicting the oldest flows when the table is full."""
+        flow = Flow(1, ip_len, tcp_flags, now, now, session, direction)
+        if tcp_flags & _ENDS_FLOW:  # ends with its first packet: takes no slot
+            self._ended.append((key, flow, _tcp_end(tcp_flags)))
             return
-        flows = self.flows
+        flows = self._flows
         if len(flows) >= self.max_flows:
-            oldest = next(iter(flows))
-            self.ended.append((oldest, flows.pop(oldest), EVICTED))
-            self.evictions += 1
-        flows[key] = entry
+            self._evict(len(flows) - self.max_flows + self._batch())
+        flows[key] = flow
 
-    def end(self, key: FlowKey, entry: list[Any], tcp_flags: int) -> None:
-        """End a flow early on TCP FIN or RST."""
-        del self.flows[key]
-        self.ended.append((key, entry, TCP_RST_END if tcp_flags & TCP_RST else TCP_FIN_END))
-
-    def add_rejected(self, key: FlowKey, now: float, reason: int) -> None:
+    def reject(self, key: FlowKey, now: float, reason: int) -> None:
         """Remember that this flow is not kept, and why (a Drop value)."""
-        rejected = self.rejected
-        if len(rejected) >= self.max_flows:
-            del rejected[next(iter(rejected))]
-            self.rejected_evictions += 1
-        rejected[key] = [now, reason]
+        not_kept = self._not_kept
+        if len(not_kept) >= self.max_flows:
+            victims = list(islice(not_kept, len(not_kept) - self.max_flows + self._batch()))
+            for victim in victims:
+                del not_kept[victim]
+            self.rejected_evictions += len(victims)
+        not_kept[key] = NotKept(now, reason)
+
+    def forget_decisions(self) -> None:
+        """Drop every cached not-kept decision: new sessions or rules decide those flows again."""
+        self._not_kept.clear()
+
+    def configure(self, flows: FlowsConfig) -> None:
+        """Apply new timeouts and bound (SIGHUP); a smaller bound evicts the excess now."""
+        self.active_timeout_s = flows.active_timeout_s
+        self.inactive_timeout_s = flows.inactive_timeout_s
+        self.max_flows = flows.max_flows
+        if len(self._flows) > self.max_flows:
+            self._evict(len(self._flows) - self.max_flows)
+        excess = len(self._not_kept) - self.max_flows
+        if excess > 0:
+            for victim in list(islice(self._not_kept, excess)):
+                del self._not_kept[victim]
+            self.rejected_evictions += excess
+
+    def _batch(self) -> int:
+        return max(1, self.max_flows // EVICTION_BATCH_DIVISOR)
+
+    def _evict(self, count: int) -> None:
+        """End the ``count`` oldest flows (dicts keep insertion order: oldest first)."""
+        flows = self._flows
+        ended = self._ended
+        victims = list(islice(flows.items(), count))
+        for key, flow in victims:
+            del flows[key]
+            ended.append((key, flow, EVICTED))
+        self.evictions += len(victims)
 
     def expire(self, now: float) -> None:
-        """Move flows past their active or inactive timeout to ``ended``."""
+        """Move flows past their active or inactive timeout to the ended flows."""
         idle_before = now - self.inactive_timeout_s
         started_before = now - self.active_timeout_s
+        flows = self._flows
         expired = [
-            (key, entry)
-            for key, entry in self.flows.items()
-            if entry[LAST] <= idle_before or entry[FIRST] <= started_before
+            (key, flow)
+            for key, flow in flows.items()
+            if flow.last <= idle_before or flow.first <= started_before
         ]
-        flows = self.flows
-        ended = self.ended
-        for key, entry in expired:
+        ended = self._ended
+        for key, flow in expired:
             del flows[key]
             ended.append(
-                (key, entry, INACTIVE_TIMEOUT if entry[LAST] <= idle_before else ACTIVE_TIMEOUT)
+                (key, flow, INACTIVE_TIMEOUT if flow.last <= idle_before else ACTIVE_TIMEOUT)
             )
         # not-kept flows are forgotten after the inactive timeout, so new rules reach them too
-        stale = [key for key, entry in self.rejected.items() if entry[R_LAST] <= idle_before]
-        for key in stale:
-            del self.rejected[key]
+        not_kept = self._not_kept
+        for key in [key for key, cached in not_kept.items() if cached.last <= idle_before]:
+            del not_kept[key]
 
     def flush(self) -> None:
         """End every flow (shutdown, end of a capture)."""
-        self.ended.extend((key, entry, SHUTDOWN) for key, entry in self.flows.items())
-        self.flows.clear()
-        self.rejected.clear()
+        self._ended.extend((key, flow, SHUTDOWN) for key, flow in self._flows.items())
+        self._flows.clear()
+        self._not_kept.clear()
 
     def take_ended(self) -> list[Ended]:
         """Hand over the ended flows (and forget them)."""
-        ended, self.ended = self.ended, []
+        ended = self._ended[:]
+        self._ended.clear()  # the same list: ``count`` holds it
         return ended
+
+
+def _tcp_end(tcp_flags: int) -> EndReason:
+    return TCP_RST_END if tcp_flags & TCP_RST else TCP_FIN_END
+
+
+def flow_record(
+    key: FlowKey, flow: Flow, reason: EndReason, exporter: str, sequence: int
+) -> FlowRecord:
+    """The record of an ended flow."""
+    vni, src, dst, proto, sport, dport, icmp = unpack_key(key)
+    session = flow.session
+    return FlowRecord(
+        flow_id=flow_id(proto, src, sport, dst, dport),
+        exporter=exporter,
+        sequence=sequence,
+        vni=vni,
+        session=session.name,
+        interface_id=session.interface_id,
+        direction=flow.direction,
+        ip_version=4 if len(src) == 4 else 6,
+        protocol=proto,
+        src_addr=address_text(src),
+        dst_addr=address_text(dst),
+        src_port=sport,
+        dst_port=dport,
+        icmp_type=None if icmp == NO_ICMP else icmp >> 8,
+        icmp_code=None if icmp == NO_ICMP else icmp & 0xFF,
+        packets=flow.packets,
+        bytes=flow.bytes,
+        tcp_flags=flow.tcp_flags,
+        start_ms=int(flow.first * 1000),
+        end_ms=int(flow.last * 1000),
+        end_reason=reason,
+        instance_id=session.instance_id,
+        subnet_id=session.subnet_id,
+        vpc_id=session.vpc_id,
+        az_id=session.az_id,
+        account_id=session.account_id,
+        region=session.region,
+        tags=dict(session.tags),
+    )

@@ -10,12 +10,12 @@ import socket
 import sys
 
 from collector.config import Config
-from collector.flows import FlowTable
-from collector.records import FlowRecord, address_text, flow_id
+from collector.flows import Account, FlowTable, flow_record
+from collector.records import FlowRecord
 from collector.sessions import SessionMap
 from collector.terms import UNKNOWN
-from collector.wire.decode import FlowKey, decode
 from collector.wire.drops import DROP_COUNT, Drop
+from collector.wire.flowkey import FlowKey, unpack_key
 
 MAX_OUTER_SOURCES = 4096  # outer source text -> packed cache; spoofed sources cannot grow it
 _UNKNOWN_VNI = int(Drop.UNKNOWN_VNI)
@@ -48,13 +48,10 @@ class Pipeline:
         self.exporter = exporter
         self.sequence = 0
         self.stats = Stats()
-        self.table = FlowTable(
-            active_timeout_s=config.flows.active_timeout_s,
-            inactive_timeout_s=config.flows.inactive_timeout_s,
-            max_flows=config.flows.max_flows,
-        )
-        self._flows = self.table.flows
-        self._rejected = self.table.rejected
+        self.table = FlowTable.from_config(config.flows)
+        self.account: Account = self.table.packet_path(self.stats.drops, self._new_flow)
+        """``feed`` without the datagram and byte counters: receive loops that read in batches
+        add those once per batch (``stats.datagrams``, ``stats.rx_bytes``)."""
         self._drops = self.stats.drops
         self._outer_cache: dict[str, bytes | None] = {}
 
@@ -71,36 +68,6 @@ class Pipeline:
         stats.rx_bytes += n
         self.account(buf, n, now, outer_src)
 
-    def account(
-        self,
-        buf: bytes | bytearray | memoryview,
-        n: int,
-        now: float,
-        outer_src: bytes | str | memoryview | None,
-    ) -> None:
-        """``feed`` without the datagram and byte counters: receive loops that read in batches
-        add those once per batch (``stats.datagrams``, ``stats.rx_bytes``)."""
-        result = decode(buf, n)
-        if result.__class__ is int:
-            self._drops[result] += 1
-            return
-        key, ip_len, tcp_flags = result  # type: ignore[misc]
-        entry = self._flows.get(key)
-        if entry is not None:
-            entry[0] += 1
-            entry[1] += ip_len
-            # mirrored packets can arrive out of order (NLB): first/last are a min and a max
-            if now > entry[4]:
-                entry[4] = now
-            elif now < entry[3]:
-                entry[3] = now
-            if tcp_flags:
-                entry[2] |= tcp_flags
-                if tcp_flags & 5:  # FIN or RST ends the flow
-                    self.table.end(key, entry, tcp_flags)
-            return
-        self._new_flow(key, ip_len, tcp_flags, now, outer_src)
-
     def _new_flow(
         self,
         key: FlowKey,
@@ -109,12 +76,7 @@ class Pipeline:
         now: float,
         outer_src: bytes | str | memoryview | None,
     ) -> None:
-        rejected = self._rejected.get(key)
-        if rejected is not None:
-            rejected[0] = now
-            self._drops[rejected[1]] += 1
-            return
-        vni, src, dst, proto, sport, dport, _ = key
+        vni, src, dst, proto, sport, dport, _ = unpack_key(key)
         session = self.sessions.get(vni)
         if session is None:
             self._drops[_UNKNOWN_VNI] += 1
@@ -141,7 +103,7 @@ class Pipeline:
             else:
                 reason = _FILTER_REJECT
             if reason >= 0:
-                self.table.add_rejected(key, now, reason)
+                self.table.reject(key, now, reason)
                 self._drops[reason] += 1
                 return
         self.table.add(key, ip_len, tcp_flags, now, session, direction)
@@ -173,44 +135,24 @@ class Pipeline:
         records = []
         counts = self.stats.records
         sequence = self.sequence
-        for (vni, src, dst, proto, sport, dport, icmp), entry, reason in ended:
-            session = entry[5]
+        exporter = self.exporter
+        for key, flow, reason in ended:
             sequence += 1
             counts[reason] = counts.get(reason, 0) + 1
-            records.append(
-                FlowRecord(
-                    flow_id=flow_id(proto, src, sport, dst, dport),
-                    exporter=self.exporter,
-                    sequence=sequence,
-                    vni=vni,
-                    session=session.name,
-                    interface_id=session.interface_id,
-                    direction=entry[6],
-                    ip_version=4 if len(src) == 4 else 6,
-                    protocol=proto,
-                    src_addr=address_text(src),
-                    dst_addr=address_text(dst),
-                    src_port=sport,
-                    dst_port=dport,
-                    icmp_type=None if icmp < 0 else icmp >> 8,
-                    icmp_code=None if icmp < 0 else icmp & 0xFF,
-                    packets=entry[0],
-                    bytes=entry[1],
-                    tcp_flags=entry[2],
-                    start_ms=int(entry[3] * 1000),
-                    end_ms=int(entry[4] * 1000),
-                    end_reason=reason,  # type: ignore[arg-type]
-                    instance_id=session.instance_id,
-                    subnet_id=session.subnet_id,
-                    vpc_id=session.vpc_id,
-                    az_id=session.az_id,
-                    account_id=session.account_id,
-                    region=session.region,
-                    tags=dict(session.tags),
-                )
-            )
+            records.append(flow_record(key, flow, reason, exporter, sequence))
         self.sequence = sequence
         return records
+
+    def reconfigure(self, config: Config, sessions: SessionMap) -> None:
+        """New flow settings and sessions (SIGHUP): flows keep the decision they were admitted
+        with; flows the old rules did not keep are decided again."""
+        self.table.configure(config.flows)
+        self.use_sessions(sessions)
+
+    def use_sessions(self, sessions: SessionMap) -> None:
+        """Swap the session map (reload, EC2 enrichment); cached not-kept decisions are remade."""
+        self.sessions = sessions
+        self.table.forget_decisions()
 
 
 def packed_address(text: str) -> bytes | None:

@@ -118,15 +118,10 @@ class Worker:
             log.error("reload refused", extra={"error": str(exc), "worker": self.index})
             return
         self.configured_sessions = sessions
-        table = self.pipeline.table
-        table.active_timeout_s = config.flows.active_timeout_s
-        table.inactive_timeout_s = config.flows.inactive_timeout_s
-        table.max_flows = config.flows.max_flows
         self.config = msgspec.structs.replace(self.config, flows=config.flows)
         if self.enricher is not None:
             sessions = self.enricher.apply(sessions, self.enricher.view)
-        self.pipeline.sessions = sessions
-        self.pipeline.table.rejected.clear()  # not-kept decisions are re-made under the new rules
+        self.pipeline.reconfigure(config, sessions)
         log.info(
             "sessions reloaded", extra={"worker": self.index, "sessions": len(config.sessions)}
         )
@@ -172,8 +167,7 @@ class Worker:
         interval = self.config.aws.refresh_interval_s
         while not self.stop_requested.is_set():
             view = await asyncio.to_thread(enricher.refresh)
-            self.pipeline.sessions = enricher.apply(self.configured_sessions, view)
-            self.pipeline.table.rejected.clear()
+            self.pipeline.use_sessions(enricher.apply(self.configured_sessions, view))
             # jitter, so the workers of a fleet do not call the EC2 API in lockstep
             await asyncio.sleep(interval * random.uniform(0.9, 1.1))  # noqa: S311
 

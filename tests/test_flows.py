@@ -16,6 +16,7 @@ from collector.pipeline import Pipeline
 from collector.records import FlowRecord
 from collector.sessions import Session
 from collector.wire.drops import Drop
+from collector.wire.flowkey import pack_key, unpack_key
 
 A, B, C = "10.0.1.10", "198.51.100.7", "203.0.113.9"
 A6, B6 = "2600:1f18:1234:5601::10", "2001:db8::7"
@@ -449,19 +450,19 @@ def test_flow_table_is_sans_io() -> None:
     """The table runs on the time it is given: a clock far in the past or future is just a number."""
     table = FlowTable(active_timeout_s=60, inactive_timeout_s=15, max_flows=10)
     session = Session(vni=1, name="a")
-    key = (1, packed(A), packed(B), 17, 1, 2, -1)
+    key = pack_key(1, packed(A), packed(B), 17, 1, 2, -1)
     table.add(key, 100, 0, 0.0, session, "egress")
     table.expire(14.9)
     assert table.take_ended() == []
     table.expire(15.0)
-    ((ended_key, entry, reason),) = table.take_ended()
-    assert (ended_key, entry[0], entry[1], reason) == (key, 1, 100, "inactive_timeout")
+    ((ended_key, flow, reason),) = table.take_ended()
+    assert (ended_key, flow.packets, flow.bytes, reason) == (key, 1, 100, "inactive_timeout")
 
 
 def test_rejected_cache_is_bounded_by_max_flows() -> None:
     table = FlowTable(active_timeout_s=60, inactive_timeout_s=15, max_flows=3)
     for port in range(10):
-        table.add_rejected((1, packed(A), packed(B), 17, port, 2, -1), T0, int(Drop.FILTER_REJECT))
-    assert len(table.rejected) == 3
+        table.reject(pack_key(1, packed(A), packed(B), 17, port, 2, -1), T0, Drop.FILTER_REJECT)
+    assert table.not_kept == 3
     assert table.rejected_evictions == 7
-    assert [k[4] for k in table.rejected] == [7, 8, 9]
+    assert [unpack_key(k)[4] for k in table.not_kept_keys()] == [7, 8, 9]

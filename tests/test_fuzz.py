@@ -22,6 +22,7 @@ from collector.pipeline import Pipeline
 from collector.sessions import build_sessions
 from collector.wire import Drop, decode, decode_packet
 from collector.wire.decode import decode_walk
+from collector.wire.flowkey import pack_key, unpack_key
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 OUTER_HEADERS = 14 + 20 + 8  # outer Ethernet, IPv4, UDP of every golden frame
@@ -79,7 +80,10 @@ def check_shape(result: Any) -> None:
     if isinstance(result, int):
         assert result in DECODE_DROPS
         return
-    (vni, src, dst, proto, sport, dport, icmp), ip_len, tcp_flags = result
+    key, ip_len, tcp_flags = result
+    assert isinstance(key, bytes)  # one copied object: it outlives the buffer
+    vni, src, dst, proto, sport, dport, icmp = unpack_key(key)
+    assert pack_key(vni, src, dst, proto, sport, dport, icmp) == key
     assert 0 <= vni < 1 << 24
     assert len(src) == len(dst) and len(src) in (4, 16)
     assert isinstance(src, bytes) and isinstance(dst, bytes)  # copied: they outlive the buffer
@@ -146,7 +150,8 @@ def test_decode_packet_raises_only_decode_error(data: bytes) -> None:
         assert exc.reason == result
         assert exc.reason.is_decode_error
         return
-    (vni, _src, _dst, proto, sport, dport, icmp), ip_len, tcp_flags = result
+    key, ip_len, tcp_flags = result
+    vni, _src, _dst, proto, sport, dport, icmp = unpack_key(key)
     assert (packet.vni, packet.protocol, packet.src_port, packet.dst_port) == (
         vni,
         proto,

@@ -21,6 +21,7 @@ from collector.sessions import (
     parse_networks,
 )
 from collector.wire.drops import Drop
+from collector.wire.flowkey import unpack_key
 
 ENI4, ENI6 = "10.0.1.10", "2600:1f18:1234:5601::10"
 PEER4, PEER6 = "198.51.100.7", "2001:db8:ffff::7"
@@ -295,10 +296,10 @@ def test_rejected_flow_is_cached_and_counted_per_packet() -> None:
     for i in range(5):
         pipeline.feed(rejected, len(rejected), T0 + i, None)
         assert pipeline.stats.drops[Drop.FILTER_REJECT] == i + 1
-        assert len(pipeline.table.rejected) == 1
-    (key,) = pipeline.table.rejected
-    assert key == (10, packed(ENI4), packed(PEER4), 17, 40000, 53, -1)
-    assert pipeline.table.rejected[key][1] == Drop.FILTER_REJECT
+        assert pipeline.table.not_kept == 1
+    (key,) = pipeline.table.not_kept_keys()
+    assert unpack_key(key) == (10, packed(ENI4), packed(PEER4), 17, 40000, 53, -1)
+    assert pipeline.table.not_kept_reason(key) == Drop.FILTER_REJECT
     assert len(pipeline.table) == 0
 
 
@@ -307,8 +308,8 @@ def test_unknown_direction_is_cached_like_a_reject() -> None:
     stranger = tcp(10, PEER4, "10.0.1.99", 40000, 443)
     for _ in range(3):
         pipeline.feed(stranger, len(stranger), T0, None)
-    (entry,) = pipeline.table.rejected.values()
-    assert entry[1] == Drop.UNKNOWN_DIRECTION
+    (key,) = pipeline.table.not_kept_keys()
+    assert pipeline.table.not_kept_reason(key) == Drop.UNKNOWN_DIRECTION
     assert drops(pipeline) == {"unknown_direction": 3}
 
 
@@ -344,7 +345,7 @@ def test_rejected_flow_is_decided_again_after_the_inactive_timeout() -> None:
     pipeline = make_pipeline(two_sessions())
     flow = udp(10, ENI4, PEER4, 40000, 53)
     pipeline.feed(flow, len(flow), T0, None)
-    assert len(pipeline.table.rejected) == 1
+    assert pipeline.table.not_kept == 1
 
     # new rules (say, a reload) now accept UDP; the cached reject is forgotten once idle long enough
     config = build_config(
@@ -357,9 +358,9 @@ def test_rejected_flow_is_decided_again_after_the_inactive_timeout() -> None:
     assert pipeline.expire(T0 + 14.5) == []
     pipeline.feed(flow, len(flow), T0 + 14.5, None)  # still cached, and refreshed
     assert pipeline.expire(T0 + 29) == []
-    assert len(pipeline.table.rejected) == 1
+    assert pipeline.table.not_kept == 1
     assert pipeline.expire(T0 + 29.5) == []
-    assert len(pipeline.table.rejected) == 0
+    assert pipeline.table.not_kept == 0
     pipeline.feed(flow, len(flow), T0 + 30, None)
     (record,) = pipeline.flush()
     assert (record.packets, record.start_ms) == (1, int((T0 + 30) * 1000))

@@ -20,12 +20,10 @@ import struct
 from typing import NamedTuple
 
 from collector.errors import DecodeError
-from collector.wire import ethernet, ip, l4, vxlan
+from collector.wire import ethernet, flowkey, ip, l4, vxlan
 from collector.wire.drops import Drop
+from collector.wire.flowkey import FlowKey, pack_key, unpack_key
 
-# A flow key: (vni, src, dst, protocol, src_port, dst_port, icmp) with src/dst packed addresses
-# (4 or 16 bytes) and icmp = type << 8 | code for ICMP/ICMPv6, else -1.
-FlowKey = tuple[int, bytes, bytes, int, int, int, int]
 # What decode() returns for a packet it can account: (key, bytes per the inner IP header, TCP flags)
 Decoded = tuple[FlowKey, int, int]
 
@@ -41,8 +39,33 @@ _ICMP = l4.ICMP_TYPE_CODE
 _VLAN_TPIDS = ethernet.VLAN_TPIDS
 _IPV6_EXT = ip.IPV6_EXTENSION_HEADERS
 _FLAG_I = vxlan.FLAG_I
+_VNI_BITS = vxlan.VNI_BITS
 _MAX_VLAN = ethernet.MAX_VLAN_TAGS
 _MAX_EXT = ip.MAX_IPV6_EXT_HEADERS
+_ETHERTYPE_IPV4 = ethernet.ETHERTYPE_IPV4
+_ETHERTYPE_IPV6 = ethernet.ETHERTYPE_IPV6
+_IPV4_MIN = ip.IPV4_MIN_HEADER_LEN
+_IPV4_FRAGMENT = ip.IPV4_FRAGMENT_OFFSET_MASK
+_IPV6_LEN = ip.IPV6_HEADER_LEN
+_IPV6_FRAGMENT = ip.IPV6_FRAGMENT_OFFSET_MASK
+_EXT_MIN = ip.IPV6_EXT_MIN_LEN
+_FRAGMENT = ip.IPPROTO_FRAGMENT
+_AH = ip.IPPROTO_AH
+_TCP_PROTO = l4.IPPROTO_TCP
+_UDP_PROTO = l4.IPPROTO_UDP
+_ICMP_PROTOS = frozenset({l4.IPPROTO_ICMP, l4.IPPROTO_ICMPV6})
+_TCP_HEADER = l4.TCP_FLAGS_END
+_PORTS_LEN = _PORTS.size
+_ICMP_LEN = _ICMP.size
+_VLAN_TAG = ethernet.VLAN_TAG_LEN
+_IHL_V4_NO_OPTIONS = 0x45  # version 4, IHL 5 words: the fast path's IPv4 header
+_KEY_V4 = flowkey.COPIED_PORTS_V4.pack
+_ICMP_KEY_V4 = flowkey.COPIED_ICMP_V4.pack
+_BARE_KEY_V4 = flowkey.COPIED_BARE_V4.pack
+_NO_PORTS_KEY_V4 = flowkey.COPIED_NO_PORTS_V4.pack
+_KEY_V6 = flowkey.COPIED_PORTS_V6.pack
+_ICMP_KEY_V6 = flowkey.COPIED_ICMP_V6.pack
+_NO_PORTS_KEY_V6 = flowkey.COPIED_NO_PORTS_V6.pack
 
 # offsets relative to the start of the datagram
 _ETH = vxlan.VXLAN_HEADER_LEN
@@ -50,11 +73,11 @@ _ETHERTYPE = _ETH + ethernet.ETHERTYPE_OFFSET
 _L3 = _ETH + ethernet.ETHERNET_HEADER_LEN
 
 # The fast path's reads: VXLAN (flags, VNI word), the inner ethertype, then IPv4 (as ip.IPV4) or
-# IPv6 (as ip.IPV6) and the first 14 transport octets (as l4.TCP_PORTS_FLAGS; for ICMP the source
-# port field holds type << 8 | code).
-_FAST_V4 = struct.Struct("!B3xI12xHBxH2xHxB2x4s4sHH9xB")
+# IPv6 (as ip.IPV6) with the addresses and the first 4 transport octets as one bytes object (the
+# key's layout, see flowkey), and the TCP flags (octet 13 of the transport header).
+_FAST_V4 = struct.Struct("!B3xI12xHBxH2xHxB2x12s9xB")
 _FAST_V4_LEN = _FAST_V4.size  # 56
-_FAST_V6 = struct.Struct("!B3xHBx16s16sHH9xB")  # at _L3
+_FAST_V6 = struct.Struct("!B3xHBx36s9xB")  # at _L3
 _FAST_V6_LEN = _L3 + _FAST_V6.size  # 76
 
 _VXLAN_SHORT = int(Drop.VXLAN_SHORT)
@@ -79,31 +102,33 @@ def decode(buf: bytes | bytearray | memoryview, n: int) -> Decoded | int:
     value as a plain int. Never raises for any content of ``buf``.
     """
     if n >= _FAST_V4_LEN:
-        flags, word, etype, vihl, ip_len, frag, proto, src, dst, sport, dport, tflags = (
-            _FAST_V4.unpack_from(buf, 0)
-        )
+        flags, word, etype, vihl, ip_len, frag, proto, addrs, tflags = _FAST_V4.unpack_from(buf, 0)
         if flags & _FLAG_I:
-            if etype == 0x0800:
-                if vihl == 0x45 and ip_len >= 20:  # IPv4, IHL 5, a consistent total length
-                    if frag & 0x1FFF:
-                        return (word >> 8, src, dst, proto, 0, 0, -1), ip_len, 0
-                    if proto == 6:
-                        return (word >> 8, src, dst, 6, sport, dport, -1), ip_len, tflags
-                    if proto == 17:
-                        return (word >> 8, src, dst, 17, sport, dport, -1), ip_len, 0
-                    if proto == 1 or proto == 58:  # noqa: PLR1714 - as decode_walk does
-                        return (word >> 8, src, dst, proto, 0, 0, sport), ip_len, 0
-                    return (word >> 8, src, dst, proto, 0, 0, -1), ip_len, 0
-            elif etype == 0x86DD and n >= _FAST_V6_LEN:
-                vtc, plen, proto, src, dst, sport, dport, tflags = _FAST_V6.unpack_from(buf, _L3)
+            head = word & _VNI_BITS | proto
+            if etype == _ETHERTYPE_IPV4:
+                if vihl == _IHL_V4_NO_OPTIONS and ip_len >= _IPV4_MIN:  # a consistent length
+                    if frag & _IPV4_FRAGMENT:
+                        if proto in _ICMP_PROTOS:
+                            return _BARE_KEY_V4(head, addrs), ip_len, 0
+                        return _NO_PORTS_KEY_V4(head, addrs), ip_len, 0
+                    if proto == _TCP_PROTO:
+                        return _KEY_V4(head, addrs), ip_len, tflags
+                    if proto == _UDP_PROTO:
+                        return _KEY_V4(head, addrs), ip_len, 0
+                    if proto in _ICMP_PROTOS:
+                        return _ICMP_KEY_V4(head, addrs), ip_len, 0
+                    return _NO_PORTS_KEY_V4(head, addrs), ip_len, 0
+            elif etype == _ETHERTYPE_IPV6 and n >= _FAST_V6_LEN:
+                vtc, plen, proto, addrs, tflags = _FAST_V6.unpack_from(buf, _L3)
                 if vtc >> 4 == 6 and proto not in _IPV6_EXT:
-                    if proto == 6:
-                        return (word >> 8, src, dst, 6, sport, dport, -1), plen + 40, tflags
-                    if proto == 17:
-                        return (word >> 8, src, dst, 17, sport, dport, -1), plen + 40, 0
-                    if proto == 1 or proto == 58:  # noqa: PLR1714
-                        return (word >> 8, src, dst, proto, 0, 0, sport), plen + 40, 0
-                    return (word >> 8, src, dst, proto, 0, 0, -1), plen + 40, 0
+                    head = word & _VNI_BITS | proto
+                    if proto == _TCP_PROTO:
+                        return _KEY_V6(head, addrs), plen + _IPV6_LEN, tflags
+                    if proto == _UDP_PROTO:
+                        return _KEY_V6(head, addrs), plen + _IPV6_LEN, 0
+                    if proto in _ICMP_PROTOS:
+                        return _ICMP_KEY_V6(head, addrs), plen + _IPV6_LEN, 0
+                    return _NO_PORTS_KEY_V6(head, addrs), plen + _IPV6_LEN, 0
     return decode_walk(buf, n)
 
 
@@ -112,7 +137,7 @@ def decode_walk(buf: bytes | bytearray | memoryview, n: int) -> Decoded | int:
 
     Gives the same result as ``decode`` for every input; ``decode`` only adds a fast path.
     """
-    if n < 8:
+    if n < _ETH:
         return _VXLAN_SHORT
     flags, word = _VXLAN.unpack_from(buf, 0)
     if not flags & _FLAG_I:
@@ -128,68 +153,68 @@ def decode_walk(buf: bytes | bytearray | memoryview, n: int) -> Decoded | int:
             tags += 1
             if tags > _MAX_VLAN:
                 return _VLAN_DEPTH
-            if n < off + 4:
+            if n < off + _VLAN_TAG:
                 return _VLAN_SHORT
             (etype,) = _U16.unpack_from(buf, off + 2)
-            off += 4
-    if etype == 0x0800:  # IPv4
-        if n < off + 20:
+            off += _VLAN_TAG
+    if etype == _ETHERTYPE_IPV4:
+        if n < off + _IPV4_MIN:
             return _IPV4_SHORT
         vihl, ip_len, frag, proto, src, dst = _IPV4.unpack_from(buf, off)
         if vihl >> 4 != 4:
             return _IP_VERSION
         ihl = (vihl & 15) << 2
-        if ihl < 20:
+        if ihl < _IPV4_MIN:
             return _IPV4_HEADER
         if ip_len < ihl:
             return _IPV4_LENGTH
-        if frag & 0x1FFF:  # not the first fragment: no transport header here
-            return (vni, src, dst, proto, 0, 0, -1), ip_len, 0
+        if frag & _IPV4_FRAGMENT:  # not the first fragment: no transport header here
+            return pack_key(vni, src, dst, proto, 0, 0, -1), ip_len, 0
         off += ihl
-    elif etype == 0x86DD:  # IPv6
-        if n < off + 40:
+    elif etype == _ETHERTYPE_IPV6:
+        if n < off + _IPV6_LEN:
             return _IPV6_SHORT
         vtc, plen, proto, src, dst = _IPV6.unpack_from(buf, off)
         if vtc >> 4 != 6:
             return _IP_VERSION
-        ip_len = plen + 40
-        off += 40
+        ip_len = plen + _IPV6_LEN
+        off += _IPV6_LEN
         if proto in _IPV6_EXT:
             hops = 0
             while proto in _IPV6_EXT:
                 hops += 1
                 if hops > _MAX_EXT:
                     return _IPV6_EXT_CHAIN
-                if n < off + 8:
+                if n < off + _EXT_MIN:
                     return _IPV6_EXT_SHORT
-                if proto == 44:  # fragment header: fixed 8 octets
+                if proto == _FRAGMENT:  # fixed 8 octets
                     proto, fo = _FRAG6.unpack_from(buf, off)
-                    off += 8
-                    if fo & 0xFFF8:  # not the first fragment
-                        return (vni, src, dst, proto, 0, 0, -1), ip_len, 0
-                elif proto == 51:  # AH: RFC 4302 s2.2
+                    off += _EXT_MIN
+                    if fo & _IPV6_FRAGMENT:  # not the first fragment
+                        return pack_key(vni, src, dst, proto, 0, 0, -1), ip_len, 0
+                elif proto == _AH:  # RFC 4302 s2.2: length in 4-octet units minus 2
                     proto, hlen = _EXT.unpack_from(buf, off)
                     off += (hlen + 2) << 2
-                else:
+                else:  # RFC 8200 s4: length in 8-octet units, not counting the first 8
                     proto, hlen = _EXT.unpack_from(buf, off)
                     off += (hlen + 1) << 3
     else:
         return _NON_IP
-    if proto == 6:
-        if n >= off + 14:
+    if proto == _TCP_PROTO:
+        if n >= off + _TCP_HEADER:
             sport, dport, tflags = _TCP.unpack_from(buf, off)
-            return (vni, src, dst, 6, sport, dport, -1), ip_len, tflags
-        if n >= off + 4:  # truncated after the ports: count them, flags unknown
+            return pack_key(vni, src, dst, proto, sport, dport, -1), ip_len, tflags
+        if n >= off + _PORTS_LEN:  # truncated after the ports: count them, flags unknown
             sport, dport = _PORTS.unpack_from(buf, off)
-            return (vni, src, dst, 6, sport, dport, -1), ip_len, 0
-    elif proto == 17:
-        if n >= off + 4:
+            return pack_key(vni, src, dst, proto, sport, dport, -1), ip_len, 0
+    elif proto == _UDP_PROTO:
+        if n >= off + _PORTS_LEN:
             sport, dport = _PORTS.unpack_from(buf, off)
-            return (vni, src, dst, 17, sport, dport, -1), ip_len, 0
-    elif (proto == 1 or proto == 58) and n >= off + 2:  # noqa: PLR1714 - faster than a set here
+            return pack_key(vni, src, dst, proto, sport, dport, -1), ip_len, 0
+    elif proto in _ICMP_PROTOS and n >= off + _ICMP_LEN:
         itype, icode = _ICMP.unpack_from(buf, off)
-        return (vni, src, dst, proto, 0, 0, itype << 8 | icode), ip_len, 0
-    return (vni, src, dst, proto, 0, 0, -1), ip_len, 0
+        return pack_key(vni, src, dst, proto, 0, 0, itype << 8 | icode), ip_len, 0
+    return pack_key(vni, src, dst, proto, 0, 0, -1), ip_len, 0
 
 
 class Packet(NamedTuple):
@@ -213,7 +238,8 @@ def decode_packet(data: bytes | bytearray | memoryview) -> Packet:
     result = decode(data, len(data))
     if isinstance(result, int):
         raise DecodeError(Drop(result))
-    (vni, src, dst, proto, sport, dport, icmp), ip_len, tflags = result
+    key, ip_len, tflags = result
+    vni, src, dst, proto, sport, dport, icmp = unpack_key(key)
     return Packet(
         vni=vni,
         ip_version=4 if len(src) == 4 else 6,
