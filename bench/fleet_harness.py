@@ -1,0 +1,407 @@
+"""The fleet on one machine: namespaces, a Kafka broker of its own, collectors, sources, the NLB.
+
+``Fleet`` builds everything (bench/fleet_net.py), runs the harness thread inside the load-balancer
+namespace, and tears it all down in ``close`` whatever happened before. The shared broker on
+127.0.0.1:9092 is never touched: this fleet's broker is another kafkactl instance with its own data
+directory, listening on the Kafka namespace's address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bench.fleet_lb import TargetGroup, install
+from bench.fleet_net import HEALTH_PORT, KAFKA_PORT, VXLAN_PORT, Node, Topology, entered
+
+ROOT = Path(__file__).resolve().parent.parent
+KAFKACTL = ROOT / "deploy" / "kafka" / "kafkactl"
+TOPIC = "fleet-flows"
+PARTITIONS = 6
+DRAIN_S = 5.0  # > unhealthy threshold x interval + unhealthy draining: the NLB lets go first
+SAMPLE_S = 0.5
+
+Metrics = dict[str, float]
+
+
+@dataclass(frozen=True)
+class Session:
+    """A mirror source and its session: the ENI's inner address and the outer source address."""
+
+    name: str
+    vni: int
+    eni: str
+    inner_address: str
+    subnet: int
+
+
+SESSIONS = (
+    Session("source-a", 1001, "eni-0a0a0a0a0a0a0a0a0", "172.31.1.25", 1),
+    Session("source-b", 1002, "eni-0b0b0b0b0b0b0b0b0", "172.31.2.25", 2),
+)
+
+CONFIG = """\
+[flows]
+active_timeout_s = 5.0
+inactive_timeout_s = 4.0
+
+[records]
+exporter = "{name}"
+
+[kafka]
+spool_dir = "{spool}"
+topic_partitions = {partitions}
+linger_ms = 10
+
+{sessions}
+# ingress UDP to port 53 is not kept (the README's example rule); everything else is
+[filters.filter-a]
+[[filters.filter-a.rules]]
+direction = "ingress"
+rule_number = 100
+action = "reject"
+protocol = 17
+source_cidr = "0.0.0.0/0"
+destination_cidr = "0.0.0.0/0"
+destination_ports = "53"
+
+[[filters.filter-a.rules]]
+direction = "ingress"
+rule_number = 200
+action = "accept"
+source_cidr = "0.0.0.0/0"
+destination_cidr = "0.0.0.0/0"
+
+[[filters.filter-a.rules]]
+direction = "egress"
+rule_number = 100
+action = "accept"
+source_cidr = "0.0.0.0/0"
+destination_cidr = "0.0.0.0/0"
+"""
+
+
+def parse_metrics(text: str) -> Metrics:
+    out: Metrics = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                out[name] = float(value)
+    return out
+
+
+@dataclass
+class Collector:
+    """``python -m collector run`` with one worker in its own namespace."""
+
+    name: str
+    node: Node
+    proc: subprocess.Popen[bytes]
+    log: IO[bytes]
+    last: Metrics = field(default_factory=dict)
+    gone: bool = False
+
+    def metrics(self, timeout_s: float = 2.0) -> Metrics:
+        url = f"http://{self.node.address}:{HEALTH_PORT}/metrics"
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            self.last = parse_metrics(response.read().decode())
+        return self.last
+
+    def healthy(self) -> bool:
+        try:
+            url = f"http://{self.node.address}:{HEALTH_PORT}/healthz"
+            with urllib.request.urlopen(url, timeout=1.0) as response:
+                return int(response.status) == 200
+        except OSError:
+            return False
+
+
+class SourceProcess:
+    """A bench/fleet_source.py process in a source namespace, one command at a time."""
+
+    def __init__(self, session: Session, node: Node, log: IO[bytes]) -> None:
+        self.session = session
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", node.netns, sys.executable, "-m", "bench.fleet_source",
+             "--address", node.address, "--vni", str(session.vni)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=ROOT,
+        )  # fmt: skip
+
+    def command(self, **message: Any) -> dict[str, int]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write((json.dumps(message) + "\n").encode())
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"source {self.session.name} exited ({self.proc.poll()})")
+        sent: dict[str, int] = json.loads(line)["sent"]
+        return sent
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError, RuntimeError):
+                self.command(op="exit")
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+class Fleet:
+    """Everything of one fleet; use as a context manager (``close`` always tears down)."""
+
+    def __init__(self) -> None:
+        self.net = Topology()
+        self.collectors: dict[str, Collector] = {}
+        self.sources: dict[str, SourceProcess] = {}
+        self.group: TargetGroup | None = None
+        self.samples: list[tuple[float, str, float]] = []  # (time, collector, datagrams)
+        self.marks: list[tuple[float, str]] = []  # (time, what happened)
+        self.kafka_env: dict[str, str] = {}
+        self.bootstrap = ""
+        self._ns: contextlib.ExitStack | None = None
+        self._sampler: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._logs: list[IO[bytes]] = []
+        self._count = 0
+        self._loop = asyncio.new_event_loop()
+        self._consumer: AIOKafkaConsumer | None = None
+
+    def __enter__(self) -> Fleet:
+        try:
+            self.up()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _log(self, name: str) -> IO[bytes]:
+        log = (self.net.work / f"{name}.log").open("ab")
+        self._logs.append(log)
+        return log
+
+    # ---- build and tear down ------------------------------------------------------------
+    def up(self, collectors: int = 3) -> None:
+        self.net.build()
+        self._ns = contextlib.ExitStack()
+        self._ns.enter_context(entered(self.net.lb))
+        install(self.net.lb)
+        kafka = self.net.add("kafka", 9)
+        self.bootstrap = f"{kafka.address}:{KAFKA_PORT}"
+        self._start_kafka(kafka)
+        for session in SESSIONS:
+            node = self.net.add(session.name, session.subnet)
+            self.sources[session.name] = SourceProcess(session, node, self._log(session.name))
+        self.group = TargetGroup(self.net.lb)
+        self.group.start()
+        self._sampler = threading.Thread(target=self._sample, name="sampler", daemon=True)
+        self._sampler.start()
+        self.ensure(collectors)
+
+    def _start_kafka(self, node: Node) -> None:
+        self.kafka_env = {
+            "KAFKA_HOST": node.address,
+            "KAFKA_PORT": str(KAFKA_PORT),
+            "KAFKA_CONTROLLER_PORT": str(KAFKA_PORT + 1),
+            "KAFKA_SASL_PORT": "off",
+            "KAFKA_DATA_DIR": str(self.net.work / "kafka"),
+            "KAFKA_HEAP": "384m",
+        }
+        self._kafkactl("start", 600)
+        self._loop.run_until_complete(self._start_consumer())
+
+    def _kafkactl(self, command: str, timeout_s: float) -> None:
+        netns = self.net.nodes["kafka"].netns
+        subprocess.run(
+            ["ip", "netns", "exec", netns, str(KAFKACTL), command],
+            check=True, timeout=timeout_s, env={**os.environ, **self.kafka_env},
+            stdout=subprocess.DEVNULL, stderr=self._log("kafkactl"),
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._sampler is not None:
+            self._sampler.join(timeout=5)
+        if self.group is not None:
+            self.group.stop()
+        for source in self.sources.values():
+            source.close()
+        for collector in self.collectors.values():
+            self._kill(collector)
+        self._stop_consumer()
+        if self.kafka_env:
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                self._kafkactl("stop", 120)
+        if self._ns is not None:
+            self._ns.close()
+            self._ns = None
+        self.net.close()  # kills anything left inside the namespaces, then removes them
+        for log in self._logs:
+            log.close()
+
+    # ---- collectors ---------------------------------------------------------------------
+    def start_collector(self) -> Collector:
+        self._count += 1
+        name = f"c{self._count}"
+        node = self.net.add(name, 20 + self._count)
+        spool = self.net.work / name / "spool"
+        spool.mkdir(parents=True)
+        config = self.net.work / name / "collector.toml"
+        config.write_text(
+            CONFIG.format(name=name, spool=spool, partitions=PARTITIONS, sessions=_sessions_toml())
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", node.netns, sys.executable, "-m", "collector", "run",
+             "--config", str(config), "--listen", f"{node.address}:{VXLAN_PORT}",
+             "--health", f"{node.address}:{HEALTH_PORT}", "--workers", "1",
+             "--sink", f"kafka://{self.bootstrap}/{TOPIC}", "--drain-s", str(DRAIN_S),
+             "--log-level", "warning"],
+            cwd=ROOT, env=env, stdout=self._log(name), stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a crash kills supervisor and worker
+        )  # fmt: skip
+        collector = Collector(name, node, proc, self._log(f"{name}-harness"))
+        self.collectors[name] = collector
+        return collector
+
+    def live(self) -> list[Collector]:
+        return [c for c in self.collectors.values() if not c.gone]
+
+    def ensure(self, count: int, timeout_s: float = 60.0) -> list[Collector]:
+        """Start collectors until ``count`` are live, registered and healthy in the group."""
+        assert self.group is not None
+        new = [self.start_collector() for _ in range(count - len(self.live()))]
+        deadline = time.monotonic() + timeout_s
+        for collector in new:
+            while not collector.healthy():
+                if collector.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"collector {collector.name} did not start; see its log")
+                time.sleep(0.1)
+            self.group.register(collector.name, collector.node.address)
+            self.mark(f"{collector.name} registered")
+        for collector in new:
+            self.group.wait_state(collector.name, ("healthy",))
+        return self.live()
+
+    def terminate(self, collector: Collector) -> None:
+        """SIGTERM to the supervisor (scale-in): it drains for DRAIN_S, flushes and exits."""
+        collector.proc.send_signal(signal.SIGTERM)
+        self.mark(f"{collector.name} SIGTERM")
+
+    def crash(self, collector: Collector) -> None:
+        """SIGKILL to its process group: supervisor and worker die at once, flows and all."""
+        os.killpg(collector.proc.pid, signal.SIGKILL)
+        collector.proc.wait()
+        collector.gone = True
+        self.mark(f"{collector.name} SIGKILL")
+
+    def _kill(self, collector: Collector) -> None:
+        if collector.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(collector.proc.pid, signal.SIGKILL)
+            collector.proc.wait()
+        collector.gone = True
+
+    def mark(self, what: str) -> None:
+        self.marks.append((time.time(), what))
+
+    def _sample(self) -> None:
+        while not self._stop.wait(SAMPLE_S):
+            for collector in self.live():
+                with contextlib.suppress(OSError):
+                    value = collector.metrics().get("collector_datagrams_received_total", 0.0)
+                    self.samples.append((time.time(), collector.name, value))
+
+    # ---- the topic ----------------------------------------------------------------------
+    # One consumer for the fleet's life on one event loop: an aiokafka consumer stopped right after
+    # it started can raise CancelledError from stop() (aiokafka issue 647).
+    async def _start_consumer(self) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(TOPIC, PARTITIONS, 1)])
+        finally:
+            await admin.close()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False
+        )
+        await self._consumer.start()
+        self._consumer.assign([TopicPartition(TOPIC, p) for p in range(PARTITIONS)])
+
+    def end_offsets(self) -> dict[int, int]:
+        return self._loop.run_until_complete(self._offsets())
+
+    async def _offsets(self) -> dict[int, int]:
+        assert self._consumer is not None
+        parts = [TopicPartition(TOPIC, p) for p in range(PARTITIONS)]
+        ends = await self._consumer.end_offsets(parts)
+        return {tp.partition: int(offset) for tp, offset in ends.items()}
+
+    def read(self, start: dict[int, int]) -> list[dict[str, Any]]:
+        """Every record from ``start`` to the partitions' current ends, decoded."""
+        return self._loop.run_until_complete(self._read(start))
+
+    async def _read(self, start: dict[int, int]) -> list[dict[str, Any]]:
+        consumer = self._consumer
+        assert consumer is not None
+        end = await self._offsets()
+        remaining = set()
+        for p in range(PARTITIONS):
+            tp = TopicPartition(TOPIC, p)
+            if end[p] > start[p]:
+                consumer.seek(tp, start[p])
+                consumer.resume(tp)
+                remaining.add(p)
+            else:
+                consumer.pause(tp)
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 60
+        while remaining and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            for tp, messages in batch.items():
+                out.extend(json.loads(m.value) for m in messages if m.offset < end[tp.partition])
+            for p in sorted(remaining):
+                tp = TopicPartition(TOPIC, p)
+                if await consumer.position(tp) >= end[p]:
+                    remaining.discard(p)
+                    consumer.pause(tp)
+        if remaining:
+            raise TimeoutError(f"partitions {sorted(remaining)} not read to their end in 60 s")
+        return out
+
+    def _stop_consumer(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                self._loop.run_until_complete(self._consumer.stop())
+            self._consumer = None
+        self._loop.close()
+
+
+def _sessions_toml() -> str:
+    return "\n".join(
+        f'[[sessions]]\nvni = {s.vni}\nname = "{s.name}"\ninterface_id = "{s.eni}"\n'
+        f'addresses = ["{s.inner_address}"]\nfilter = "filter-a"\n'
+        for s in SESSIONS
+    )

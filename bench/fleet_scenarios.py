@@ -1,0 +1,388 @@
+"""The five fleet scenarios and the accounting that proves every packet is where it should be.
+
+Each scenario starts from a given number of healthy collectors, mirrors flows of its own (a new
+epoch: new inner ports), and ends with the sources paused and every collector's table expired and
+delivered; its records are exactly those between the topic's end offsets before and after. So the
+scenarios share one fleet and still do not see each other's packets.
+
+Accounting per scenario, from three independent sides: the sources (datagrams the kernel accepted
+per flow), the collectors' /metrics (datagrams received, kept, rejected by the filter, kernel
+drops), and the topic read back (packets in records, duplicates removed by exporter and sequence):
+
+    sent             datagrams of flows the mirror filter keeps
+    counted          packets in distinct records on the topic
+    explained_loss   kernel drops the collectors counted + what a crashed collector held
+    unexplained_loss sent - counted - explained_loss
+    split_flows      inner flows seen by more than one collector, not counting flows that had to
+                     move because their collector left (scale-in, crash)
+
+What a crashed collector held is measured so: the sources pause, the harness waits until the
+collectors' counters stop moving, scrapes the victim's /metrics (packets it kept =
+``collector_filter_packets_total{action="accept"}``, flows in its table, records queued), then
+SIGKILLs it. Its loss is then what it reported keeping minus the packets of its records on the
+topic; the test checks that everything else arrived, per flow.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bench.fleet_harness import SESSIONS, Collector, Fleet, Metrics, Session
+from bench.fleet_lb import outer_flows_to
+from bench.fleet_source import outer_port
+
+PPS_PER_SOURCE = 300
+FLOWS_PER_SOURCE = 24
+ACCEPT = 'collector_filter_packets_total{action="accept"}'
+REJECT = 'collector_filter_packets_total{action="reject"}'
+RECEIVED = "collector_datagrams_received_total"
+KERNEL_DROPS = "collector_kernel_drops_total"
+
+
+@dataclass(frozen=True)
+class Flow:
+    id: str
+    session: Session
+    proto: int
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    epoch: int
+    probe: bool = False  # one the collectors' filter must reject
+
+    def key(self) -> tuple[int, int, str, int, str, int]:
+        return (self.session.vni, self.proto, self.src, self.sport, self.dst, self.dport)
+
+    def spec(self) -> dict[str, Any]:
+        fields = ("id", "proto", "src", "sport", "dst", "dport")
+        return {name: getattr(self, name) for name in fields}
+
+
+def make_flows(epoch: int, count: int = FLOWS_PER_SOURCE, probes: int = 0) -> list[Flow]:
+    """Per source: egress TCP to 443 and UDP to 53, ingress TCP to 22; ``probes`` ingress UDP 53."""
+    flows = []
+    for s in SESSIONS:
+        for i in range(count + probes):
+            peer = f"172.31.{100 + s.subnet}.{i + 1}"
+            port = 20000 + epoch * 100 + i  # an epoch's flows never reuse an earlier 5-tuple
+            fid = f"{s.name}/e{epoch}/{i}"
+            if i >= count:
+                flows.append(Flow(fid, s, 17, peer, port, s.inner_address, 53, epoch, True))
+            elif i % 4 == 3:
+                flows.append(Flow(fid, s, 17, s.inner_address, port, peer, 53, epoch))
+            elif i % 4 == 2:
+                flows.append(Flow(fid, s, 6, peer, port, s.inner_address, 22, epoch))
+            else:
+                flows.append(Flow(fid, s, 6, s.inner_address, port, peer, 443, epoch))
+    return flows
+
+
+class Run:
+    """One scenario on a fleet: traffic, collectors' counters, the topic, the accounting."""
+
+    def __init__(self, fleet: Fleet, name: str, collectors: int) -> None:
+        self.fleet = fleet
+        self.name = name
+        fleet.ensure(collectors)
+        fleet.mark(f"{name} begins")
+        self.start_offsets = fleet.end_offsets()
+        self.base: dict[str, Metrics] = {c.name: dict(c.metrics()) for c in fleet.live()}
+        self.base_sent = self._pause()
+        self.flows: dict[str, Flow] = {}
+        self.moved_from: set[str] = set()  # collectors whose flows had to move (scale events)
+        self.crash: dict[str, float] = {}
+        self.checks: dict[str, Any] = {}
+        self.sent: dict[str, int] = {}
+        self.victim_flows: set[str] = set()  # flows the NLB sent to a collector that left
+
+    def _each_source(self, op: str, **extra: Any) -> dict[str, int]:
+        sent: dict[str, int] = {}
+        for source in self.fleet.sources.values():
+            sent.update(source.command(op=op, **extra))
+        return sent
+
+    def _pause(self) -> dict[str, int]:
+        return self._each_source("pause")
+
+    def mirror(self, flows: list[Flow]) -> None:
+        """Mirror ``flows`` (in addition to those already mirrored in this run)."""
+        for flow in flows:
+            self.flows[flow.id] = flow
+        for name, source in self.fleet.sources.items():
+            mine = [f.spec() for f in self.flows.values() if f.session.name == name]
+            source.command(op="flows", flows=mine)
+            source.command(op="rate", pps=PPS_PER_SOURCE)
+            source.command(op="resume")
+
+    def pause(self) -> None:
+        self.sent = self._pause()
+
+    def note_flows_of(self, victim: Collector) -> None:
+        """Remember which flows conntrack sends to ``victim`` (before it leaves)."""
+        outer = outer_flows_to(self.fleet.net.lb, victim.node.address)
+        for flow in self.flows.values():
+            source = self.fleet.net.nodes[flow.session.name].address
+            port = outer_port(flow.proto, flow.src, flow.sport, flow.dst, flow.dport)
+            if (source, port) in outer:
+                self.victim_flows.add(flow.id)
+
+    def resume(self) -> None:
+        self._each_source("resume")
+
+    def settle(self, collectors: list[Collector], polls: int = 3) -> None:
+        """Wait until the collectors' receive counters stop moving (snapshots come every 0.5 s)."""
+        last: list[float] = []
+        still = 0
+        deadline = time.monotonic() + 30
+        while still < polls and time.monotonic() < deadline:
+            time.sleep(0.3)
+            now = [c.metrics().get(RECEIVED, 0.0) for c in collectors]
+            still = still + 1 if now == last else 0
+            last = now
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        """Pause the sources, then wait until every live collector has expired and delivered all."""
+        self.pause()
+        deadline = time.monotonic() + timeout_s
+        previous: list[tuple[float, ...]] = []
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            state = [_quiet(c.metrics()) for c in self.fleet.live()]
+            if state == previous and all(s[0] == s[1] == 0 and s[2] == s[3] for s in state):
+                return
+            previous = state
+        raise TimeoutError(f"{self.name}: collectors did not deliver everything in {timeout_s}s")
+
+    def kill(self, victim: Collector) -> None:
+        """Crash ``victim`` with the sources paused; what it held is scraped just before."""
+        self.pause()
+        self.settle(self.fleet.live())
+        held = victim.metrics()
+        self.note_flows_of(victim)
+        base = self.base.get(victim.name, {})
+        self.crash = {
+            "collector_kept": held.get(ACCEPT, 0.0) - base.get(ACCEPT, 0.0),
+            "flows_in_table": held.get("collector_flows_active", 0.0),
+            "records_queued": held.get("collector_sink_queue_records", 0.0),
+        }
+        self.fleet.crash(victim)
+        self.moved_from.add(victim.name)
+
+    def report(self) -> dict[str, Any]:
+        """Read the scenario's records back and do the accounting."""
+        records = self.fleet.read(self.start_offsets)
+        seen: set[tuple[str, int]] = set()
+        duplicates = 0
+        by_key = {flow.key(): flow for flow in self.flows.values()}
+        packets: dict[str, int] = defaultdict(int)  # flow id -> packets on the topic
+        on: dict[str, set[str]] = defaultdict(set)  # flow id -> collectors that saw it
+        per_collector_packets: dict[str, int] = defaultdict(int)
+        wrong: list[str] = []
+        strangers = 0
+        for rec in records:
+            ident = (rec["exporter"], int(rec["sequence"]))
+            if ident in seen:
+                duplicates += 1
+                continue
+            seen.add(ident)
+            collector = rec["exporter"].split("/", 1)[0]
+            key = (rec["vni"], rec["protocol"], rec["src_addr"], rec["src_port"])
+            flow = by_key.get((*key, rec["dst_addr"], rec["dst_port"]))
+            if flow is None:
+                strangers += 1
+                continue
+            packets[flow.id] += int(rec["packets"])
+            on[flow.id].add(collector)
+            per_collector_packets[collector] += int(rec["packets"])
+            wrong.extend(_context_errors(rec, flow))
+        kept = [f for f in self.flows.values() if not f.probe]
+        probes = [f for f in self.flows.values() if f.probe]
+        sent_of = {f.id: self.sent.get(f.id, 0) - self.base_sent.get(f.id, 0) for f in kept}
+        sent = sum(sent_of.values())
+        counted = sum(packets[f.id] for f in kept)
+        delta = self._deltas()
+        kernel_drops = sum(d[KERNEL_DROPS] for d in delta.values())
+        crash_loss = 0
+        if self.crash:
+            (victim,) = self.moved_from
+            crash_loss = int(self.crash["collector_kept"]) - per_collector_packets[victim]
+            self.crash["lost"] = crash_loss
+        explained = int(kernel_drops) + crash_loss
+        split = [f.id for f in kept if len(on[f.id]) > 1 and not on[f.id] & self.moved_from]
+        exact = [f.id for f in kept if packets[f.id] == sent_of[f.id]]
+        if self.crash:
+            self.checks["victim_flows"] = len(self.victim_flows)
+            self.checks["victim_flows_missing"] = sum(
+                sent_of[f] - packets[f] for f in self.victim_flows if f in sent_of
+            )
+            self.checks["other_flows_inexact"] = sorted(
+                set(sent_of) - set(exact) - self.victim_flows
+            )
+        return {
+            "scenario": self.name,
+            "collectors": {
+                n: {
+                    "datagrams": int(d[RECEIVED]),
+                    "packets_on_topic": per_collector_packets[n],
+                    "flows": _flows_on(on, n),
+                }
+                for n, d in delta.items()
+            },
+            "sent": sent,
+            "counted": counted,
+            "explained_loss": explained,
+            "unexplained_loss": sent - counted - explained,
+            "split_flows": len(split),
+            "kernel_drops": int(kernel_drops),
+            "crash": self.crash,
+            "duplicates": duplicates,
+            "flows": len(kept),
+            "flows_exact": len(exact),
+            "flows_moved": sum(1 for f in kept if len(on[f.id]) > 1 and on[f.id] & self.moved_from),
+            "probes_sent": sum(
+                self.sent.get(f.id, 0) - self.base_sent.get(f.id, 0) for f in probes
+            ),
+            "probe_packets_counted": sum(packets[f.id] for f in probes),
+            "filter_rejected": int(sum(d[REJECT] for d in delta.values())),
+            "context_errors": wrong[:5],
+            "context_error_count": len(wrong),
+            "unknown_records": strangers,
+            "checks": self.checks,
+            "_on": {fid: sorted(names) for fid, names in on.items()},
+        }
+
+    def _deltas(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for collector in self.fleet.collectors.values():
+            now = collector.last
+            base = self.base.get(collector.name, {})
+            if not now or (collector.gone and collector.name not in self.base):
+                continue
+            if collector.gone and collector.name not in self.moved_from:
+                continue  # left before this scenario
+            out[collector.name] = {
+                k: now.get(k, 0.0) - base.get(k, 0.0)
+                for k in (RECEIVED, ACCEPT, REJECT, KERNEL_DROPS)
+            }
+        return out
+
+
+def _quiet(m: Metrics) -> tuple[float, ...]:
+    emitted = sum(v for k, v in m.items() if k.startswith("collector_records_emitted_total{"))
+    return (
+        m.get("collector_flows_active", -1.0),
+        m.get("collector_sink_queue_records", -1.0),
+        emitted,
+        m.get("collector_records_delivered_total", -1.0),
+        m.get(RECEIVED, 0.0),
+    )
+
+
+def _flows_on(on: dict[str, set[str]], name: str) -> int:
+    return sum(1 for names in on.values() if name in names)
+
+
+def _context_errors(rec: dict[str, Any], flow: Flow) -> list[str]:
+    s = flow.session
+    direction = "egress" if flow.src == s.inner_address else "ingress"
+    expected = {"session": s.name, "interface_id": s.eni, "direction": direction}
+    return [
+        f"{flow.id}: {k}={rec.get(k)!r}, expected {v!r}"
+        for k, v in expected.items()
+        if rec.get(k) != v
+    ]
+
+
+# ---- the scenarios --------------------------------------------------------------------------
+def steady(fleet: Fleet) -> dict[str, Any]:
+    """Three collectors, flows spread over them, each flow on exactly one."""
+    run = Run(fleet, "steady", 3)
+    run.mirror(make_flows(epoch=1))
+    time.sleep(6)
+    run.flush()
+    return run.report()
+
+
+def scale_out(fleet: Fleet) -> dict[str, Any]:
+    """A fourth collector registers: it gets new flows only, the old ones stay where they are."""
+    run = Run(fleet, "scale-out", 3)
+    old = make_flows(epoch=2)
+    run.mirror(old)
+    time.sleep(3)
+    (new,) = [c for c in fleet.ensure(4) if c.name not in run.base]
+    run.checks["new_collector"] = new.name
+    new_flows = make_flows(epoch=3)
+    run.mirror(new_flows)
+    time.sleep(5)
+    run.flush()
+    result = run.report()
+    on = result["_on"]
+    result["checks"]["old_flows_on_new"] = sum(1 for f in old if new.name in on.get(f.id, ()))
+    result["checks"]["new_flows_on_new"] = sum(1 for f in new_flows if new.name in on.get(f.id, ()))
+    return result
+
+
+def scale_in(fleet: Fleet) -> dict[str, Any]:
+    """SIGTERM with drain_s: health turns 503, the NLB lets go of it, it drains and exits."""
+    run = Run(fleet, "scale-in", 4)
+    run.mirror(make_flows(epoch=4))
+    time.sleep(3)
+    victim = fleet.live()[0]
+    run.note_flows_of(victim)
+    fleet.terminate(victim)
+    assert fleet.group is not None
+    fleet.group.wait_state(victim.name, ("unhealthy",))
+    victim.proc.wait(timeout=60)
+    victim.gone = True
+    fleet.group.deregister(victim.name)
+    fleet.mark(f"{victim.name} exited {victim.proc.returncode}")
+    run.moved_from.add(victim.name)
+    run.checks["victim"] = victim.name
+    run.checks["exit_status"] = victim.proc.returncode
+    time.sleep(2)
+    run.flush()
+    result = run.report()
+    on = result["_on"]
+    result["checks"]["victim_flows"] = len(run.victim_flows)
+    result["checks"]["victim_flows_moved"] = sum(len(on.get(f, ())) > 1 for f in run.victim_flows)
+    return result
+
+
+def crash(fleet: Fleet) -> dict[str, Any]:
+    """SIGKILL: the loss is exactly what the collector held, and it is reported."""
+    run = Run(fleet, "crash", 3)
+    run.mirror(make_flows(epoch=5))
+    time.sleep(6.5)  # past one active timeout: part of the victim's packets were delivered
+    victim = fleet.live()[0]
+    run.kill(victim)
+    assert fleet.group is not None
+    fleet.group.wait_state(victim.name, ("unhealthy",))  # out of the map, flows terminated
+    fleet.group.deregister(victim.name)
+    run.checks["victim"] = victim.name
+    run.resume()  # its flows now hash to the survivors
+    time.sleep(3)
+    run.flush()
+    return run.report()
+
+
+def sessions(fleet: Fleet) -> dict[str, Any]:
+    """Sources A and B through filter-a: session, direction and ENI right; UDP 53 in rejected."""
+    run = Run(fleet, "sessions", 3)
+    run.mirror(make_flows(epoch=6, probes=4))
+    time.sleep(5)
+    run.flush()
+    return run.report()
+
+
+SCENARIOS: dict[str, Callable[[Fleet], dict[str, Any]]] = {
+    "steady": steady,
+    "scale-out": scale_out,
+    "scale-in": scale_in,
+    "crash": crash,
+    "sessions": sessions,
+}
