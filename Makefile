@@ -25,6 +25,9 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tshark >/dev/null; \
 	  else echo "tshark is missing: install it (Debian/Ubuntu: apt-get install tshark)"; exit 1; fi; }
+	@# nftables and conntrack: the NLB stand-in of tests/test_fleet.py and make fleet-demo (root only)
+	@{ command -v nft && command -v conntrack; } >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables conntrack >/dev/null; }
 
 # promtool checks and unit-tests the Prometheus alert rules; taken from the distribution's prometheus
 # package without installing it (no service is started)
@@ -71,6 +74,12 @@ bench: install
 
 bench-locust: install
 	$(PY) -m bench.locust_headless
+
+# The fleet on one machine (as root: network namespaces, nftables): every scenario of
+# docs/fleet.md, the figures, and the per-collector load plot shown in the README.
+.PHONY: fleet-demo
+fleet-demo: install system-deps
+	$(PY) -m bench.fleet --plot docs/fleet-load.png
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

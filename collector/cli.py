@@ -27,7 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", metavar="HOST:PORT", help="UDP listen address (0.0.0.0:4789)")
     run.add_argument("--health", metavar="HOST:PORT", help="HTTP health/metrics (0.0.0.0:8080)")
     run.add_argument("--workers", type=int, metavar="N", help="worker processes (0 = one per CPU)")
-    run.add_argument("--sink", metavar="SPEC", help="- | file:PATH | kafka://HOST:PORT/TOPIC")
+    run.add_argument(
+        "--sink",
+        metavar="SPEC",
+        help="- | file:PATH | kafka://HOST:PORT/TOPIC | ipfix://HOST:PORT | ipfix+tcp://HOST:PORT",
+    )
     run.add_argument("--log-format", choices=("text", "json"), help="log line format")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     run.add_argument("--drain-s", type=float, metavar="S", help="keep ingesting after SIGTERM")
@@ -35,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="run a pcap/pcapng capture through the pipeline")
     replay.add_argument("capture", metavar="CAPTURE")
     replay.add_argument("--config", metavar="FILE", help="TOML config file")
+    replay.add_argument(
+        "--sink",
+        metavar="SPEC",
+        default="-",
+        help="- | file:PATH | kafka://HOST:PORT/TOPIC | ipfix://HOST:PORT | ipfix+tcp://HOST:PORT",
+    )
 
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file", metavar="FILE")
@@ -102,7 +112,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from collector.sessions import build_sessions  # noqa: PLC0415
 
         build_sessions(config)
-        return run_replay(args.capture, config)
+        return run_replay(args.capture, config, sink_spec=args.sink)
     if args.command == "tail":
         from collector.tail import run_tail  # noqa: PLC0415
 

@@ -105,7 +105,7 @@ class FlowsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class RecordsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How records are named and encoded."""
 
-    format: Literal["json", "msgpack", "vpc-flow-log"] = "json"
+    format: Literal["json", "msgpack", "vpc-flow-log", "goflow2"] = "json"
     """Encoding of each record for the sink."""
     vpc_flow_log_format: str = DEFAULT_FLOW_LOG_FORMAT
     """AWS custom-format string used by the ``vpc-flow-log`` format (default: AWS's v2 format)."""
@@ -187,6 +187,28 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             yield name, "***" if name == "sasl_password" and value else value
 
 
+class IpfixConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """IPFIX export for ``ipfix://`` (UDP) and ``ipfix+tcp://`` sinks (RFC 7011)."""
+
+    observation_domain_id: Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)] = 1
+    """Observation Domain ID in every message header; the worker index is added to it, so each
+    worker (its own transport session and sequence numbers) is its own domain at the receiver."""
+    mtu_bytes: Annotated[int, msgspec.Meta(ge=1280, le=65535)] = 1500
+    """Path MTU to the collector: UDP messages stay within it minus the IP and UDP headers."""
+    template_refresh_s: PositiveSeconds = 60.0
+    """UDP: templates are sent again this often, so a restarted collector decodes data again."""
+    enterprise_number: Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)] = 32473
+    """Private Enterprise Number of the session/ENI/AWS elements (default: RFC 5612's number for
+    documentation; use your organisation's); 0 exports IANA elements only."""
+    queue_records: Count = 100_000
+    """TCP: records held in memory while the collector is unreachable; beyond it records are
+    dropped and counted. Bounds memory."""
+    connect_timeout_s: PositiveSeconds = 5.0
+    """TCP connect and name-resolution timeout."""
+    reconnect_max_s: PositiveSeconds = 30.0
+    """TCP: longest wait between reconnect attempts (backoff doubles from 0.5 s)."""
+
+
 class AwsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Enrichment of sessions from the EC2 API."""
 
@@ -240,6 +262,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Kafka producer settings."""
     aws: AwsConfig = AwsConfig()
     """EC2 API enrichment."""
+    ipfix: IpfixConfig = IpfixConfig()
+    """IPFIX export settings."""
     sessions: tuple[SessionConfig, ...] = ()
     """Mirror sessions by VNI; none configured accepts every VNI."""
     filters: dict[str, FilterConfig] = {}
@@ -249,7 +273,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 ENV_PREFIX = "COLLECTOR_"
-_SECTIONS = ("flows", "records", "kafka", "aws")
+_SECTIONS = ("flows", "records", "kafka", "aws", "ipfix")
 _PATH_RE = re.compile(r"at `\$(.*)`")
 
 
@@ -265,6 +289,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         "records": _scalar_fields(RecordsConfig),
         "kafka": _scalar_fields(KafkaConfig),
         "aws": _scalar_fields(AwsConfig),
+        "ipfix": _scalar_fields(IpfixConfig),
     }
     out: dict[str, Any] = {}
     for name, value in environ.items():

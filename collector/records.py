@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from collector import goflow2
 from collector.flowlog import FlowLogFormat
 from collector.terms import (
     CLOSING_END_REASONS,
@@ -206,11 +207,12 @@ _msgpack_encoder = msgspec.msgpack.Encoder()
 _json_decoder = msgspec.json.Decoder(FlowRecord)
 _msgpack_decoder = msgspec.msgpack.Decoder(FlowRecord)
 
-Format = Literal["json", "msgpack", "vpc-flow-log"]
+Format = Literal["json", "msgpack", "vpc-flow-log", "goflow2"]
 CONTENT_TYPES = {
     "json": "application/json",
     "msgpack": "application/msgpack",
     "vpc-flow-log": "text/plain; format=vpc-flow-log",
+    "goflow2": goflow2.CONTENT_TYPE,
 }
 
 
@@ -235,7 +237,15 @@ def encoder_for(fmt: str, vpc_flow_log_format: str | None = None) -> Callable[[F
     if fmt == "vpc-flow-log":
         encoder: Callable[[FlowRecord], bytes] = FlowLogFormat.parse(vpc_flow_log_format).encode
         return encoder
+    if fmt == "goflow2":
+        return goflow2.encode
     raise ValueError(fmt)
+
+
+def record_separator(fmt: str) -> bytes:
+    """What follows each record in a file or on stdout: a newline, except for the binary
+    ``goflow2`` stream, whose records carry their own length."""
+    return b"" if fmt == "goflow2" else b"\n"
 
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"

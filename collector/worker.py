@@ -58,7 +58,7 @@ class Worker:
         )
         self.enricher: Enricher | None = None
         self.ingest: Ingest | None = None
-        self.sink: Sink = make_sink(config.sink, config)
+        self.sink: Sink = make_sink(config.sink, config, worker=index)
         self.stop_requested = asyncio.Event()
         self.loop_lag_s = 0.0
         self.kernel_drops = 0

@@ -1,0 +1,307 @@
+"""IPFIX (RFC 7011) messages for flow records: information elements, templates, framing. Sans-IO.
+
+The element numbers are IANA's "IP Flow Information Export (IPFIX) Entities" registry (RFC 7012 and
+later additions). What IANA has no element for (the mirror session's name, the AWS context of the
+source ENI, the direction-free connection id, the record's exporter sequence) is exported as
+enterprise-specific elements under a configurable Private Enterprise Number; docs/integrations.md
+carries their registry. IPv4 and IPv6 records use separate templates (RFC 7011 section 3.4.1: a
+field's length is fixed by its template, so the address families cannot share one).
+
+``MessageEncoder`` keeps the state RFC 7011 ties to one transport session and Observation Domain:
+the sequence number (data records sent before the message, modulo 2**32, section 3.1) and when the
+templates were last sent. The I/O side (collector.io.ipfix) owns sockets and clocks and passes
+``now`` in.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from collector.records import FlowRecord
+
+VERSION = 10  # RFC 7011 section 3.1: IPFIX is version 10 of the NetFlow header layout
+HEADER = struct.Struct(">HHIII")  # version, length, export time, sequence number, domain id
+SET_HEADER = struct.Struct(">HH")  # set id, length (section 3.3.2)
+TEMPLATE_SET_ID = 2  # section 3.3.2
+TEMPLATE_V4 = 256  # data set ids start at 256 (section 3.3.2)
+TEMPLATE_V6 = 257
+VARLEN = 65535  # section 7: variable-length field, length carried in the record
+ENTERPRISE_BIT = 0x8000  # section 3.2: the field specifier carries a 4-byte enterprise number
+MAX_MESSAGE_BYTES = 65535  # section 3.1: the length field is 16 bits
+MAX_STRING_BYTES = 128  # an exported string is cut to this many bytes (at a character boundary)
+DOCUMENTATION_PEN = 32473  # RFC 5612: the enterprise number reserved for documentation and examples
+
+
+class Element(NamedTuple):
+    """An information element: (enterprise, number) and the length this exporter encodes it with."""
+
+    name: str
+    number: int
+    length: int
+    enterprise: bool = False
+
+
+# IANA elements, in the order the fixed-length part of a record is packed.
+FLOW_START_MS = Element("flowStartMilliseconds", 152, 8)
+FLOW_END_MS = Element("flowEndMilliseconds", 153, 8)
+OCTETS = Element("octetDeltaCount", 1, 8)
+PACKETS = Element("packetDeltaCount", 2, 8)
+SRC_V4 = Element("sourceIPv4Address", 8, 4)
+DST_V4 = Element("destinationIPv4Address", 12, 4)
+SRC_V6 = Element("sourceIPv6Address", 27, 16)
+DST_V6 = Element("destinationIPv6Address", 28, 16)
+SRC_PORT = Element("sourceTransportPort", 7, 2)
+DST_PORT = Element("destinationTransportPort", 11, 2)
+PROTOCOL = Element("protocolIdentifier", 4, 1)
+TCP_FLAGS = Element("tcpControlBits", 6, 2)  # RFC 7125: unsigned16 (flags in the low byte)
+ICMP_V4 = Element("icmpTypeCodeIPv4", 32, 2)  # type * 256 + code
+ICMP_V6 = Element("icmpTypeCodeIPv6", 139, 2)
+END_REASON = Element("flowEndReason", 136, 1)
+DIRECTION = Element("flowDirection", 61, 1)
+SEGMENT = Element("layer2SegmentId", 351, 8)  # top byte segment type, low 56 bits the id
+INTERFACE_NAME = Element("interfaceName", 82, VARLEN)  # the mirror-source ENI id
+
+# Enterprise-specific elements (numbers are this project's; the PEN is configurable).
+CONNECTION_ID = Element("connectionId", 1, 8, enterprise=True)
+EXPORTER_SEQUENCE = Element("exporterSequence", 2, 8, enterprise=True)
+SESSION_NAME = Element("mirrorSessionName", 3, VARLEN, enterprise=True)
+INSTANCE_ID = Element("awsInstanceId", 4, VARLEN, enterprise=True)
+SUBNET_ID = Element("awsSubnetId", 5, VARLEN, enterprise=True)
+VPC_ID = Element("awsVpcId", 6, VARLEN, enterprise=True)
+AZ_ID = Element("awsAvailabilityZoneId", 7, VARLEN, enterprise=True)
+ACCOUNT_ID = Element("awsAccountId", 8, VARLEN, enterprise=True)
+REGION = Element("awsRegion", 9, VARLEN, enterprise=True)
+
+ENTERPRISE_ELEMENTS = (
+    CONNECTION_ID,
+    EXPORTER_SEQUENCE,
+    SESSION_NAME,
+    INSTANCE_ID,
+    SUBNET_ID,
+    VPC_ID,
+    AZ_ID,
+    ACCOUNT_ID,
+    REGION,
+)
+
+SEGMENT_TYPE_VXLAN = 0x01 << 56  # IANA layer2SegmentId: segment type 0x01 = VxLAN
+# IANA flowEndReason values
+END_REASONS = {
+    "inactive_timeout": 0x01,  # idle timeout
+    "active_timeout": 0x02,  # active timeout
+    "tcp_fin": 0x03,  # end of Flow detected
+    "tcp_rst": 0x03,
+    "shutdown": 0x04,  # forced end
+    "evicted": 0x05,  # lack of resources
+}
+# IANA flowDirection: 0 ingress, 1 egress. IANA defines no value for "not known"; 0xFF says it.
+DIRECTIONS = {"ingress": 0x00, "egress": 0x01, "unknown": 0xFF}
+DIRECTION_UNKNOWN = 0xFF
+
+
+def template_elements(ip_version: int, *, enterprise: bool) -> tuple[Element, ...]:
+    """The fields of the IPv4 or IPv6 data template, fixed-length ones first."""
+    src, dst, icmp = (SRC_V4, DST_V4, ICMP_V4) if ip_version == 4 else (SRC_V6, DST_V6, ICMP_V6)
+    fixed: tuple[Element, ...] = (FLOW_START_MS, FLOW_END_MS, OCTETS, PACKETS, src, dst)
+    fixed += (SRC_PORT, DST_PORT, PROTOCOL, TCP_FLAGS, icmp, END_REASON, DIRECTION, SEGMENT)
+    if not enterprise:
+        return (*fixed, INTERFACE_NAME)
+    return (*fixed, CONNECTION_ID, EXPORTER_SEQUENCE, INTERFACE_NAME, *ENTERPRISE_ELEMENTS[2:])
+
+
+def template_record(template_id: int, elements: Iterable[Element], pen: int) -> bytes:
+    """A template record (section 3.4.1): id, field count, field specifiers."""
+    fields = list(elements)
+    out = [struct.pack(">HH", template_id, len(fields))]
+    for element in fields:
+        if element.enterprise:
+            out.append(struct.pack(">HHI", element.number | ENTERPRISE_BIT, element.length, pen))
+        else:
+            out.append(struct.pack(">HH", element.number, element.length))
+    return b"".join(out)
+
+
+def _set(set_id: int, body: bytes) -> bytes:
+    return SET_HEADER.pack(set_id, SET_HEADER.size + len(body)) + body
+
+
+def _string(value: str | None) -> bytes:
+    """A variable-length string field (section 7): one length byte, UTF-8, cut to the bound."""
+    if not value:
+        return b"\x00"
+    data = value.encode()
+    if len(data) > MAX_STRING_BYTES:
+        data = data[:MAX_STRING_BYTES].decode(errors="ignore").encode()
+    return bytes((len(data),)) + data
+
+
+# flowStart, flowEnd, octets, packets, src, dst, sport, dport, proto, flags, icmp, reason, dir, seg
+_FIXED_V4 = struct.Struct(">QQQQ4s4sHHBHHBBQ")
+_FIXED_V6 = struct.Struct(">QQQQ16s16sHHBHHBBQ")
+_IDS = struct.Struct(">QQ")
+
+
+class MessageEncoder:
+    """Data records into IPFIX messages for one transport session and Observation Domain."""
+
+    def __init__(
+        self,
+        observation_domain_id: int,
+        max_message_bytes: int,
+        enterprise_number: int,
+    ) -> None:
+        if not 0 <= observation_domain_id < 2**32:
+            raise ValueError("observation_domain_id is 32 bits")
+        self.observation_domain_id = observation_domain_id
+        self.max_message_bytes = min(max_message_bytes, MAX_MESSAGE_BYTES)
+        self.enterprise_number = enterprise_number
+        self.enterprise = enterprise_number != 0
+        self.sequence = 0  # data records sent in this transport session (mod 2**32 on the wire)
+        self.templates_sent_at: float | None = None
+        self._templates = {
+            TEMPLATE_V4: template_elements(4, enterprise=self.enterprise),
+            TEMPLATE_V6: template_elements(6, enterprise=self.enterprise),
+        }
+        body = b"".join(
+            template_record(tid, fields, enterprise_number)
+            for tid, fields in self._templates.items()
+        )
+        self.template_set = _set(TEMPLATE_SET_ID, body)
+        self._context: dict[tuple[str | None, ...], bytes] = {}
+        # the longest record: fixed part, two ids, every string at its bound
+        longest = _FIXED_V6.size + _IDS.size + 8 * (1 + MAX_STRING_BYTES)
+        floor = (
+            HEADER.size + SET_HEADER.size + longest
+        )  # templates may go in a message of their own
+        if self.max_message_bytes < floor:
+            raise ValueError(f"messages of {self.max_message_bytes} bytes cannot hold a record")
+
+    def restart(self) -> None:
+        """A new transport session (TCP reconnect): sequence from 0, templates before data."""
+        self.sequence = 0
+        self.templates_sent_at = None
+
+    def templates(self) -> dict[int, tuple[Element, ...]]:
+        """Template id -> its fields."""
+        return dict(self._templates)
+
+    def _context_fields(self, r: FlowRecord) -> bytes:
+        """The variable-length part; sessions repeat it for every record, so it is built once."""
+        key = (
+            r.interface_id,
+            r.session,
+            r.instance_id,
+            r.subnet_id,
+            r.vpc_id,
+            r.az_id,
+            r.account_id,
+            r.region,
+        )
+        cached = self._context.get(key)
+        if cached is None:
+            strings = key if self.enterprise else key[:1]
+            cached = b"".join([_string(s) for s in strings])
+            if len(self._context) >= 4096:  # sessions are few; bound it anyway
+                self._context.clear()
+            self._context[key] = cached
+        return cached
+
+    def data_record(self, r: FlowRecord) -> tuple[int, bytes]:
+        """(template id, encoded data record)."""
+        icmp = 0 if r.icmp_type is None else (r.icmp_type << 8) | (r.icmp_code or 0)
+        v4 = r.ip_version == 4
+        fixed = (_FIXED_V4 if v4 else _FIXED_V6).pack(
+            r.start_ms,
+            r.end_ms,
+            r.bytes,
+            r.packets,
+            socket.inet_pton(socket.AF_INET if v4 else socket.AF_INET6, r.src_addr),
+            socket.inet_pton(socket.AF_INET if v4 else socket.AF_INET6, r.dst_addr),
+            r.src_port,
+            r.dst_port,
+            r.protocol,
+            r.tcp_flags,
+            icmp,
+            END_REASONS[r.end_reason],
+            DIRECTIONS[r.direction],
+            SEGMENT_TYPE_VXLAN | r.vni,
+        )
+        if self.enterprise:
+            fixed += _IDS.pack(int(r.flow_id, 16), r.sequence)
+        return (TEMPLATE_V4 if v4 else TEMPLATE_V6), fixed + self._context_fields(r)
+
+    def templates_due(self, now: float, refresh_s: float | None) -> bool:
+        """True before the first data of a session and, with ``refresh_s``, every refresh_s."""
+        sent = self.templates_sent_at
+        return sent is None or (refresh_s is not None and now - sent >= refresh_s)
+
+    def _header(self, length: int, export_time: int) -> bytes:
+        return HEADER.pack(
+            VERSION, length, export_time, self.sequence & 0xFFFFFFFF, self.observation_domain_id
+        )
+
+    def encode(
+        self, records: Iterable[FlowRecord], now: float, refresh_s: float | None = None
+    ) -> list[tuple[bytes, int]]:
+        """Messages carrying ``records`` in order, each with its number of data records.
+
+        Templates lead the first message when they are due (``templates_due``). Each message stays
+        within ``max_message_bytes``; the sequence number advances by the records of each message.
+        """
+        export_time = int(now)
+        messages: list[tuple[bytes, int]] = []
+        limit = self.max_message_bytes
+        parts: list[bytes] = []
+        size = HEADER.size
+        count = 0
+        set_id = 0
+        set_records: list[bytes] = []
+        set_size = 0
+        if self.templates_due(now, refresh_s):
+            parts.append(self.template_set)
+            size += len(self.template_set)
+            self.templates_sent_at = now
+
+        def close_set() -> None:
+            nonlocal set_records, set_size
+            if set_records:
+                parts.append(SET_HEADER.pack(set_id, SET_HEADER.size + set_size))
+                parts.extend(set_records)
+                set_records, set_size = [], 0
+
+        for record in records:
+            tid, data = self.data_record(record)
+            extra = len(data) + (SET_HEADER.size if tid != set_id or not set_records else 0)
+            if size + extra > limit and (set_records or parts):
+                close_set()
+                messages.append((self._header(size, export_time) + b"".join(parts), count))
+                self.sequence += count
+                parts, size, count, set_id = [], HEADER.size, 0, 0
+                extra = len(data) + SET_HEADER.size
+            if tid != set_id:
+                close_set()
+                set_id = tid
+            set_records.append(data)
+            set_size += len(data)
+            size += extra
+            count += 1
+        close_set()
+        if parts:
+            messages.append((self._header(size, export_time) + b"".join(parts), count))
+            self.sequence += count
+        return messages
+
+    def withdrawal(self, now: float) -> bytes:
+        """A message withdrawing both templates (section 8.1: a template record with no fields)."""
+        body = b"".join(struct.pack(">HH", tid, 0) for tid in self._templates)
+        tset = _set(TEMPLATE_SET_ID, body)
+        return self._header(HEADER.size + len(tset), int(now)) + tset
+
+
+def max_message_bytes(mtu_bytes: int, ipv6: bool) -> int:
+    """The largest IPFIX message one UDP datagram carries unfragmented on a path of ``mtu_bytes``."""
+    return mtu_bytes - (40 if ipv6 else 20) - 8
