@@ -11,7 +11,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
 from kafka_fixtures import make_records
 
-from collector.io.kafka.delivery import Batch, Delivery, key_hash
+from collector.io.kafka.delivery import Batch, Delivery, Parked, key_hash
 from collector.records import CONTENT_TYPES, decode, encoder_for
 
 JSON = CONTENT_TYPES["json"]
@@ -30,8 +30,14 @@ def sequences(batch: Batch) -> list[int]:
     reader = DefaultRecordBatch(bytes(buffer))
     out = []
     for record in reader:
-        assert dict(record.headers)["content-type"] == JSON.encode()
-        out.append(decode(record.value).sequence)
+        headers = dict(record.headers)
+        decoded = decode(record.value)
+        assert headers == {
+            "content-type": JSON.encode(),
+            "exporter": decoded.exporter.encode(),
+            "sequence": str(decoded.sequence).encode(),
+        }
+        out.append(decoded.sequence)
     return out
 
 
@@ -129,7 +135,8 @@ def test_parking_memory_takes_in_flight_then_retries_then_pending() -> None:
     (retried,) = core.from_pending(10, NOW_MS)
     core.to_retry(retried)
     core.add(records[20:], 0.0)
-    replayed = core.from_chunk([b"k"], [b"v"], JSON, 0.0, 7, NOW_MS)  # its record is on disk
+    on_disk = Parked(JSON, [b"k"], [b"v"], [], [])  # from an old segment: no exporter/sequence
+    replayed = core.from_chunk(on_disk, 0.0, 7, NOW_MS)
     parked = core.park_memory(4)
     order = [decode(v).sequence for p in parked for v in p.values]
     assert order == list(range(1, 31))

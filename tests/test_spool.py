@@ -1,14 +1,21 @@
-"""The disk spool against real files: truncations, corruption, bounds, locking, copies."""
+"""The disk spool against real files: truncations, corruption, bounds, locking, copies, file
+modes, transient read errors (a real EMFILE), quarantine, and a real full file system (tmpfs)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import resource
 import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from collector.io.spool import Spool, SpoolError
+from collector.io.spool import Spool, SpoolError, SpoolReadError
 
 
 def write_segment(directory: Path, entries: list[tuple[bytes, bytes]]) -> Path:
@@ -42,7 +49,7 @@ def test_spool_survives_every_truncation(tmp_path: Path) -> None:
     ends = []
     offset = header_size
     for key, value in entries:
-        offset += 8 + 2 + len(key) + len(value)
+        offset += 8 + 2 + len(key) + 2 + 8 + len(value)  # entry header, key, no exporter, seq
         ends.append(offset)
     for cut in range(len(original)):
         directory = tmp_path / f"cut{cut}"
@@ -130,3 +137,145 @@ def test_spool_copy_is_independent(tmp_path: Path) -> None:
     os.remove(tmp_path / "b" / "LOCK")
     got, _ = read_everything(tmp_path / "b")
     assert got == entries
+
+
+# -- privacy, damage, transient errors, a full disk ---------------------------------------------
+
+
+def test_spool_files_are_private(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    directory.mkdir(mode=0o755)  # an older spool directory, created wider
+    spool = Spool(directory, max_bytes=1 << 20, segment_bytes=1 << 20)
+    spool.open()
+    spool.append("application/json", [b"k"], [b"v"])
+    spool.rotate()
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    files = list(directory.iterdir())
+    assert {p.name for p in files} == {"LOCK", "00000000000000000001.seg"}
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    spool.close()
+
+
+def test_a_damaged_segment_is_quarantined_never_deleted(tmp_path: Path) -> None:
+    entries = [(b"%016x" % i, b"value-%d" % i) for i in range(5)]
+    segment = write_segment(tmp_path, entries)
+    data = bytearray(segment.read_bytes())
+    data[-3] ^= 0x01
+    segment.write_bytes(bytes(data))
+    (tmp_path / "00000000000000000002.seg").write_bytes(b"NOTASPOOLSEGMENT")
+    spool = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=1 << 20)
+    spool.open()
+    chunk = spool.read(100)
+    assert chunk is not None
+    assert chunk.values == [v for _, v in entries[:4]]
+    assert spool.read(100) is None
+    spool.ack(chunk.segment, len(chunk.values))  # the good entries are delivered
+    quarantine = tmp_path / "quarantine"
+    assert sorted(p.name for p in quarantine.iterdir()) == [
+        "00000000000000000001.seg",
+        "00000000000000000002.seg",
+    ]
+    assert (quarantine / "00000000000000000001.seg").read_bytes() == bytes(data)  # kept whole
+    assert spool.counters.quarantined_segments == 2
+    assert spool.counters.corrupt_segments == 2
+    assert spool.is_empty()
+    assert not list(tmp_path.glob("*.seg"))
+    spool.close()
+
+
+@contextlib.contextmanager
+def no_free_descriptors() -> Iterator[None]:
+    """Every file descriptor below a lowered RLIMIT_NOFILE is taken: the next open() fails with
+    EMFILE, a real transient read error. Restored (and the fillers closed) whatever happens."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 16, hard))
+    try:
+        while True:
+            try:
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError as exc:
+                assert exc.errno == errno.EMFILE
+                break
+        yield
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_transient_read_errors_keep_the_segment_and_are_retried(tmp_path: Path) -> None:
+    entries = [(b"%016x" % i, b"value-%d" % i) for i in range(20)]
+    write_segment(tmp_path, entries)
+    spool = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=1 << 20)
+    spool.open()
+    with no_free_descriptors():
+        for _ in range(3):
+            with pytest.raises(SpoolReadError, match="Too many open files"):
+                spool.read(100)
+    assert spool.counters.read_errors == 3
+    assert spool.counters.corrupt_segments == 0
+    assert len(list(tmp_path.glob("*.seg"))) == 1  # kept
+    chunk = spool.read(100)
+    assert chunk is not None
+    assert chunk.values == [v for _, v in entries]
+    spool.ack(chunk.segment, len(chunk.values))
+    assert spool.is_empty()
+    spool.close()
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 256 KiB tmpfs (root only), unmounted whatever the test does."""
+    mountpoint = tmp_path / "fs"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def grow(mountpoint: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(mountpoint)], check=True)
+
+
+def test_a_full_disk_drops_exactly_what_was_not_written(small_fs: Path) -> None:
+    """Appends on a file system that runs out of space: each append says how many entries reached
+    the disk; none is torn, no later append extends a torn segment, and after space returns every
+    later entry is read back. (max_bytes is far above the disk: the disk is the limit.)"""
+    spool = Spool(small_fs / "spool", max_bytes=1 << 30, segment_bytes=64 * 1024)
+    spool.open()
+    written: list[bytes] = []
+    lost = 0
+    n = 0
+    while lost < 2000:
+        values = [b"%08d" % (n + i) + b"x" * 300 for i in range(50)]
+        n += 50
+        count = spool.append("application/json", [b"k"] * 50, values)
+        written.extend(values[:count])
+        lost += 50 - count
+    assert spool.counters.write_errors > 0
+    assert "No space left on device" in spool.counters.last_write_error
+    grow(small_fs, "4m")
+    after = [b"%08d" % (n + i) + b"y" * 300 for i in range(500)]
+    assert spool.append("application/json", [b"k"] * 500, after) == 500
+    written.extend(after)
+    spool.close()
+
+    again = Spool(small_fs / "spool", max_bytes=1 << 30, segment_bytes=64 * 1024)
+    again.open()
+    read: list[bytes] = []
+    while (chunk := again.read(1000)) is not None:
+        read.extend(chunk.values)
+    assert read == written  # exactly what append reported, in order, nothing torn
+    assert again.counters.corrupt_segments == 0
+    again.close()

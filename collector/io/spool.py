@@ -1,26 +1,39 @@
 """A disk spool for records the broker has not acknowledged: append-only segment files, read in order.
 
-Layout: one directory per sink, a ``LOCK`` file (flock, so two live collectors never share a spool)
-and segment files ``<20-digit id>.seg``, oldest id first. A segment is::
+Layout: one directory per sink (mode 0700; files 0600: records are traffic metadata), a ``LOCK``
+file (flock, so two live collectors never share a spool), segment files ``<20-digit id>.seg``,
+oldest id first, and ``quarantine/`` for segments found damaged. A segment is::
 
     header   8s magic b"VMCSPOOL", u8 version, u8 reserved, u16 content-type length, f64 created
              (Unix s), then the content type (e.g. b"application/json")
-    entries  u32 body length, u32 CRC-32 of the body, body = u16 key length, key, value
+    entries  u32 body length, u32 CRC-32 of the body, body =
+             version 1: u16 key length, key, value
+             version 2: u16 key length, key, u16 exporter length, exporter, u64 sequence, value
 
 Entries are written with one ``write`` per ``append`` call, so what was appended survives the death
 of the process; a segment is fsynced when it is closed. A crash can still leave a torn entry at the
 end of the last segment: the reader checks length and CRC, skips the rest of that segment and counts
-it, and never raises. A segment is deleted once every entry read from it is acknowledged; a restart
-replays unacknowledged segments whole, so a partly delivered segment yields detectable duplicates
-(same exporter and sequence), never a gap.
+it, and never raises for damage.
 
-The spool does blocking file I/O by design: calls are short (one write per batch) and it is only
-used while the broker is slow or down, or at start and shutdown.
+What is never lost silently:
+- a failed write (disk full, I/O error) is cut back to the last whole entry, or the segment is closed
+  so no later append extends a torn one; ``append`` returns exactly how many entries reached the
+  file, and the caller counts the rest as dropped;
+- a read error (EMFILE, EIO) is transient: ``read`` raises SpoolReadError and the segment stays for
+  the next attempt; only a segment verified damaged (bad header, torn or corrupt entry) is moved to
+  ``quarantine/`` once its good entries are acknowledged: kept, counted, noted for the log;
+- a segment is deleted only once every entry read from it is acknowledged; a restart replays
+  unacknowledged segments whole, so a partly delivered segment yields detectable duplicates (same
+  exporter and sequence), never a gap.
+
+The spool does blocking file I/O: calls are short (one write per batch), and the sink calls it only
+while the broker is slow or down, or at start and shutdown.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import struct
@@ -29,16 +42,23 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 MAGIC = b"VMCSPOOL"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _HEADER = struct.Struct("<8sBBHd")
 _ENTRY = struct.Struct("<II")
-_KEY_LEN = struct.Struct("<H")
+_SHORT = struct.Struct("<H")
+_SEQUENCE = struct.Struct("<Q")
 SUFFIX = ".seg"
+QUARANTINE = "quarantine"
+DIR_MODE = 0o700
+FILE_MODE = 0o600
 MAX_KEY_BYTES = 0xFFFF
 MAX_ENTRY_BYTES = 64 * 1024 * 1024
 """A length field above this is taken as corruption, not as a huge record (protects memory)."""
+MAX_NOTES = 100
 
 
 class SpoolError(Exception):
@@ -47,6 +67,10 @@ class SpoolError(Exception):
 
 class SpoolLockedError(SpoolError):
     """Another live process holds the spool directory's lock."""
+
+
+class SpoolReadError(SpoolError):
+    """A segment could not be read right now (EMFILE, EIO); it is kept and read again later."""
 
 
 @dataclass(slots=True)
@@ -58,6 +82,9 @@ class SpoolChunk:
     created_s: float
     keys: list[bytes]
     values: list[bytes]
+    exporters: list[bytes] = field(default_factory=list)
+    """Per entry; empty for entries of version-1 segments."""
+    sequences: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -67,23 +94,33 @@ class _Segment:
     size: int
     content_type: str = ""
     created_s: float = 0.0
+    version: int = VERSION
+    header_read: bool = False
     data: bytes | None = None  # loaded when reading starts
     offset: int = 0  # read position in data
     read_done: bool = False
+    damaged: bool = False
     entries_read: int = 0
     entries_acked: int = 0
 
 
 @dataclass(slots=True)
 class SpoolCounters:
-    """What the spool saw of damage; totals since open."""
+    """What the spool saw of damage and errors; totals since open."""
 
     corrupt_segments: int = 0
-    """Segments whose header was unreadable (deleted) or whose tail was torn or corrupt."""
+    """Segments whose header was unreadable or whose tail was torn or corrupt."""
     skipped_bytes: int = 0
     """Bytes not replayed because they were torn or corrupt."""
+    quarantined_segments: int = 0
+    """Damaged segments moved to quarantine/ (kept for inspection, never replayed again)."""
+    read_errors: int = 0
+    """Transient read failures (the segment was kept and read again later)."""
+    write_errors: int = 0
+    """Failed appends (disk full, I/O error); their entries were not written and not counted."""
+    last_write_error: str = ""
     notes: list[str] = field(default_factory=list)
-    """One line per damaged segment, for the log (bounded)."""
+    """One line per damaged segment or error, for the log (bounded)."""
 
 
 class Spool:
@@ -113,8 +150,10 @@ class Spool:
         Raises SpoolError when the directory cannot be created or is locked by another process.
         """
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+            self.directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            os.chmod(self.directory, DIR_MODE)  # also an older, wider directory
+            fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, FILE_MODE)
+            os.fchmod(fd, FILE_MODE)
         except OSError as exc:
             raise SpoolError(
                 f"cannot use spool directory {self.directory}: {exc.strerror}"
@@ -135,12 +174,14 @@ class Spool:
             stem = path.name[: -len(SUFFIX)]
             if not stem.isdigit():
                 continue
-            size = path.stat().st_size
-            segment = _Segment(int(stem), path, size)
-            if self._read_header(segment):
-                self._segments.append(segment)
-                self._bytes += size
+            with contextlib.suppress(OSError):
+                os.chmod(path, FILE_MODE)
+            segment = _Segment(int(stem), path, path.stat().st_size)
             self._next_id = max(self._next_id, segment.ident + 1)
+            self._segments.append(segment)
+            self._bytes += segment.size
+            with contextlib.suppress(SpoolReadError):  # read again when its turn comes
+                self._read_header(segment)
         for stale in self.directory.glob("*" + SUFFIX + ".tmp"):
             with contextlib.suppress(OSError):
                 stale.unlink()
@@ -169,9 +210,17 @@ class Spool:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def append(self, content_type: str, keys: Sequence[bytes], values: Sequence[bytes]) -> int:
-        """Append entries in order; returns how many fit under ``max_bytes`` (the rest are not
-        written: the caller counts them as dropped). An OSError (disk full) propagates."""
+    def append(
+        self,
+        content_type: str,
+        keys: Sequence[bytes],
+        values: Sequence[bytes],
+        exporters: Sequence[bytes] = (),
+        sequences: Sequence[int] = (),
+    ) -> int:
+        """Append entries in order; returns how many reached the file. The rest did not fit under
+        ``max_bytes`` or the write failed (``counters.last_write_error`` says why): the caller
+        counts them as dropped. Never raises for a failed write."""
         count = len(values)
         written = 0
         while written < count:
@@ -187,7 +236,17 @@ class Spool:
             i = written
             while i < count:
                 key = keys[i][:MAX_KEY_BYTES]
-                body = _KEY_LEN.pack(len(key)) + key + values[i]
+                exporter = exporters[i][:MAX_KEY_BYTES] if exporters else b""
+                body = b"".join(
+                    (
+                        _SHORT.pack(len(key)),
+                        key,
+                        _SHORT.pack(len(exporter)),
+                        exporter,
+                        _SEQUENCE.pack(sequences[i] if sequences else 0),
+                        values[i],
+                    )
+                )
                 entry_size = _ENTRY.size + len(body)
                 if size + entry_size > room_total:
                     break
@@ -201,7 +260,8 @@ class Spool:
                 if self._writer_entries == 0:
                     self._close_writer()  # drops the header of a segment left empty
                 break
-            self._write_all(b"".join(parts))
+            if not self._write_entries(b"".join(parts)):
+                break
             self._writer.size += size
             self._bytes += size
             self._writer_entries += i - written
@@ -226,19 +286,47 @@ class Spool:
         ident = self._next_id
         self._next_id += 1
         path = self.directory / f"{ident:020d}{SUFFIX}"
-        self._writer_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        self._writer = _Segment(ident, path, 0, content_type, created)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
+        except OSError as exc:
+            self._write_failed(path, exc)
+            return False
+        try:
+            _write_all(fd, header)
+        except OSError as exc:  # no header, no segment: a later append must not extend it
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            self._write_failed(path, exc)
+            return False
+        self._writer_fd = fd
+        self._writer = _Segment(ident, path, len(header), content_type, created, header_read=True)
         self._writer_type = content_type
         self._writer_entries = 0
-        self._write_all(header)
-        self._writer.size = len(header)
         self._bytes += len(header)
         return True
 
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._writer_fd, view) :]
+    def _write_entries(self, data: bytes) -> bool:
+        """One write of whole entries; on failure the segment is cut back to its last whole entry
+        (or, when even that fails, closed so nothing is appended after the torn bytes)."""
+        writer = self._writer
+        assert writer is not None
+        try:
+            _write_all(self._writer_fd, data)
+        except OSError as exc:
+            self._write_failed(writer.path, exc)
+            try:
+                os.ftruncate(self._writer_fd, writer.size)
+            except OSError:
+                writer.damaged = True  # the reader stops at the torn entry and quarantines it
+            self._close_writer()
+            return False
+        return True
+
+    def _write_failed(self, path: Path, exc: OSError) -> None:
+        self.counters.write_errors += 1
+        self.counters.last_write_error = exc.strerror or errno.errorcode.get(exc.errno or 0, "?")
+        self._note(f"{path.name}: write failed ({self.counters.last_write_error})")
 
     def _close_writer(self) -> None:
         writer, self._writer = self._writer, None
@@ -247,6 +335,8 @@ class Spool:
         fd, self._writer_fd = self._writer_fd, -1
         try:
             os.fsync(fd)
+        except OSError as exc:  # what was written is still in the page cache: keep the segment
+            self._write_failed(writer.path, exc)
         finally:
             os.close(fd)
         if self._writer_entries == 0:
@@ -255,21 +345,25 @@ class Spool:
             self._bytes -= writer.size
         else:
             self._segments.append(writer)
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            with contextlib.suppress(OSError):  # durability of the name; the data is synced
+                dir_fd = os.open(self.directory, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
         self._writer_entries = 0
 
     # -- reading -------------------------------------------------------------------------------
 
     def read(self, max_entries: int) -> SpoolChunk | None:
         """The next entries of the oldest closed segment not yet read; None when there is none
-        (call ``rotate`` to make the open segment readable)."""
-        for segment in list(self._segments):  # _parse may delete an all-damaged segment
+        (call ``rotate`` to make the open segment readable). Raises SpoolReadError when the next
+        segment cannot be read now (it is kept: a later call tries again, in the same order)."""
+        for segment in list(self._segments):  # _parse may retire an all-damaged segment
             if segment.read_done:
                 continue
+            if not segment.header_read and not self._read_header(segment):
+                continue  # quarantined
             if segment.data is None:
                 segment.data = self._load(segment)
             chunk = self._parse(segment, max_entries)
@@ -278,45 +372,75 @@ class Spool:
         return None
 
     def ack(self, segment_id: int, count: int) -> None:
-        """``count`` entries read from ``segment_id`` were delivered; delete the segment when all
-        of its entries are."""
+        """``count`` entries read from ``segment_id`` left memory for good (delivered, or failed and
+        counted); the segment goes when all of its entries have."""
         for segment in self._segments:
             if segment.ident == segment_id:
                 segment.entries_acked += count
-                self._maybe_delete(segment)
+                self._maybe_retire(segment)
                 return
 
-    def _maybe_delete(self, segment: _Segment) -> None:
-        if segment.read_done and segment.entries_acked >= segment.entries_read:
+    def _maybe_retire(self, segment: _Segment) -> None:
+        if not (segment.read_done and segment.entries_acked >= segment.entries_read):
+            return
+        if segment.damaged:
+            self._quarantine(segment)
+        else:
             with contextlib.suppress(FileNotFoundError):
                 segment.path.unlink()
-            self._bytes -= segment.size
-            self._segments.remove(segment)
+        self._bytes -= segment.size
+        self._segments.remove(segment)
+
+    def _quarantine(self, segment: _Segment) -> None:
+        """Move a damaged segment aside: kept for inspection, never replayed again."""
+        target = self.directory / QUARANTINE
+        try:
+            target.mkdir(mode=DIR_MODE, exist_ok=True)
+            os.rename(segment.path, target / segment.path.name)
+        except OSError as exc:
+            self._note(f"{segment.path.name}: cannot quarantine ({exc.strerror}); left in place")
+            return
+        self.counters.quarantined_segments += 1
+        self._note(f"{segment.path.name}: moved to {QUARANTINE}/")
 
     def _read_header(self, segment: _Segment) -> bool:
+        """Read the header; False (and quarantined) when it is verified bad. Raises
+        SpoolReadError when the file cannot be read now."""
         try:
             with open(segment.path, "rb") as fh:
                 head = fh.read(_HEADER.size)
+                ctype = b""
                 if len(head) == _HEADER.size:
                     magic, version, _, ctype_len, created = _HEADER.unpack(head)
                     ctype = fh.read(ctype_len)
-                    if magic == MAGIC and version == VERSION and len(ctype) == ctype_len:
-                        segment.content_type = ctype.decode("utf-8", "replace")
-                        segment.created_s = created
-                        return True
-        except OSError:
-            pass
-        self._note(segment, segment.size, "unreadable header, segment deleted")
-        with contextlib.suppress(OSError):
-            segment.path.unlink()
+        except OSError as exc:
+            self._read_failed(segment, exc)
+        if (
+            len(head) == _HEADER.size
+            and len(ctype) == ctype_len
+            and magic == MAGIC
+            and version in READABLE_VERSIONS
+        ):
+            segment.content_type = ctype.decode("utf-8", "replace")
+            segment.created_s = created
+            segment.version = version
+            segment.header_read = True
+            return True
+        self._damage(segment, segment.size, "unreadable header")
+        segment.read_done = True
+        self._maybe_retire(segment)
         return False
+
+    def _read_failed(self, segment: _Segment, exc: OSError) -> NoReturn:
+        self.counters.read_errors += 1
+        self._note(f"{segment.path.name}: cannot read now ({exc.strerror}); kept, trying again")
+        raise SpoolReadError(f"cannot read {segment.path}: {exc.strerror}") from exc
 
     def _load(self, segment: _Segment) -> bytes:
         try:
             data = segment.path.read_bytes()
         except OSError as exc:
-            self._note(segment, segment.size, f"unreadable ({exc.strerror}), skipped")
-            return b""
+            self._read_failed(segment, exc)
         segment.offset = _HEADER.size + len(segment.content_type.encode())
         return data
 
@@ -326,9 +450,13 @@ class Spool:
         offset = segment.offset
         keys: list[bytes] = []
         values: list[bytes] = []
+        exporters: list[bytes] = []
+        sequences: list[int] = []
+        with_meta = segment.version >= 2
         entry_size = _ENTRY.size
         unpack_entry = _ENTRY.unpack_from
-        unpack_key = _KEY_LEN.unpack_from
+        unpack_short = _SHORT.unpack_from
+        unpack_sequence = _SEQUENCE.unpack_from
         crc32 = zlib.crc32
         damage = ""
         while len(values) < max_entries and offset < end:
@@ -338,26 +466,38 @@ class Spool:
             body_len, crc = unpack_entry(data, offset)
             body_start = offset + entry_size
             body_end = body_start + body_len
-            if body_len < _KEY_LEN.size or body_len > MAX_ENTRY_BYTES:
+            if body_len < _SHORT.size or body_len > MAX_ENTRY_BYTES:
                 damage = f"impossible entry length {body_len}"
                 break
             if body_end > end:
                 damage = "torn entry at the end"
                 break
-            body = memoryview(data)[body_start:body_end]
-            if crc32(body) != crc:
+            if crc32(memoryview(data)[body_start:body_end]) != crc:
                 damage = "CRC mismatch"
                 break
-            (key_len,) = unpack_key(data, body_start)
-            key_end = body_start + _KEY_LEN.size + key_len
-            if key_end > body_end:
+            (key_len,) = unpack_short(data, body_start)
+            key_end = body_start + _SHORT.size + key_len
+            value_start = key_end
+            if with_meta:
+                if key_end + _SHORT.size > body_end:
+                    damage = f"key length {key_len} beyond its entry"
+                    break
+                (exporter_len,) = unpack_short(data, key_end)
+                exporter_end = key_end + _SHORT.size + exporter_len
+                value_start = exporter_end + _SEQUENCE.size
+                if value_start > body_end:
+                    damage = f"exporter length {exporter_len} beyond its entry"
+                    break
+                exporters.append(data[key_end + _SHORT.size : exporter_end])
+                sequences.append(unpack_sequence(data, exporter_end)[0])
+            elif value_start > body_end:
                 damage = f"key length {key_len} beyond its entry"
                 break
-            keys.append(data[body_start + _KEY_LEN.size : key_end])
-            values.append(data[key_end:body_end])
+            keys.append(data[body_start + _SHORT.size : key_end])
+            values.append(data[value_start:body_end])
             offset = body_end
         if damage:
-            self._note(segment, end - offset, f"{damage} at byte {offset}, rest skipped")
+            self._damage(segment, end - offset, f"{damage} at byte {offset}, rest skipped")
             offset = end
         segment.offset = offset
         segment.entries_read += len(values)
@@ -365,11 +505,29 @@ class Spool:
             segment.read_done = True
             segment.data = None
             if not values:
-                self._maybe_delete(segment)
-        return SpoolChunk(segment.ident, segment.content_type, segment.created_s, keys, values)
+                self._maybe_retire(segment)
+        return SpoolChunk(
+            segment.ident,
+            segment.content_type,
+            segment.created_s,
+            keys,
+            values,
+            exporters,
+            sequences,
+        )
 
-    def _note(self, segment: _Segment, skipped: int, what: str) -> None:
+    def _damage(self, segment: _Segment, skipped: int, what: str) -> None:
+        segment.damaged = True
         self.counters.corrupt_segments += 1
         self.counters.skipped_bytes += skipped
-        if len(self.counters.notes) < 100:
-            self.counters.notes.append(f"{segment.path.name}: {what} ({skipped} bytes)")
+        self._note(f"{segment.path.name}: {what} ({skipped} bytes)")
+
+    def _note(self, line: str) -> None:
+        if len(self.counters.notes) < MAX_NOTES:
+            self.counters.notes.append(line)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

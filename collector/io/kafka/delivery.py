@@ -38,6 +38,9 @@ class Batch:
     """Spool segment the records came from; None for records only held in memory."""
     keys: list[bytes] = field(default_factory=list)
     values: list[bytes] = field(default_factory=list)
+    exporters: list[bytes] = field(default_factory=list)
+    """Per record, for the ``exporter`` header; empty for records of an old spool segment."""
+    sequences: list[int] = field(default_factory=list)
     builder: Any = None
     sent_s: float = 0.0
     """When the producer took the batch; 0 while it is being built or handed over."""
@@ -52,6 +55,8 @@ class Parked:
     content_type: str
     keys: list[bytes]
     values: list[bytes]
+    exporters: list[bytes]
+    sequences: list[int]
 
 
 def key_hash(key: bytes) -> int:
@@ -126,7 +131,11 @@ class Delivery:
             return None
         encode = self.encode
         return Parked(
-            self.content_type, [r.flow_id.encode() for r in records], [encode(r) for r in records]
+            self.content_type,
+            [r.flow_id.encode() for r in records],
+            [encode(r) for r in records],
+            [r.exporter.encode() for r in records],
+            [r.sequence for r in records],
         )
 
     # -- building batches ----------------------------------------------------------------------
@@ -145,17 +154,24 @@ class Delivery:
         partitions = self.partitions
         count = len(partitions)
         chosen = [partitions[h % count] for h in hashes]
-        headers = [("content-type", self.content_type.encode())]
         batches = self.fill(
-            keys, values, chosen, self.content_type, first_s, None, headers, timestamp_ms
+            Parked(
+                self.content_type,
+                keys,
+                values,
+                [r.exporter.encode() for r in records],
+                [r.sequence for r in records],
+            ),
+            chosen,
+            first_s,
+            None,
+            timestamp_ms,
         )
         return self.track(batches)
 
     def from_chunk(
         self,
-        keys: list[bytes],
-        values: list[bytes],
-        content_type: str,
+        records: Parked,
         first_s: float,
         segment: int | None,
         timestamp_ms: int,
@@ -164,15 +180,12 @@ class Delivery:
     ) -> list[Batch]:
         """Tracked batches of already encoded records (a spool chunk, a retried batch)."""
         if partition is not None:
-            chosen = [partition] * len(keys)
+            chosen = [partition] * len(records.keys)
         else:
             partitions = self.partitions
             count = len(partitions)
-            chosen = [partitions[key_hash(k) % count] for k in keys]
-        headers = [("content-type", content_type.encode())]
-        return self.track(
-            self.fill(keys, values, chosen, content_type, first_s, segment, headers, timestamp_ms)
-        )
+            chosen = [partitions[key_hash(k) % count] for k in records.keys]
+        return self.track(self.fill(records, chosen, first_s, segment, timestamp_ms))
 
     def rebuild_retries(self, room: int, timestamp_ms: int) -> list[Batch]:
         """Fresh batches for the oldest retries, at least one, about ``room`` records in all;
@@ -185,9 +198,7 @@ class Delivery:
             taken += len(old.values)
             out.extend(
                 self.from_chunk(
-                    old.keys,
-                    old.values,
-                    old.content_type,
+                    _parked(old),
                     old.first_s,
                     old.segment,
                     timestamp_ms,
@@ -198,20 +209,34 @@ class Delivery:
 
     def fill(
         self,
-        keys: list[bytes],
-        values: list[bytes],
+        records: Parked,
         chosen: list[int],
-        content_type: str,
         first_s: float,
         segment: int | None,
-        headers: list[tuple[str, bytes]],
         timestamp_ms: int,
     ) -> list[Batch]:
-        """Append records to one BatchBuilder per partition (a new one when it is full)."""
+        """Append records to one BatchBuilder per partition (a new one when it is full). Every
+        message carries ``content-type``, and ``exporter`` and ``sequence`` (decimal) when known:
+        consumers spot duplicates and gaps whatever the value format."""
         open_batches: dict[int, Batch] = {}
         out: list[Batch] = []
         new_builder = self.new_builder
-        for key, value, partition in zip(keys, values, chosen, strict=True):
+        content_type = records.content_type
+        type_header = ("content-type", content_type.encode())
+        exporters = records.exporters
+        sequences = records.sequences
+        plain = [type_header]
+        exporter = b""
+        sequence = 0
+        for i, (key, value, partition) in enumerate(
+            zip(records.keys, records.values, chosen, strict=True)
+        ):
+            if exporters:
+                exporter = exporters[i]
+                sequence = sequences[i]
+                headers = [type_header, ("exporter", exporter), ("sequence", b"%d" % sequence)]
+            else:
+                headers = plain
             batch = open_batches.get(partition)
             if batch is None:
                 batch = open_batches[partition] = Batch(
@@ -229,6 +254,9 @@ class Delivery:
                 batch.builder.append(timestamp=timestamp_ms, key=key, value=value, headers=headers)
             batch.keys.append(key)
             batch.values.append(value)
+            if exporters:
+                batch.exporters.append(exporter)
+                batch.sequences.append(sequence)
         return out
 
     def track(self, batches: list[Batch]) -> list[Batch]:
@@ -287,6 +315,8 @@ class Delivery:
                     batch.segment,
                     keys=batch.keys,
                     values=batch.values,
+                    exporters=batch.exporters,
+                    sequences=batch.sequences,
                 )
             )
 
@@ -298,11 +328,11 @@ class Delivery:
         for batch in [b for b in self.unacked if b.segment is None and not b.abandoned]:
             batch.abandoned = True
             self._untrack(batch)
-            out.append(Parked(batch.content_type, batch.keys, batch.values))
+            out.append(_parked(batch))
         keep: deque[Batch] = deque()
         for batch in self.retry:
             if batch.segment is None:
-                out.append(Parked(batch.content_type, batch.keys, batch.values))
+                out.append(_parked(batch))
                 self.retry_count -= len(batch.values)
             else:
                 keep.append(batch)
@@ -310,3 +340,7 @@ class Delivery:
         while (parked := self.encode_pending(slice_records)) is not None:
             out.append(parked)
         return out
+
+
+def _parked(batch: Batch) -> Parked:
+    return Parked(batch.content_type, batch.keys, batch.values, batch.exporters, batch.sequences)

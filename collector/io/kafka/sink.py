@@ -58,9 +58,10 @@ from aiokafka.errors import (
 from collector.config import KafkaConfig, RecordsConfig
 from collector.errors import SinkError
 from collector.io.kafka import client, workarounds
-from collector.io.kafka.delivery import Batch, Delivery
+from collector.io.kafka.delivery import Batch, Delivery, Parked
 from collector.io.kafka.spooling import SinkSpool
 from collector.io.sink import SinkStatus
+from collector.io.spool import SpoolReadError
 from collector.logs import RateLimiter
 from collector.records import CONTENT_TYPES, FlowRecord, encoder_for
 
@@ -162,6 +163,7 @@ class KafkaSink:
         self._last_ack_s = 0.0
         self._backoff_s = BACKOFF_MIN_S
         self._retry_after = 0.0
+        self._spool_retry_at = 0.0
 
         self._failures = 0
         self._connect_error = ""
@@ -453,11 +455,13 @@ class KafkaSink:
                     return delivery.rebuild_retries(max(room, 1), _now_ms())
             elif state is State.STALLED or room <= 0:
                 wait_s = WATCH_INTERVAL_S if state is State.STALLED else None
+            elif state is State.REPLAYING and now < self._spool_retry_at:
+                wait_s = self._spool_retry_at - now
             elif state is State.REPLAYING:
                 batches = self._from_spool(room)
-                if batches or self.state is State.REPLAYING:
+                if batches:
                     return batches
-                continue  # spool drained: carry on with pending
+                continue  # drained (now DIRECT), or a read error (wait for _spool_retry_at)
             elif delivery.pending:
                 linger_s = self._config.linger_ms / 1000
                 oldest = delivery.pending[0][0]
@@ -482,15 +486,22 @@ class KafkaSink:
         while delivery.pending:  # pending records are newer than the spool: they queue behind it
             self._spool.park(delivery.encode_pending(SPILL_SLICE_RECORDS))
         limit = min(room, CYCLE_RECORDS)
-        chunk = self._spool.next_chunk(limit)
+        try:
+            chunk = self._spool.next_chunk(limit)
+        except SpoolReadError as exc:  # transient: the same segment is read again, nothing skipped
+            self._failures += 1
+            self._spool_retry_at = time.monotonic() + BACKOFF_MAX_S
+            self._ratelimited("spool-read", logging.WARNING, "%s; trying again", exc)
+            return []
         if chunk is None:
             self.state = State.DIRECT
             log.info("spool replay done; publishing directly again")
             return []
         first_s = time.monotonic() - max(0.0, time.time() - chunk.created_s)
-        return delivery.from_chunk(
-            chunk.keys, chunk.values, chunk.content_type, first_s, chunk.segment, _now_ms()
+        records = Parked(
+            chunk.content_type, chunk.keys, chunk.values, chunk.exporters, chunk.sequences
         )
+        return delivery.from_chunk(records, first_s, chunk.segment, _now_ms())
 
     async def _dispatch(self, batches: list[Batch]) -> None:
         """Hand batches to the producer: partitions side by side, each partition in order."""

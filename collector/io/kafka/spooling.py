@@ -40,6 +40,7 @@ class SinkSpool:
         self.write_error = ""
         self.write_error_s = float("-inf")
         self._limiter = RateLimiter(LOG_EVERY_S)
+        self._notes_logged = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -65,8 +66,7 @@ class SinkSpool:
                 raise ConfigError("kafka.spool_dir", str(exc)) from exc
             self.path = path
             self._spool = spool
-            for note in spool.counters.notes:
-                log.warning("spool %s: %s", path, note)
+            self.log_notes()
             if not spool.is_empty():
                 log.info(
                     "spool %s holds %d bytes from an earlier run; they are sent first",
@@ -120,17 +120,24 @@ class SinkSpool:
         if self._spool is None:
             self.drop(count, "no spool is open")
             return
-        try:
-            written = self._spool.append(parked.content_type, parked.keys, parked.values)
-        except OSError as exc:
-            written = 0
-            self.write_error = f"cannot write the spool {self.path}: {exc.strerror}"
+        spool = self._spool
+        errors = spool.counters.write_errors
+        written = spool.append(
+            parked.content_type, parked.keys, parked.values, parked.exporters, parked.sequences
+        )
+        if written == count:
+            return
+        self.log_notes()
+        if spool.counters.write_errors > errors:
+            self.write_error = (
+                f"cannot write the spool {self.path}: {spool.counters.last_write_error}"
+            )
             self.write_error_s = time.monotonic()
-        if written < count:
+            self.drop(count - written, self.write_error)
+        else:
             self.drop(
                 count - written,
-                f"the spool is full ({self._spool.size_bytes} of"
-                f" {self._config.spool_max_bytes} bytes)",
+                f"the spool is full ({spool.size_bytes} of {self._config.spool_max_bytes} bytes)",
             )
 
     def drop(self, count: int, why: str) -> None:
@@ -142,18 +149,41 @@ class SinkSpool:
 
     def next_chunk(self, limit: int) -> SpoolChunk | None:
         """The next unread records in order (the open segment is closed for it when nothing else
-        is left); None when the spool has nothing unread."""
+        is left); None when the spool has nothing unread. Raises SpoolReadError when the next
+        segment cannot be read now: the caller tries again later (nothing is skipped)."""
         if self._spool is None:
             return None
-        chunk = self._spool.read(limit)
-        if chunk is None and self._spool.rotate():
+        try:
             chunk = self._spool.read(limit)
+            if chunk is None and self._spool.rotate():
+                chunk = self._spool.read(limit)
+        finally:
+            self.log_notes()
         return chunk
+
+    def log_notes(self) -> None:
+        """Log what the spool noted (damage, quarantine, errors) since the last call."""
+        if self._spool is None:
+            return
+        notes = self._spool.counters.notes
+        for note in notes[self._notes_logged :]:
+            log.warning("spool %s: %s", self.path, note)
+        self._notes_logged = len(notes)
+
+    @property
+    def quarantined_segments(self) -> int:
+        return self._spool.counters.quarantined_segments if self._spool is not None else 0
+
+    @property
+    def read_errors(self) -> int:
+        return self._spool.counters.read_errors if self._spool is not None else 0
 
     def ack(self, segment: int | None, count: int) -> None:
         """``count`` records read from ``segment`` left memory for good (delivered or failed)."""
         if segment is not None and self._spool is not None:
             self._spool.ack(segment, count)
+            if self._spool.counters.quarantined_segments:
+                self.log_notes()
 
     def rotate(self) -> None:
         """fsync the open segment: what was spooled survives a crash from here on."""
