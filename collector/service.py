@@ -31,7 +31,8 @@ from collector.errors import CollectorError, ConfigError
 from collector.io.http import HealthServer
 from collector.io.udp import open_socket
 from collector.logs import setup_logging
-from collector.metrics import Aggregate, WorkerSnapshot, WorkerView
+from collector.messages import MessageError, Reload, Snapshot, Stop, decode_from_worker, encode
+from collector.metrics import Aggregate, WorkerView
 from collector.worker import worker_main
 
 log = logging.getLogger("collector.service")
@@ -161,22 +162,28 @@ class Supervisor:
         if conn is None:
             return False
         try:
-            kind, payload = msgspec.msgpack.decode(conn.recv_bytes())
+            message = decode_from_worker(conn.recv_bytes())
         except (EOFError, OSError):
             return False
+        except MessageError as exc:  # the same code runs on both sides: a bug, not a peer
+            log.error("bad message from a worker", extra={"worker": slot.index, "error": str(exc)})
+            return True
         view = self.aggregate.workers[slot.index]
-        if kind == "snap":
-            snap = msgspec.convert(payload, WorkerSnapshot)
+        if isinstance(message, Snapshot):
+            snap = message.snapshot
             for seconds in snap.sink.latency_observations:
                 self.aggregate.latency.observe(seconds)
             snap.sink.latency_observations = []
             view.snapshot = snap
             view.last_seen = time.monotonic()
             view.responsive = snap.loop_lag_s <= self.config.max_loop_lag_s
-        elif kind == "fatal":
-            log.error("worker cannot start", extra={"worker": slot.index, **payload})
-            self.exit_status = int(payload.get("status", 1))
-            self.fatal_message = str(payload.get("message", ""))
+        else:
+            log.error(
+                "worker cannot start",
+                extra={"worker": slot.index, "message": message.message, "status": message.status},
+            )
+            self.exit_status = message.status
+            self.fatal_message = message.message
             self.begin_shutdown(fatal=True)
         return True
 
@@ -253,7 +260,7 @@ class Supervisor:
             if slot.conn is not None:
                 # a worker already gone is accounted for by _on_exit
                 with contextlib.suppress(OSError):
-                    slot.conn.send_bytes(msgspec.msgpack.encode(("stop", None)))
+                    slot.conn.send_bytes(encode(Stop()))
         if all(s.process is None for s in self.slots.values()):
             self.done.set()
             return
@@ -285,7 +292,7 @@ class Supervisor:
             flows=config.flows,
             base_dir=config.base_dir,
         )
-        message = msgspec.msgpack.encode(("reload", msgspec.to_builtins(self.config)))
+        message = encode(Reload(self.config))
         for slot in self.slots.values():
             if slot.conn is not None:
                 try:

@@ -14,7 +14,6 @@ import signal
 import socket
 import time
 from multiprocessing.connection import Connection
-from typing import Any
 
 import msgspec
 import uvloop
@@ -25,6 +24,15 @@ from collector.errors import CollectorError, ConfigError
 from collector.io.sinks import Sink, SinkStatus, make_sink
 from collector.io.udp import Ingest, open_socket, socket_drops, start_ingest
 from collector.logs import RateLimiter, setup_logging
+from collector.messages import (
+    Fatal,
+    FromWorker,
+    MessageError,
+    Snapshot,
+    Stop,
+    decode_from_supervisor,
+    encode,
+)
 from collector.metrics import WorkerSnapshot
 from collector.pipeline import Pipeline
 from collector.sessions import build_sessions
@@ -65,10 +73,10 @@ class Worker:
         self.drop_log = RateLimiter(DROP_LOG_INTERVAL_S)
         self._logged_drops = [0] * len(Drop)
 
-    def send(self, kind: str, payload: Any) -> None:
+    def send(self, message: FromWorker) -> None:
         """A message to the supervisor; a closed pipe means the supervisor is gone: stop."""
         try:
-            self.conn.send_bytes(msgspec.msgpack.encode((kind, payload)))
+            self.conn.send_bytes(encode(message))
         except OSError:
             self.stop_requested.set()
 
@@ -101,15 +109,18 @@ class Worker:
 
     def _on_message(self) -> None:
         try:
-            kind, payload = msgspec.msgpack.decode(self.conn.recv_bytes())
+            message = decode_from_supervisor(self.conn.recv_bytes())
         except (EOFError, OSError):
             asyncio.get_running_loop().remove_reader(self.conn.fileno())
             self.stop_requested.set()
             return
-        if kind == "stop":
+        except MessageError as exc:  # the supervisor and this worker run the same code: a bug
+            log.error("bad message from the supervisor", extra={"error": str(exc)})
+            return
+        if isinstance(message, Stop):
             self.stop_requested.set()
-        elif kind == "reload":
-            self._reload(msgspec.convert(payload, Config))
+        else:
+            self._reload(message.config)
 
     def _reload(self, config: Config) -> None:
         try:
@@ -160,7 +171,7 @@ class Worker:
                     self.kernel_drops = drops
                 next_drops = now + KERNEL_DROPS_INTERVAL_S
             self._log_drops(now)
-            self.send("snap", self.snapshot())
+            self.send(Snapshot(self.snapshot()))
 
     async def _enrich(self, enricher: Enricher) -> None:
         """Refresh the EC2 view in a thread, off the packet path, and swap the session map."""
@@ -179,10 +190,10 @@ class Worker:
             await self.sink.start()
             self.sock = open_socket(self.config.listen, self.config.recv_buffer_bytes)
         except ConfigError as exc:
-            self.send("fatal", {"message": f"config error: {exc}", "status": 2})
+            self.send(Fatal(f"config error: {exc}", ConfigError.exit_status))
             return 2
         except CollectorError as exc:
-            self.send("fatal", {"message": str(exc), "status": 1})
+            self.send(Fatal(str(exc), 1))
             return 1
         self.ingest = await start_ingest(
             loop,
@@ -198,7 +209,7 @@ class Worker:
             "worker started",
             extra={"worker": self.index, "pid": os.getpid(), "exporter": self.pipeline.exporter},
         )
-        self.send("snap", self.snapshot())
+        self.send(Snapshot(self.snapshot()))
         tasks = [asyncio.create_task(self._ticker())]
         if self.enricher is not None:
             tasks.append(asyncio.create_task(self._enrich(self.enricher)))
@@ -220,7 +231,7 @@ class Worker:
         except CollectorError as exc:
             log.error("sink flush failed", extra={"worker": self.index, "error": str(exc)})
         self.sock.close()
-        self.send("snap", self.snapshot(stopping=True))
+        self.send(Snapshot(self.snapshot(stopping=True)))
         log.info(
             "worker stopped",
             extra={"worker": self.index, "records": self.pipeline.sequence},

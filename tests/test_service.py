@@ -10,8 +10,14 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from collector import messages
+from collector.config import build_config
+from collector.messages import Fatal, Reload, Snapshot, Stop
+from collector.metrics import WorkerSnapshot
+from collector.wire.drops import DROP_COUNT
 from tests.service_harness import Collector, icmp, tcp, udp, wait_for
 
 
@@ -322,3 +328,21 @@ def test_kernel_drops_are_counted_so_every_datagram_sent_is_accounted_for(tmp_pa
         wait_for(accounted, "received + kernel drops == sent")
         assert c.metric("collector_kernel_drops_total") > 0
         assert c.stop() == 0
+
+
+def test_supervisor_and_worker_messages_round_trip_and_refuse_the_other_side() -> None:
+    """One decoder per side: each side decodes what the other sends, and nothing else."""
+    config = build_config(
+        {"sessions": [{"vni": 7, "name": "a", "tags": {"team": "net"}}], "flows": {"max_flows": 9}}
+    )
+    snapshot = WorkerSnapshot(index=1, pid=4242, started=1.5, datagrams=10, drops=[1] * DROP_COUNT)
+    for message in (Snapshot(snapshot), Fatal("config error: listen: bad", 2)):
+        assert messages.decode_from_worker(messages.encode(message)) == message
+        with pytest.raises(messages.MessageError):
+            messages.decode_from_supervisor(messages.encode(message))
+    for order in (Stop(), Reload(config)):
+        assert messages.decode_from_supervisor(messages.encode(order)) == order
+        with pytest.raises(messages.MessageError):
+            messages.decode_from_worker(messages.encode(order))
+    with pytest.raises(messages.MessageError):  # what the bare tuples of old looked like
+        messages.decode_from_worker(msgspec.msgpack.encode(("snap", {"index": 1})))
