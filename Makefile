@@ -25,6 +25,12 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tshark >/dev/null; \
 	  else echo "tshark is missing: install it (Debian/Ubuntu: apt-get install tshark)"; exit 1; fi; }
+	@# nfdump (nfcapd, the IPFIX collector the export tests send to) and protoc (the goflow2 tests
+	@# build the FlowMessage reader from schema/goflow2-flow.proto)
+	@{ command -v nfcapd && command -v protoc; } >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nfdump protobuf-compiler >/dev/null; \
+	  else echo "nfdump and protoc are missing: apt-get install nfdump protobuf-compiler"; exit 1; fi; }
 	@# nftables and conntrack: the NLB stand-in of tests/test_fleet.py and make fleet-demo (root only)
 	@{ command -v nft && command -v conntrack; } >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables conntrack >/dev/null; }
