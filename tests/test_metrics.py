@@ -334,3 +334,13 @@ def test_live_collector_exports_process_metrics_and_counts_what_a_killed_worker_
         assert {w["index"]: w["pid"] for w in body["workers"]}[victim] != pids[victim]
         assert c.stop() == 0
     assert sum(r["packets"] for r in c.records()) == flows - held[victim]
+
+
+def test_every_exported_family_is_in_the_readme_metrics_table() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = "\n".join(line for line in readme.splitlines() if line.startswith("| `collector_"))
+    for family in text_string_to_metric_families(Aggregate(no_processes).render().decode()):
+        if family.name.endswith("_created"):
+            continue  # prometheus_client's creation timestamp of the histogram, not ours
+        name = f"{family.name}_total" if family.type == "counter" else family.name
+        assert f"`{name}" in table, f"{name} is exported but not documented in README.md"
