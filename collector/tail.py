@@ -125,11 +125,11 @@ class TailStats:
     flow_log_lines: int = 0
     undecodable: int = 0
 
-    def track(self, record: FlowRecord) -> None:
-        tracker = self.exporters.get(record.exporter)
+    def track(self, exporter: str, sequence: int) -> None:
+        tracker = self.exporters.get(exporter)
         if tracker is None:
-            tracker = self.exporters[record.exporter] = SequenceTracker()
-        tracker.add(record.sequence)
+            tracker = self.exporters[exporter] = SequenceTracker()
+        tracker.add(sequence)
 
     def summary(self) -> str:
         lines = [
@@ -163,12 +163,27 @@ class TailStats:
 # -- decoding and printing ------------------------------------------------------------------------
 
 
-def content_type(headers: Any) -> str | None:
-    """The ``content-type`` header of a message, if any."""
+def header(headers: Any, name: str) -> str | None:
+    """The value of a message header (case-insensitive name), if any."""
     for key, value in headers or ():
-        if key.lower() == "content-type" and value is not None:
+        if key.lower() == name and value is not None:
             return bytes(value).decode("utf-8", "replace")
     return None
+
+
+def content_type(headers: Any) -> str | None:
+    """The ``content-type`` header of a message, if any."""
+    return header(headers, "content-type")
+
+
+def origin(headers: Any) -> tuple[str, int] | None:
+    """``(exporter, sequence)`` from the message headers the sink writes for every value format;
+    None when they are missing or malformed (older collectors, other producers)."""
+    exporter = header(headers, "exporter")
+    sequence = header(headers, "sequence")
+    if exporter is None or sequence is None or not sequence.isdigit():
+        return None
+    return exporter, int(sequence)
 
 
 def decode_value(value: bytes, ctype: str | None) -> FlowRecord | str:
@@ -358,11 +373,15 @@ def _render(message: Any, show: Callable[[FlowRecord], str], stats: TailStats) -
             where = f"partition {message.partition} offset {message.offset}"
             print(f"collector tail: undecodable message at {where}: {exc}", file=sys.stderr)
         return []
-    if isinstance(item, str):
+    # the headers name the record whatever the value format; a record's own fields otherwise
+    named = origin(message.headers)
+    if named is None and not isinstance(item, str):
+        named = (item.exporter, item.sequence)
+    if named is None:
         stats.flow_log_lines += 1
-        return [item]
-    stats.track(item)
-    return [show(item)]
+    else:
+        stats.track(*named)
+    return [item] if isinstance(item, str) else [show(item)]
 
 
 def run_tail(args: argparse.Namespace, config: Config) -> int:

@@ -27,7 +27,9 @@ from kafka_fixtures import (  # noqa: F401 - kafka_broker is a fixture
     unique_topic,
 )
 
+from collector.config import KafkaConfig, RecordsConfig
 from collector.flowlog import FlowLogFormat
+from collector.io.kafka import KafkaSink
 from collector.records import CONTENT_TYPES, FlowRecord, encode
 from collector.tail import SequenceTracker, decode_value, table_header, table_row
 
@@ -298,3 +300,51 @@ def test_tail_exits_cleanly_on_sigint_with_the_loss_summary(kafka_broker: KafkaB
     assert "KeyboardInterrupt" not in stderr
     assert "total lost 1, duplicates 1" in stderr
     assert json.dumps(A)[1:-1] in stderr
+
+
+@pytest.mark.kafka
+def test_flow_log_lines_from_the_sink_carry_exporter_and_sequence_headers(
+    kafka_broker: KafkaBroker,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A vpc-flow-log value has neither exporter nor sequence: the sink's headers do, and tail
+    reports the gap (sequence 5 never emitted) and the repeat (sequence 9 submitted twice) from
+    them alone."""
+    topic = unique_topic("tail-headers")
+    exporter = "headers/w0/1"
+    records = [r for r in make_records(12, exporter) if r.sequence != 5]
+    records.append(records[7])  # sequence 9 again
+
+    async def publish() -> None:
+        config = KafkaConfig(spool_dir=str(tmp_path / "spool"), linger_ms=5)
+        sink = KafkaSink(
+            [kafka_broker.bootstrap], topic, config, RecordsConfig(format="vpc-flow-log")
+        )
+        await sink.start()
+        sink.submit(records)
+        await sink.flush(30)
+        await sink.close()
+        assert sink.status().delivered == len(records)
+
+    asyncio.run(publish())
+    done = subprocess.run(
+        tail_command(
+            kafka_broker.bootstrap,
+            topic,
+            "--from-beginning",
+            "--max-records",
+            str(len(records)),
+        ),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=GUARD_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 1 + len(records)  # table header, lines as they are
+    summary = done.stderr
+    assert "flow-log lines (no sequence)" not in summary
+    row = next(line for line in summary.splitlines() if line.strip().startswith(exporter))
+    assert row.split()[1:6] == [str(len(records)), "1", "12", "1", "1"]
+    assert "missing: 5" in row
