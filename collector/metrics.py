@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from collector.io.sinks import SinkStatus
+from collector.io.sink import SinkStatus
 from collector.records import END_REASONS
 from collector.wire.drops import DROP_COUNT, Drop
 

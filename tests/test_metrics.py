@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector.io.sinks import SinkStatus
+from collector.io.sink import SinkStatus
 from collector.metrics import (
     KERNEL_DROPS_WRAP,
     Aggregate,
