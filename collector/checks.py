@@ -6,6 +6,7 @@ It sits below both the command line and the supervisor, so neither imports the o
 from __future__ import annotations
 
 from collector.config import Config, parse_hostport
+from collector.errors import ConfigError
 from collector.io.sinks import make_sink
 from collector.sessions import build_sessions
 
@@ -16,3 +17,9 @@ def validate(config: Config) -> None:
     parse_hostport(config.health, "health")
     make_sink(config.sink, config)
     build_sessions(config)
+    if config.stop_timeout_s <= config.sink_flush_timeout_s:
+        raise ConfigError(
+            "stop_timeout_s",
+            f"{config.stop_timeout_s} must exceed the sink's flush timeout "
+            f"({config.sink_flush_timeout_s}): a stopping worker would be killed while it flushes",
+        )

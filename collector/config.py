@@ -207,6 +207,9 @@ class IpfixConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """TCP connect and name-resolution timeout."""
     reconnect_max_s: PositiveSeconds = 30.0
     """TCP: longest wait between reconnect attempts (backoff doubles from 0.5 s)."""
+    flush_timeout_s: PositiveSeconds = 10.0
+    """At shutdown, how long a TCP exporter waits for its queue to drain before the rest is
+    dropped and counted."""
 
 
 class AwsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -237,6 +240,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Lowest level logged."""
     drain_s: Seconds = 0.0
     """After SIGTERM, keep ingesting this long (health already 503) while the NLB deregisters."""
+    stop_timeout_s: PositiveSeconds = 25.0
+    """After telling a worker to stop (SIGTERM plus drain_s), how long the supervisor waits for it
+    to flush its flows and its sink and exit before killing it. Must exceed the sink's own flush
+    timeout (``kafka.flush_timeout_s``, ``ipfix.flush_timeout_s``)."""
     recv_buffer_bytes: Count = 33_554_432
     """SO_RCVBUF asked for each worker socket; the kernel may cap it (net.core.rmem_max)."""
     max_datagram_bytes: Annotated[int, msgspec.Meta(ge=64, le=65535)] = 65535
@@ -270,6 +277,16 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Mirror filters by name."""
     base_dir: str = "."
     """Directory relative paths in the file are resolved against (set by the loader)."""
+
+    @property
+    def sink_flush_timeout_s(self) -> float:
+        """How long a stopping worker waits for its sink: the flush timeout of the sink's own
+        section; stdout and file sinks write synchronously, so theirs is 0."""
+        if self.sink.startswith("kafka://"):
+            return self.kafka.flush_timeout_s
+        if self.sink.startswith("ipfix"):
+            return self.ipfix.flush_timeout_s
+        return 0.0
 
 
 ENV_PREFIX = "COLLECTOR_"

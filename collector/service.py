@@ -41,7 +41,6 @@ MONITOR_INTERVAL_S = 0.25
 RESTART_BACKOFF_MIN_S = 0.5
 RESTART_BACKOFF_MAX_S = 30.0
 STABLE_RUN_S = 60.0  # a worker that ran this long resets its restart backoff
-STOP_GRACE_S = 15.0  # beyond the sink's flush timeout, before a stopping worker is killed
 
 
 class Slot:
@@ -265,9 +264,7 @@ class Supervisor:
             self.done.set()
             return
         try:
-            await asyncio.wait_for(
-                self.done.wait(), self.config.kafka.flush_timeout_s + STOP_GRACE_S
-            )
+            await asyncio.wait_for(self.done.wait(), self.config.stop_timeout_s)
         except TimeoutError:
             for slot in self.slots.values():
                 if slot.process is not None:

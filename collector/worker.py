@@ -226,7 +226,7 @@ class Worker:
             drained += got
         self.sink.submit(self.pipeline.flush())
         try:
-            await self.sink.flush(self.config.kafka.flush_timeout_s)
+            await self.sink.flush(self.config.sink_flush_timeout_s)
             await self.sink.close()
         except CollectorError as exc:
             log.error("sink flush failed", extra={"worker": self.index, "error": str(exc)})

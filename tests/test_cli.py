@@ -62,6 +62,10 @@ BAD_FILES = {
     "bad sink": ("sink = 'syslog'", "sink"),
     "bad listen address": ("listen = '4789'", "listen"),
     "bad health address": ("health = 'localhost:http'", "health"),
+    "stop timeout within the Kafka flush": (
+        "sink = 'kafka://127.0.0.1:9092/flows'\nstop_timeout_s = 10\n[kafka]\nflush_timeout_s = 10",
+        "stop_timeout_s",
+    ),
     "VNI too large": ("[[sessions]]\nvni = 16777216", "sessions[0].vni"),
     "duplicate VNI": ("[[sessions]]\nvni = 7\n[[sessions]]\nvni = 7", "sessions[1].vni"),
     "bad address": (
