@@ -24,25 +24,20 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench.harness import Broker
 from collector.config import KafkaConfig, RecordsConfig
 from collector.io.kafka import KafkaSink, use_fast_lz4
 from collector.records import CONTENT_TYPES, FlowRecord, address_text, encoder_for, flow_id
 
-ROOT = Path(__file__).resolve().parent.parent
-KAFKACTL = ROOT / "deploy" / "kafka" / "kafkactl"
 TARGET_RECORDS_PER_S = 150_000
 TARGET_RATIO = 3.0
 PARTITIONS = 6
@@ -98,11 +93,9 @@ def make_records(count: int) -> list[FlowRecord]:
 
 def ensure_broker(bootstrap: str) -> None:
     host, _, port = bootstrap.rpartition(":")
-    with socket.socket() as sock:
-        if sock.connect_ex((host, int(port))) == 0:
-            return
-    print("starting the local Kafka broker (deploy/kafka/kafkactl start)", file=sys.stderr)
-    subprocess.run([str(KAFKACTL), "start"], check=True, timeout=900)
+    broker = Broker((host, int(port)))
+    if not broker.ensure():
+        raise SystemExit(f"no Kafka broker at {bootstrap}: {broker.error}")
 
 
 async def new_topic(bootstrap: str, prefix: str) -> str:

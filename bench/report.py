@@ -1,0 +1,279 @@
+"""The benchmark report: what the figures were measured on, the table of figures, latest.md."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    rmem_max: int | None = None
+    with contextlib.suppress(OSError, ValueError):
+        rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    memory_gib: float | None = None
+    try:
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        memory_gib = round(kib / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "host": socket.gethostname(),
+        "cpu_model": model or platform.processor() or "unknown",
+        "cores": os.cpu_count(),
+        "memory_gib": memory_gib,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "kernel": platform.release(),
+        "system": platform.system(),
+        "net_core_rmem_max": rmem_max,
+    }
+
+
+def git_commit() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "collector", "bench"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() + ("+local-changes" if dirty.stdout.strip() else "")
+
+
+def dig(data: Any, *path: str) -> Any:
+    """data[p0][p1]...; None as soon as a step is missing."""
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def result_of(results: dict[str, Any], name: str) -> dict[str, Any] | None:
+    entry = results.get(name) or {}
+    return entry.get("result") if entry.get("status") == "ok" else None
+
+
+def kafka_figures(kafka: dict[str, Any] | None) -> tuple[float | None, float | None]:
+    """(collector records/s, naive records/s) from the kafka benchmark's JSON."""
+    if kafka is None:
+        return None, None
+    ours = (
+        dig(kafka, "collector", "records_per_s")
+        or dig(kafka, "sink", "records_per_s")
+        or kafka.get("records_per_s")
+        or kafka.get("collector_records_per_s")
+    )
+    naive = dig(kafka, "naive", "records_per_s") or kafka.get("naive_records_per_s")
+    return ours, naive
+
+
+def fmt(value: float | None, unit: str = "", digits: int = 0) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(benchmark, figure, baseline measured in the same run, ratio) rows for latest.md."""
+    rows: list[tuple[str, str, str, str]] = []
+    parse = result_of(results, "parse")
+    if parse:
+        rows.append(
+            (
+                "Parse: decapsulation + flow key",
+                fmt(parse.get("decode_ns_per_packet"), " ns/packet", 1),
+                "dpkt " + fmt(parse.get("dpkt_ns_per_packet"), " ns/packet", 1),
+                fmt(parse.get("ratio_vs_dpkt"), "x faster", 1),
+            )
+        )
+        pipe = parse.get("pipeline") or {}
+        rows.append(
+            (
+                "Replay: whole pipeline, one core",
+                fmt(pipe.get("packets_per_s_per_core"), " packets/s")
+                + f" ({fmt(pipe.get('filtered_packets_per_s_per_core'), ' packets/s')} "
+                f"with {pipe.get('with_filter_rules', '?')} filter rules)",
+                "dpkt parse alone " + fmt(parse.get("dpkt_ns_per_packet"), " ns/packet", 1),
+                fmt(pipe.get("ratio_vs_dpkt_parse"), "x faster", 1),
+            )
+        )
+    rows.extend(ingest_rows(result_of(results, "ingest")))
+    ours, naive = kafka_figures(result_of(results, "kafka"))
+    if ours is not None:
+        rows.append(
+            (
+                "Kafka sink: acks=all, lz4, one worker",
+                fmt(ours, " records/s"),
+                "naive awaited send loop " + fmt(naive, " records/s"),
+                fmt(ours / naive, "x", 1) if naive else "n/a",
+            )
+        )
+    memory = result_of(results, "memory")
+    if memory:
+        rows.extend(
+            (
+                f"Memory: {size['flows']:,} active flows",
+                fmt(size.get("bytes_per_flow"), " bytes/flow")
+                + f" ({fmt(size.get('table_mib'), ' MiB', 1)})",
+                "plain dict " + fmt(size.get("dict_bytes_per_key"), " bytes/key"),
+                fmt(size.get("ratio_vs_dict"), "x", 1),
+            )
+            for size in memory.get("sizes", [])
+        )
+    for name, entry in results.items():
+        if entry.get("status") != "ok":
+            error = entry.get("error", "").split(" | ")[-1].strip()
+            rows.append((name, entry.get("status", "?"), error, ""))
+    return rows
+
+
+def ingest_rows(ingest: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    """The ingest sweep: knees per profile, CPU per packet, 2 workers, health, the targets."""
+    if not ingest:
+        return []
+    rows = []
+    knees = ingest.get("knees_pps", {})
+
+    def knee(name: str, profile: str) -> str:
+        value = knees.get(f"{name}/{profile}")
+        return fmt(value, "/s") if value else "loss at every rate"
+
+    for profile in ingest.get("profiles", []):
+        rows.append(
+            (
+                f"Live ingest ({profile}): highest zero-loss rate, 1 worker",
+                knee("collector", profile) + f"; 2 workers {knee('collector-2w', profile)}",
+                f"bare uvloop {knee('uvloop', profile)}; recvmmsg loop {knee('recvmmsg', profile)}",
+                f"senders' max {fmt(ingest.get('sender_max_pps'), '/s')}",
+            )
+        )
+        points = {
+            (p["receiver"], p["offered_pps"]): p
+            for p in ingest.get("points", [])
+            if p["profile"] == profile
+        }
+        clean = [
+            r
+            for (name, r), p in points.items()
+            if name == "uvloop" and p["sent"] == p["received"] and ("collector", r) in points
+        ]
+        if clean:
+            top = max(clean, key=lambda r: r or float("inf"))
+            ours, bare = points["collector", top], points["uvloop", top]
+            floor = points.get(("recvmmsg", top))
+            label = "flat out" if not top else f"{top:,.0f}/s"
+            rows.append(
+                (
+                    f"Live ingest ({profile}): CPU per packet at {label}, 1 worker",
+                    fmt(ours["cpu_us_per_packet"], " µs", 2),
+                    f"bare uvloop {fmt(bare['cpu_us_per_packet'], ' µs', 2)}"
+                    + (
+                        f"; recvmmsg loop {fmt(floor['cpu_us_per_packet'], ' µs', 2)}"
+                        if floor
+                        else ""
+                    ),
+                    fmt(ours["cpu_us_per_packet"] / max(bare["cpu_us_per_packet"], 1e-9), "x", 2)
+                    + (
+                        " / "
+                        + fmt(
+                            ours["cpu_us_per_packet"] / max(floor["cpu_us_per_packet"], 1e-9),
+                            "x",
+                            2,
+                        )
+                        if floor
+                        else ""
+                    ),
+                )
+            )
+    rows.extend(
+        (
+            f"Target: {t['target']}",
+            t["value"],
+            "same run",
+            "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL"),
+        )
+        for t in ingest.get("targets", [])
+    )
+    return rows
+
+
+def latest_md(report: dict[str, Any], made: dict[str, str], images: str) -> str:
+    m = report["machine"]
+    rmem = m.get("net_core_rmem_max")
+    lines = [
+        "<!-- written by `python -m bench.run_all`; image paths are relative to the repository"
+        " root, for README.md -->",
+        "# Benchmark results",
+        "",
+        f"Measured {report['date']} on `{m['host']}`: {m['cpu_model']}, {m['cores']} cores, "
+        f"{m['memory_gib']} GiB, Linux {m['kernel']}, {m['implementation']} {m['python']}, "
+        f"net.core.rmem_max {rmem:,} bytes"
+        if rmem
+        else f"Measured {report['date']} on `{m['host']}`",
+        f"(commit {report['commit']}). Command: `{report['command']}` "
+        f"({report['seconds']:.0f} s); every benchmark: `python -m bench.NAME --json`, "
+        f"raw figures in `{report['json']}`.",
+        "",
+        "Each figure comes with a baseline measured in the same run on the same machine.",
+        "",
+        "| Benchmark | Figure | Baseline (same run) | Ratio |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [
+        "| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
+        for row in table_rows(report["benchmarks"])
+    ]
+    ingest = result_of(report["benchmarks"], "ingest")
+    if ingest and ingest.get("note"):
+        lines += ["", f"Ingest: {ingest['note']}"]
+    locust = report.get("locust")
+    if locust and locust.get("collector"):
+        c = locust["collector"]
+        lines += [
+            "",
+            f"Last Locust run (`make bench-locust`, {locust.get('date', 'date unknown')}): "
+            f"{locust['users']} users, profile {locust['profile']}, {locust['seconds']} s, "
+            f"sent {locust['sent']:,} datagrams ({locust['sent_pps']:,}/s), collector received "
+            f"{c['received']:,}, loss {c['loss_pct']:.3f}%.",
+        ]
+    if made:
+        lines += ["", *[f"![{name}]({images}/{filename})" for name, filename in made.items()]]
+    return "\n".join(lines) + "\n"
+
+
+def relative_to_root(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path.resolve())
