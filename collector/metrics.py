@@ -375,8 +375,9 @@ class Aggregate(Collector):
         lost = CounterMetricFamily(
             "collector_worker_exit_lost",
             "Lost when a worker exited without flushing (crash, kill), from its last snapshot:"
-            " kind=flows, flows in its flow table (never emitted); kind=records, records in its"
-            " sink's memory queue (neither delivered nor spooled).",
+            " kind=flows, flows in its flow table (never emitted); kind=records, records its sink"
+            " held unacknowledged in memory (at most: those read back from the spool are still on"
+            " disk and are sent again by the next worker).",
             labels=["kind"],
         )
         lost.add_metric(["flows"], self.retired.lost_flows)
