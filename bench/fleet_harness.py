@@ -234,11 +234,13 @@ class Fleet:
 
     def _kafkactl(self, command: str, timeout_s: float) -> None:
         netns = self.net.nodes["kafka"].netns
-        subprocess.run(
+        done = subprocess.run(
             ["ip", "netns", "exec", netns, str(KAFKACTL), command],
-            check=True, timeout=timeout_s, env={**os.environ, **self.kafka_env},
-            stdout=subprocess.DEVNULL, stderr=self._log("kafkactl"),
+            timeout=timeout_s, env={**os.environ, **self.kafka_env},
+            capture_output=True, text=True, check=False,
         )  # fmt: skip
+        if done.returncode != 0:  # the work directory goes at teardown: say why here
+            raise RuntimeError(f"kafkactl {command} in {netns}: {done.stderr.strip()[-2000:]}")
 
     def close(self) -> None:
         self._stop.set()
@@ -252,7 +254,7 @@ class Fleet:
             self._kill(collector)
         self._stop_consumer()
         if self.kafka_env:
-            with contextlib.suppress(subprocess.SubprocessError, OSError):
+            with contextlib.suppress(subprocess.SubprocessError, OSError, RuntimeError):
                 self._kafkactl("stop", 120)
         if self._ns is not None:
             self._ns.close()

@@ -1,0 +1,130 @@
+"""The fleet on one machine (bench/fleet*.py): two mirror sources, the NLB stand-in (nftables DNAT
+with jhash + conntrack + a target-group health checker), collectors and a Kafka broker of its own,
+each in a network namespace, through the five scenarios of docs/fleet.md.
+
+One fleet serves every test of this module (building it starts a broker: the slow part); each
+scenario mirrors flows of its own and reads back only the records it produced, and starts by
+bringing the fleet to the number of healthy collectors it needs, so each test also runs alone.
+The shared broker on 127.0.0.1:9092 is not used.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.fleet_harness import SESSIONS, Fleet
+from bench.fleet_net import PREFIX, namespaces_supported, remove_leftovers
+from bench.fleet_scenarios import SCENARIOS
+
+REFUSED = namespaces_supported()
+pytestmark = pytest.mark.skipif(bool(REFUSED), reason=f"no fleet on this machine: {REFUSED}")
+
+
+def namespaces() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return [line.split()[0] for line in out.stdout.splitlines() if line.startswith(PREFIX)]
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[Fleet]:
+    with Fleet() as built:
+        yield built
+    assert not [n for n in namespaces() if n.startswith(built.net.tag)]  # nothing left behind
+    assert not built.net.work.exists()
+
+
+def assert_all_accounted(result: dict[str, Any]) -> None:
+    assert result["unexplained_loss"] == 0, result
+    assert result["sent"] > 0
+    assert result["context_error_count"] == 0, result["context_errors"]
+    assert result["unknown_records"] == 0
+    assert result["kernel_drops"] == 0  # modest rates: a drop here would be worth a look
+
+
+def assert_lossless(result: dict[str, Any]) -> None:
+    assert_all_accounted(result)
+    assert result["counted"] == result["sent"]
+    assert result["explained_loss"] == 0
+    assert result["flows_exact"] == result["flows"]  # per flow, not only in sum
+
+
+def test_steady_state_each_flow_on_one_collector_and_the_load_spread(fleet: Fleet) -> None:
+    result = SCENARIOS["steady"](fleet)
+    assert_lossless(result)
+    assert result["split_flows"] == 0
+    collectors = result["collectors"]
+    assert len(collectors) == 3
+    for name, c in collectors.items():
+        assert c["flows"] >= 5, (name, collectors)  # 48 flows over 3 targets by jhash
+        assert c["datagrams"] == c["packets_on_topic"]  # no filter rejects in this scenario
+
+
+def test_scale_out_the_new_collector_gets_new_flows_only(fleet: Fleet) -> None:
+    result = SCENARIOS["scale-out"](fleet)
+    assert_lossless(result)
+    assert result["split_flows"] == 0  # conntrack kept the old flows where they were
+    checks = result["checks"]
+    assert checks["old_flows_on_new"] == 0
+    assert checks["new_flows_on_new"] > 0
+    assert result["collectors"][checks["new_collector"]]["datagrams"] > 0
+
+
+def test_scale_in_a_draining_collector_loses_nothing(fleet: Fleet) -> None:
+    result = SCENARIOS["scale-in"](fleet)
+    assert_lossless(result)
+    checks = result["checks"]
+    assert checks["exit_status"] == 0
+    assert checks["victim_flows"] > 0
+    # its flows moved to the others once the NLB let go of it, and all their packets arrived
+    assert checks["victim_flows_moved"] == checks["victim_flows"]
+    assert result["split_flows"] == 0  # only the victim's flows moved
+
+
+def test_crash_loses_exactly_what_the_collector_held_and_says_so(fleet: Fleet) -> None:
+    result = SCENARIOS["crash"](fleet)
+    assert_all_accounted(result)
+    crash, checks = result["crash"], result["checks"]
+    assert crash["flows_in_table"] > 0
+    assert crash["lost"] > 0
+    assert result["explained_loss"] == crash["lost"]
+    assert result["counted"] == result["sent"] - crash["lost"]
+    # the loss sits in the victim's flows only; every other flow arrived packet for packet
+    assert checks["victim_flows"] > 0
+    assert checks["victim_flows_missing"] == crash["lost"]
+    assert checks["other_flows_inexact"] == []
+    assert result["split_flows"] == 0
+
+
+def test_sessions_a_and_b_carry_their_session_direction_and_eni(fleet: Fleet) -> None:
+    result = SCENARIOS["sessions"](fleet)
+    assert_lossless(result)  # includes: every record's session, interface_id and direction
+    assert result["probes_sent"] > 0
+    assert result["filter_rejected"] == result["probes_sent"]  # ingress UDP 53 by filter-a
+    assert result["probe_packets_counted"] == 0
+    assert {s.name for s in SESSIONS} == {"source-a", "source-b"}
+
+
+def test_leftovers_of_a_crashed_run_are_removed() -> None:
+    """A namespace and a work directory named after a process that is gone are removed."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: its pid names no process now
+    name = f"{PREFIX}{gone.pid}-lb"
+    work = Path(tempfile.gettempdir()) / f"{PREFIX}{gone.pid}-fleet"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    work.mkdir()
+    try:
+        removed = remove_leftovers()
+        assert name in removed
+        assert str(work) in removed
+        assert name not in namespaces()
+        assert not work.exists()
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
