@@ -29,6 +29,7 @@ import msgspec
 from collector.config import Config, KafkaConfig
 from collector.errors import ConfigError
 from collector.records import CONTENT_TYPES, FlowRecord, decode
+from collector.wire.l4 import TCP_FLAG_NAMES
 
 POLL_MS = 200
 """How long one fetch waits; bounds how late a signal or the idle timeout is noticed."""
@@ -40,8 +41,6 @@ MSGPACK = CONTENT_TYPES["msgpack"]
 FLOW_LOG = CONTENT_TYPES["vpc-flow-log"]
 
 _PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6", 132: "sctp", 47: "gre", 50: "esp"}
-_TCP_FLAG_NAMES = ((0x02, "SYN"), (0x10, "ACK"), (0x08, "PSH"), (0x01, "FIN"), (0x04, "RST"),
-                   (0x20, "URG"), (0x40, "ECE"), (0x80, "CWR"))  # fmt: skip
 
 # (title, width); the last column is not padded
 _COLUMNS = (
@@ -206,7 +205,7 @@ def _endpoint(addr: str, port: int, protocol: int) -> str:
 
 def _flags(r: FlowRecord) -> str:
     if r.protocol == 6:
-        names = [name for bit, name in _TCP_FLAG_NAMES if r.tcp_flags & bit]
+        names = [name for bit, name in TCP_FLAG_NAMES if r.tcp_flags & bit]
         return "|".join(names) if names else "-"
     if r.icmp_type is not None:
         return f"type {r.icmp_type}/{r.icmp_code}"

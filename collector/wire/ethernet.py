@@ -10,7 +10,6 @@ VLAN_TAG_LEN = 4  # TCI (2) + inner ethertype (2)
 
 ETHERTYPE_IPV4 = 0x0800
 ETHERTYPE_IPV6 = 0x86DD
-ETHERTYPE_ARP = 0x0806
 # 802.1Q C-tag, 802.1ad S-tag, and the pre-standard 0x9100 QinQ outer tag still seen in the wild
 VLAN_TPIDS = frozenset({0x8100, 0x88A8, 0x9100})
 

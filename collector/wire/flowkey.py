@@ -23,7 +23,6 @@ from collector.wire.l4 import IPPROTO_ICMP, IPPROTO_ICMPV6, NO_ICMP
 
 FlowKey = bytes
 
-VNI_PROTO = struct.Struct("!I")  # vni << 8 | protocol
 PORTS_KEY_V4 = struct.Struct("!I4s4sHH")
 ICMP_KEY_V4 = struct.Struct("!I4s4sH")
 BARE_KEY_V4 = struct.Struct("!I4s4s")
@@ -39,7 +38,6 @@ COPIED_BARE_V4 = struct.Struct("!I8s")
 COPIED_NO_PORTS_V4 = struct.Struct("!I8s4x")
 COPIED_PORTS_V6 = struct.Struct("!I36s")
 COPIED_ICMP_V6 = struct.Struct("!I34s")
-COPIED_BARE_V6 = struct.Struct("!I32s")
 COPIED_NO_PORTS_V6 = struct.Struct("!I32s4x")
 
 _ICMP_PROTOCOLS = (IPPROTO_ICMP, IPPROTO_ICMPV6)
