@@ -256,53 +256,82 @@ def producer_kwargs(c: KafkaConfig, servers: list[str], client: dict[str, Any]) 
     }
 
 
-async def probe(servers: list[str], client: dict[str, Any], c: KafkaConfig) -> None:
-    """Open one connection ourselves and ask for metadata: aiokafka's bootstrap reports every
-    failure as 'Unable to bootstrap', and the operator needs to know refused vs. TLS vs.
-    credentials vs. a listener that speaks another protocol."""
+async def _probe_one(server: str, client: dict[str, Any], c: KafkaConfig) -> str:
+    """Connect to one address and ask for metadata; returns "" when it answered, else what went
+    wrong. Raises SinkError(retriable=False) for what waiting cannot fix (SASL, TLS)."""
     tls = c.security_protocol in ("SSL", "SASL_SSL")
-    problems: list[str] = []
-    for server in servers:
-        host, _, port = server.rpartition(":")
-        try:
-            conn = await create_conn(host, int(port), **client)
-        except IllegalSaslStateError as exc:
-            raise SinkError(
-                f"Kafka at {server} does not expect SASL on this port ({describe(exc)});"
-                f" check kafka.security_protocol ({c.security_protocol}) and the port",
-                retriable=False,
-            ) from exc
-        except AUTH_ERRORS as exc:
-            user = f" as {c.sasl_username!r}" if c.sasl_username else ""
-            raise SinkError(
-                f"Kafka at {server} rejected SASL {c.sasl_mechanism}"
-                f" authentication{user}: {describe(exc)}",
-                retriable=False,
-            ) from exc
-        except ssl.SSLError as exc:
-            raise SinkError(
-                f"TLS handshake with Kafka at {server} failed: {exc.reason or exc}",
-                retriable=False,
-            ) from exc
-        except ConnectionResetError as exc:
-            hint = " during the TLS handshake: is it a TLS listener?" if tls else ""
-            problems.append(f"{server}: connection reset{hint} ({describe(exc)})")
-            continue
-        except (OSError, KafkaError, TimeoutError) as exc:
-            problems.append(f"{server}: {describe(exc)}")
-            continue
-        try:
-            await conn.send(MetadataRequest([]))
-        except (KafkaError, OSError, TimeoutError) as exc:
-            problems.append(
-                f"{server}: connected, but the metadata request failed ({describe(exc)});"
-                f" does the listener expect another protocol than {c.security_protocol}?"
-            )
-            continue
-        finally:
-            conn.close()
-        return
-    raise SinkError(f"cannot reach Kafka ({'; '.join(problems)})", retriable=True)
+    host, _, port = server.rpartition(":")
+    try:
+        conn = await create_conn(host, int(port), **client)
+    except IllegalSaslStateError as exc:
+        raise SinkError(
+            f"Kafka at {server} does not expect SASL on this port ({describe(exc)});"
+            f" check kafka.security_protocol ({c.security_protocol}) and the port",
+            retriable=False,
+        ) from exc
+    except AUTH_ERRORS as exc:
+        user = f" as {c.sasl_username!r}" if c.sasl_username else ""
+        raise SinkError(
+            f"Kafka at {server} rejected SASL {c.sasl_mechanism}"
+            f" authentication{user}: {describe(exc)}",
+            retriable=False,
+        ) from exc
+    except ssl.SSLError as exc:
+        raise SinkError(
+            f"TLS handshake with Kafka at {server} failed: {exc.reason or exc}", retriable=False
+        ) from exc
+    except ConnectionResetError as exc:
+        hint = " during the TLS handshake: is it a TLS listener?" if tls else ""
+        return f"{server}: connection reset{hint} ({describe(exc)})"
+    except (OSError, KafkaError, TimeoutError) as exc:
+        return f"{server}: {describe(exc)}"
+    try:
+        await conn.send(MetadataRequest([]))
+    except (KafkaError, OSError, TimeoutError) as exc:
+        return (
+            f"{server}: connected, but the metadata request failed ({describe(exc)});"
+            f" does the listener expect another protocol than {c.security_protocol}?"
+        )
+    finally:
+        conn.close()
+    return ""
+
+
+async def probe(servers: list[str], client: dict[str, Any], c: KafkaConfig) -> list[str]:
+    """Probe every bootstrap address at once and return those that answered (at least one), for
+    the producer's and the admin client's bootstrap.
+
+    Concurrent, because one address that accepts TCP and never answers (a hung broker, a
+    blackholed port) would otherwise use up the whole connect timeout before the next is tried;
+    and only the addresses that answered go to aiokafka, because its bootstrap tries the
+    addresses one at a time in random order (``conn.collect_hosts`` shuffles them), each for up to
+    ``request_timeout_ms``. The cluster metadata then names every broker anyway.
+    The probe opens its own connection because aiokafka's bootstrap reports every failure as
+    'Unable to bootstrap', and the operator needs to know refused vs. TLS vs. credentials vs. a
+    listener that speaks another protocol. Raises SinkError: retriable when no address answered.
+    """
+    tasks = {asyncio.ensure_future(_probe_one(s, client, c)): s for s in servers}
+    answered: list[str] = []
+    problems: dict[str, str] = {}
+    try:
+        pending = set(tasks)
+        while pending and not answered:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                problem = task.result()  # a SinkError (SASL, TLS) ends the probe at once
+                if problem:
+                    problems[tasks[task]] = problem
+                else:
+                    answered.append(tasks[task])
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if not answered:
+        raise SinkError(
+            f"cannot reach Kafka ({'; '.join(problems[s] for s in servers)})", retriable=True
+        )
+    return answered
 
 
 async def ensure_topic(

@@ -231,13 +231,16 @@ class KafkaSink:
     async def _connect(self) -> None:
         """One bounded attempt: probe, start a producer, check the topic."""
         c = self._config
-        producer = AIOKafkaProducer(**self._producer_kwargs)
+        producer: Any = None
         try:
             async with asyncio.timeout(c.connect_timeout_s):
-                await client.probe(self._servers, self._client, c)
+                servers = await client.probe(self._servers, self._client, c)
+                producer = AIOKafkaProducer(
+                    **{**self._producer_kwargs, "bootstrap_servers": servers}
+                )
                 await producer.start()
                 if not self._topic_checked:
-                    if await client.ensure_topic(self._servers, self._client, self._topic, c):
+                    if await client.ensure_topic(servers, self._client, self._topic, c):
                         log.info(
                             "created topic %r: %d partitions, replication factor %d",
                             self._topic,
@@ -247,7 +250,8 @@ class KafkaSink:
                     self._topic_checked = True
                 partitions = await producer.partitions_for(self._topic)
         except BaseException as exc:
-            await self._stop_producer(producer)
+            if producer is not None:
+                await self._stop_producer(producer)
             if isinstance(exc, TimeoutError):
                 raise SinkError(
                     f"Kafka at {','.join(self._servers)} did not answer within"

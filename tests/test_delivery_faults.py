@@ -1,0 +1,97 @@
+"""Delivery under network faults, between the sink and the real local broker, through the
+fault-injecting proxy (tests/fault_proxy.py). Every test checks the books: records emitted ==
+delivered + spooled + dropped, and the sequences read back from the topic are gap-free (or exactly
+the ones counted as dropped), in order per exporter per partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fault_proxy import FaultProxy
+from kafka_fixtures import (  # noqa: F401 - kafka_broker is a fixture
+    KafkaBroker,
+    kafka_broker,
+    make_records,
+    read_topic,
+    unique_topic,
+)
+
+from collector.config import KafkaConfig, RecordsConfig
+from collector.io.kafka import KafkaSink, State
+
+JSON = RecordsConfig()
+
+
+def kafka_config(tmp_path: Path, **overrides: Any) -> KafkaConfig:
+    settings: dict[str, Any] = {"spool_dir": str(tmp_path / "spool"), "linger_ms": 5}
+    settings.update(overrides)
+    return KafkaConfig(**settings)
+
+
+async def wait_until(predicate: Callable[[], bool], deadline_s: float, what: str) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def check_delivery(messages: list[Any], exporter: str, emitted: int) -> Counter[int]:
+    """Every sequence 1..emitted arrived (repeats only as identical copies), headers name each
+    record, and per partition the sequences of the exporter only grow: nothing overtook a retry
+    or a replay."""
+    seen: Counter[int] = Counter()
+    last: dict[int, int] = {}
+    for message in sorted(messages, key=lambda m: (m.partition, m.offset)):
+        headers = dict(message.headers)
+        assert headers["exporter"] == exporter.encode()
+        sequence = int(headers["sequence"])
+        if seen[sequence] == 0:  # a duplicate repeats an older one; first copies keep order
+            assert sequence > last.get(message.partition, 0), (message.partition, sequence)
+            last[message.partition] = sequence
+        seen[sequence] += 1
+    missing = sorted(set(range(1, emitted + 1)) - set(seen))
+    assert not missing, f"{len(missing)} records lost, first {missing[:10]}"
+    assert max(seen) == emitted
+    return seen
+
+
+@pytest.fixture
+def hung_address() -> Iterator[FaultProxy]:
+    """An address that accepts TCP connections and never answers."""
+    proxy = FaultProxy(None, mode="hang").start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.kafka
+async def test_a_hung_first_bootstrap_address_does_not_hide_the_live_broker(
+    kafka_broker: KafkaBroker,  # noqa: F811
+    hung_address: FaultProxy,
+    tmp_path: Path,
+) -> None:
+    """``kafka://HUNG,LIVE/topic``: the addresses are probed at once, the live one is found well
+    within connect_timeout_s, the topic is created and every record is delivered."""
+    topic = unique_topic("hung-first")
+    exporter = "hung/w0/1"
+    config = kafka_config(tmp_path, connect_timeout_s=8.0, require_broker_at_start=True)
+    sink = KafkaSink([hung_address.address, kafka_broker.bootstrap], topic, config, JSON)
+    await sink.start()
+    assert sink.state is State.DIRECT
+    assert hung_address.accepted >= 1  # it was tried, and it hung
+    sink.submit(make_records(3000, exporter))
+    await sink.flush(30)
+    status = sink.status()
+    await sink.close()
+    assert (status.delivered, status.dropped, status.failed, status.spool_bytes) == (3000, 0, 0, 0)
+    messages = await read_topic(kafka_broker.bootstrap, topic, 3000)
+    assert sum(check_delivery(messages, exporter, 3000).values()) == 3000
