@@ -9,11 +9,11 @@ import os
 import resource
 import shutil
 import stat
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tmpfs import resize, small_tmpfs
 
 from collector.io.spool import Spool, SpoolError, SpoolReadError
 
@@ -227,25 +227,8 @@ def test_transient_read_errors_keep_the_segment_and_are_retried(tmp_path: Path) 
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 256 KiB tmpfs (root only), unmounted whatever the test does."""
-    mountpoint = tmp_path / "fs"
-    mountpoint.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "fs", "256k") as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
-
-def grow(mountpoint: Path, size: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,size={size}", str(mountpoint)], check=True)
 
 
 def test_a_full_disk_drops_exactly_what_was_not_written(small_fs: Path) -> None:
@@ -265,7 +248,7 @@ def test_a_full_disk_drops_exactly_what_was_not_written(small_fs: Path) -> None:
         lost += 50 - count
     assert spool.counters.write_errors > 0
     assert "No space left on device" in spool.counters.last_write_error
-    grow(small_fs, "4m")
+    resize(small_fs, "4m")
     after = [b"%08d" % (n + i) + b"y" * 300 for i in range(500)]
     assert spool.append("application/json", [b"k"] * 500, after) == 500
     written.extend(after)

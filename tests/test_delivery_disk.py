@@ -1,0 +1,95 @@
+"""Delivery when the spool's disk misbehaves: a real full file system (a small tmpfs) and real
+transient read errors, with the books checked against the real broker: records emitted ==
+delivered + dropped, and exactly the dropped ones are missing from the topic."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka_fixtures import (  # noqa: F401 - kafka_broker is a fixture
+    KafkaBroker,
+    kafka_broker,
+    make_records,
+    read_topic,
+    unique_topic,
+    unused_port,
+)
+from tmpfs import resize, small_tmpfs
+
+from collector.config import KafkaConfig, RecordsConfig
+from collector.io.kafka import KafkaSink
+
+JSON = RecordsConfig()
+
+
+async def wait_until(predicate: Callable[[], bool], deadline_s: float, what: str) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def sequences_of(messages: list[Any]) -> list[int]:
+    return [int(dict(m.headers)["sequence"]) for m in messages]
+
+
+@pytest.mark.kafka
+async def test_a_full_disk_while_spooling_loses_exactly_what_it_counts(
+    kafka_broker: KafkaBroker,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The broker is away and the spool's file system fills up: the records that did not reach
+    the disk are counted as dropped, nothing written is lost or torn, and after space returns
+    every later record is spooled and, with the broker back, delivered."""
+    topic = unique_topic("disk-full")
+    exporter = "disk/w0/1"
+    with small_tmpfs(tmp_path / "fs", "256k") as fs:
+        config = KafkaConfig(
+            spool_dir=str(fs / "spool"),
+            spool_max_bytes=1 << 30,  # far above the disk: the disk is the limit
+            spool_segment_bytes=16 * 1024,
+            connect_timeout_s=2.0,
+            linger_ms=5,
+        )
+        away = KafkaSink([f"127.0.0.1:{unused_port()}"], topic, config, JSON)
+        await away.start()
+        emitted = 0
+        while away.status().dropped < 500:  # fill the disk, and then some
+            away.submit(make_records(100, exporter, start=emitted + 1))
+            emitted += 100
+            await wait_until(lambda: away.status().queue_records == 0, 30, "records spooled")
+        full = away.status()
+        assert full.state == "failed"
+        assert "No space left on device" in full.detail
+        resize(fs, "16m")
+        space_back_at = emitted
+        away.submit(make_records(2000, exporter, start=emitted + 1))
+        emitted += 2000
+        await away.flush(5)
+        await away.close()
+        dropped = away.status().dropped
+        assert dropped == full.dropped  # nothing dropped once space returned
+
+        sink = KafkaSink([kafka_broker.bootstrap], topic, config, JSON)
+        await sink.start()
+        await wait_until(
+            lambda: sink.status().delivered >= emitted - dropped, 120, "the spool delivered"
+        )
+        await sink.flush(30)
+        await sink.close()
+        status = sink.status()
+    assert status.delivered == emitted - dropped  # the books: emitted == delivered + dropped
+    assert (status.failed, status.dropped, status.spool_bytes) == (0, 0, 0)
+    assert sink.spool_corrupt_segments == 0  # no torn entry was left behind
+    messages = await read_topic(kafka_broker.bootstrap, topic, emitted - dropped)
+    delivered = sequences_of(messages)
+    assert len(delivered) == len(set(delivered)) == emitted - dropped
+    missing = set(range(1, emitted + 1)) - set(delivered)
+    assert len(missing) == dropped
+    assert max(missing) <= space_back_at  # every record after space returned arrived
