@@ -10,7 +10,7 @@ input format (goflow2's ClickHouse example) expects exactly that framing in each
 from __future__ import annotations
 
 import socket
-import struct
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -59,35 +59,29 @@ def _tag(field: int, wire_type: int) -> bytes:
     return varint((field << 3) | wire_type)
 
 
-# Small values (ports, protocols, flags, most packet counts) come from a table: no loop per field.
+# Small values (ports, protocols, flags, most counters) come from a table: no loop per field.
 _SMALL = [varint(i) for i in range(1 << 14)]
-_NS9 = struct.Struct(">9B")
+# The low 14 bits of a larger value as the first two bytes of its varint (continuation bits set).
+_LOW14 = [bytes(((i & 0x7F) | 0x80, ((i >> 7) & 0x7F) | 0x80)) for i in range(1 << 14)]
+_HIGH: dict[int, bytes] = {}  # varint(ns >> 28) of recent times: they share their high bits
+_HIGH_MAX = 4096
 
 
 def _uvarint(value: int) -> bytes:
     if value < 16384:
         return _SMALL[value]
-    return varint(value)
+    if value < 268_435_456:  # 2**28
+        return _LOW14[value & 0x3FFF] + _SMALL[value >> 14]
+    return _LOW14[value & 0x3FFF] + _LOW14[(value >> 14) & 0x3FFF] + varint(value >> 28)
 
 
-def _ns_varint(ms: int) -> bytes:
-    """Varint of ms * 10**6; Unix times in ns take 9 bytes from 2004 to 2262, unrolled here."""
-    n = ms * NS_PER_MS
-    if not (1 << 56) <= n < (1 << 63):
-        return varint(n)
-    return bytes(
-        (
-            (n & 0x7F) | 0x80,
-            ((n >> 7) & 0x7F) | 0x80,
-            ((n >> 14) & 0x7F) | 0x80,
-            ((n >> 21) & 0x7F) | 0x80,
-            ((n >> 28) & 0x7F) | 0x80,
-            ((n >> 35) & 0x7F) | 0x80,
-            ((n >> 42) & 0x7F) | 0x80,
-            ((n >> 49) & 0x7F) | 0x80,
-            n >> 56,
-        )
-    )
+def _high(high: int) -> bytes:
+    """varint(high) for the bits of a time in ns above the low 28 (cached, bounded)."""
+    if len(_HIGH) >= _HIGH_MAX:
+        _HIGH.clear()
+    # below 2**28 ns (the first 0.27 s of 1970) this is 0x00: a valid varint, not a minimal one
+    encoded = _HIGH[high] = varint(high)
+    return encoded
 
 
 T_SAMPLING = _tag(F_SAMPLING_RATE, WIRE_VARINT) + varint(SAMPLING_RATE)
@@ -111,8 +105,41 @@ T_RECEIVED = _tag(F_TIME_RECEIVED_NS, WIRE_VARINT)
 T_START = _tag(F_TIME_FLOW_START_NS, WIRE_VARINT)
 T_END = _tag(F_TIME_FLOW_END_NS, WIRE_VARINT)
 
-_inet_pton = socket.inet_pton
-_AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
+_fields = attrgetter(
+    "sequence",
+    "bytes",
+    "packets",
+    "protocol",
+    "src_port",
+    "dst_port",
+    "tcp_flags",
+    "icmp_type",
+    "icmp_code",
+    "vni",
+    "start_ms",
+    "end_ms",
+)
+# tag + value of the byte-sized fields, b"" for 0 (proto3 leaves zero scalars out)
+_PROTO = [b""] + [T_PROTO + _SMALL[i] for i in range(1, 256)]
+_FLAGS = [b""] + [T_TCP_FLAGS + _SMALL[i] for i in range(1, 256)]
+_ICMP_TYPE = [b""] + [T_ICMP_TYPE + _SMALL[i] for i in range(1, 256)]
+_ICMP_CODE = [b""] + [T_ICMP_CODE + _SMALL[i] for i in range(1, 256)]
+_SRC_PORT = [b""] + [T_SRC_PORT + _uvarint(i) for i in range(1, 65536)]
+_DST_PORT = [b""] + [T_DST_PORT + _uvarint(i) for i in range(1, 65536)]
+_ADDRESS_CACHE_MAX = 65_536
+_src: dict[str, bytes] = {}  # address text -> tag, length and packed address (bounded)
+_dst: dict[str, bytes] = {}
+
+
+def _address(cache: dict[str, bytes], v4_tag: bytes, v6_tag: bytes, text: str) -> bytes:
+    if ":" in text:
+        encoded = v6_tag + socket.inet_pton(socket.AF_INET6, text)
+    else:
+        encoded = v4_tag + socket.inet_pton(socket.AF_INET, text)
+    if len(cache) >= _ADDRESS_CACHE_MAX:
+        cache.clear()
+    cache[text] = encoded
+    return encoded
 
 
 def flow_message(r: FlowRecord) -> bytes:
@@ -120,46 +147,49 @@ def flow_message(r: FlowRecord) -> bytes:
 
     Zero-valued scalars are left out, as proto3 encoders do; decoders read them as 0.
     """
+    seq, nbytes, packets, proto, sport, dport, flags, itype, icode, vni, start, end = _fields(r)
+    src = _src.get(r.src_addr) or _address(_src, T_SRC4, T_SRC6, r.src_addr)
+    dst = _dst.get(r.dst_addr) or _address(_dst, T_DST4, T_DST6, r.dst_addr)
+    seq &= 0xFFFFFFFF
     small = _SMALL
-    if r.ip_version == 4:
-        addrs = (
-            T_SRC4 + _inet_pton(_AF_INET, r.src_addr) + T_DST4 + _inet_pton(_AF_INET, r.dst_addr)
+    # the times: low 28 bits from the tables, the high part (changes every 0.27 s) cached
+    end_n = end * NS_PER_MS
+    start_n = start * NS_PER_MS
+    end_high = _HIGH.get(end_n >> 28) or _high(end_n >> 28)
+    start_high = _HIGH.get(start_n >> 28) or _high(start_n >> 28)
+    low = _LOW14
+    end_ns = low[end_n & 0x3FFF] + low[(end_n >> 14) & 0x3FFF] + end_high
+    return b"".join(
+        (
+            T_SAMPLING,
+            (T_SEQUENCE + (small[seq] if seq < 16384 else _uvarint(seq))) if seq else b"",
+            src,
+            dst,
+            (T_BYTES + (small[nbytes] if nbytes < 16384 else _uvarint(nbytes))) if nbytes else b"",
+            (T_PACKETS + (small[packets] if packets < 16384 else _uvarint(packets)))
+            if packets
+            else b"",
+            _PROTO[proto],
+            _SRC_PORT[sport],
+            _DST_PORT[dport],
+            _FLAGS[flags],
+            T_ETYPE4 if r.ip_version == 4 else T_ETYPE6,
+            _ICMP_TYPE[itype] if itype else b"",
+            _ICMP_CODE[icode] if icode else b"",
+            (T_DOMAIN + (small[vni] if vni < 16384 else _uvarint(vni))) if vni else b"",
+            T_RECEIVED,
+            end_ns,
+            T_START,
+            low[start_n & 0x3FFF],
+            low[(start_n >> 14) & 0x3FFF],
+            start_high,
+            T_END,
+            end_ns,
         )
-        etype = T_ETYPE4
-    else:
-        addrs = T_SRC6 + _inet_pton(_AF_INET6, r.src_addr)
-        addrs += T_DST6 + _inet_pton(_AF_INET6, r.dst_addr)
-        etype = T_ETYPE6
-    end = _ns_varint(r.end_ms)
-    parts = [T_SAMPLING]
-    sequence = r.sequence & 0xFFFFFFFF
-    if sequence:
-        parts += (T_SEQUENCE, _uvarint(sequence))
-    parts.append(addrs)
-    if r.bytes:
-        parts += (T_BYTES, _uvarint(r.bytes))
-    if r.packets:
-        parts += (T_PACKETS, _uvarint(r.packets))
-    if r.protocol:
-        parts += (T_PROTO, small[r.protocol])
-    if r.src_port:
-        parts += (T_SRC_PORT, _uvarint(r.src_port))
-    if r.dst_port:
-        parts += (T_DST_PORT, _uvarint(r.dst_port))
-    if r.tcp_flags:
-        parts += (T_TCP_FLAGS, small[r.tcp_flags])
-    parts.append(etype)
-    if r.icmp_type:
-        parts += (T_ICMP_TYPE, small[r.icmp_type])
-    if r.icmp_code:
-        parts += (T_ICMP_CODE, small[r.icmp_code])
-    if r.vni:
-        parts += (T_DOMAIN, _uvarint(r.vni))
-    parts += (T_RECEIVED, end, T_START, _ns_varint(r.start_ms), T_END, end)
-    return b"".join(parts)
+    )
 
 
 def encode(r: FlowRecord) -> bytes:
     """One record as a length-delimited FlowMessage (goflow2's ``-format=bin`` framing)."""
     message = flow_message(r)
-    return _uvarint(len(message)) + message
+    return _SMALL[len(message)] + message  # a FlowMessage of these fields is < 200 bytes

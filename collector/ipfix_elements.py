@@ -18,7 +18,8 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, NamedTuple
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from collector.records import FlowRecord
@@ -88,7 +89,7 @@ ENTERPRISE_ELEMENTS = (
     REGION,
 )
 
-SEGMENT_TYPE_VXLAN = 0x01 << 56  # IANA layer2SegmentId: segment type 0x01 = VxLAN
+SEGMENT_TYPE_VXLAN = 0x01  # IANA layer2SegmentId: the top byte is the segment type, 0x01 VxLAN
 # IANA flowEndReason values
 END_REASONS = {
     "inactive_timeout": 0x01,  # idle timeout
@@ -104,13 +105,18 @@ DIRECTION_UNKNOWN = 0xFF
 
 
 def template_elements(ip_version: int, *, enterprise: bool) -> tuple[Element, ...]:
-    """The fields of the IPv4 or IPv6 data template, fixed-length ones first."""
+    """The fields of the IPv4 or IPv6 data template, fixed-length ones first.
+
+    The order follows how a record is packed (counters and ports in one struct, the few values
+    that need a lookup next, then the addresses and the per-session strings), not the registry.
+    """
     src, dst, icmp = (SRC_V4, DST_V4, ICMP_V4) if ip_version == 4 else (SRC_V6, DST_V6, ICMP_V6)
-    fixed: tuple[Element, ...] = (FLOW_START_MS, FLOW_END_MS, OCTETS, PACKETS, src, dst)
-    fixed += (SRC_PORT, DST_PORT, PROTOCOL, TCP_FLAGS, icmp, END_REASON, DIRECTION, SEGMENT)
+    fields: tuple[Element, ...] = (FLOW_START_MS, FLOW_END_MS, OCTETS, PACKETS, SRC_PORT, DST_PORT)
+    fields += (PROTOCOL, TCP_FLAGS, icmp, END_REASON, DIRECTION, SEGMENT)
     if not enterprise:
-        return (*fixed, INTERFACE_NAME)
-    return (*fixed, CONNECTION_ID, EXPORTER_SEQUENCE, INTERFACE_NAME, *ENTERPRISE_ELEMENTS[2:])
+        return (*fields, src, dst, INTERFACE_NAME)
+    fields += (EXPORTER_SEQUENCE, src, dst, CONNECTION_ID, INTERFACE_NAME)
+    return (*fields, *ENTERPRISE_ELEMENTS[2:])
 
 
 def template_record(template_id: int, elements: Iterable[Element], pen: int) -> bytes:
@@ -139,10 +145,28 @@ def _string(value: str | None) -> bytes:
     return bytes((len(data),)) + data
 
 
-# flowStart, flowEnd, octets, packets, src, dst, sport, dport, proto, flags, icmp, reason, dir, seg
-_FIXED_V4 = struct.Struct(">QQQQ4s4sHHBHHBBQ")
-_FIXED_V6 = struct.Struct(">QQQQ16s16sHHBHHBBQ")
-_IDS = struct.Struct(">QQ")
+# flowStart, flowEnd, octets, packets, sport, dport, proto, flags: one struct, one attrgetter
+_HEAD = struct.Struct(">QQQQHHBH")
+_head = attrgetter(
+    "start_ms", "end_ms", "bytes", "packets", "src_port", "dst_port", "protocol", "tcp_flags"
+)
+# icmpTypeCode, flowEndReason, flowDirection and the segment type byte of layer2SegmentId come
+# from a small table keyed by these (few distinct combinations)
+_kind = attrgetter("ip_version", "icmp_type", "icmp_code", "end_reason", "direction")
+# the low 32 bits of layer2SegmentId (the VNI), then exporterSequence when enterprise IEs are on
+_TAIL = struct.Struct(">I")
+_TAIL_ENTERPRISE = struct.Struct(">IQ")
+_tail_enterprise = attrgetter("vni", "sequence")
+_context = attrgetter(
+    "interface_id", "session", "instance_id", "subnet_id", "vpc_id", "az_id", "account_id", "region"
+)
+_CACHE_MAX = 65_536  # entries of each lookup table; bounded (cleared when full)
+
+
+def _bounded_put(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[key] = value
 
 
 class MessageEncoder:
@@ -171,9 +195,11 @@ class MessageEncoder:
             for tid, fields in self._templates.items()
         )
         self.template_set = _set(TEMPLATE_SET_ID, body)
-        self._context: dict[tuple[str | None, ...], bytes] = {}
+        self._contexts: dict[tuple[str | None, ...], bytes] = {}
+        self._addresses: dict[str, bytes] = {}
+        self._kinds: dict[tuple[Any, ...], tuple[int, bytes]] = {}
         # the longest record: fixed part, two ids, every string at its bound
-        longest = _FIXED_V6.size + _IDS.size + 8 * (1 + MAX_STRING_BYTES)
+        longest = _HEAD.size + 4 + _TAIL_ENTERPRISE.size + 16 + 16 + 8 + 8 * (1 + MAX_STRING_BYTES)
         floor = (
             HEADER.size + SET_HEADER.size + longest
         )  # templates may go in a message of their own
@@ -189,50 +215,43 @@ class MessageEncoder:
         """Template id -> its fields."""
         return dict(self._templates)
 
-    def _context_fields(self, r: FlowRecord) -> bytes:
+    def _new_context(self, r: FlowRecord) -> bytes:
         """The variable-length part; sessions repeat it for every record, so it is built once."""
-        key = (
-            r.interface_id,
-            r.session,
-            r.instance_id,
-            r.subnet_id,
-            r.vpc_id,
-            r.az_id,
-            r.account_id,
-            r.region,
+        key = _context(r)
+        strings = key if self.enterprise else key[:1]
+        encoded = b"".join([_string(s) for s in strings])
+        _bounded_put(self._contexts, key, encoded)
+        return encoded
+
+    def _new_address(self, text: str) -> bytes:
+        packed = socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+        _bounded_put(self._addresses, text, packed)
+        return packed
+
+    def _new_kind(self, r: FlowRecord) -> tuple[int, bytes]:
+        key = _kind(r)
+        version, icmp_type, icmp_code, end_reason, direction = key
+        icmp = 0 if icmp_type is None else (icmp_type << 8) | (icmp_code or 0)
+        packed = struct.pack(
+            ">HBBB3x", icmp, END_REASONS[end_reason], DIRECTIONS[direction], SEGMENT_TYPE_VXLAN
         )
-        cached = self._context.get(key)
-        if cached is None:
-            strings = key if self.enterprise else key[:1]
-            cached = b"".join([_string(s) for s in strings])
-            if len(self._context) >= 4096:  # sessions are few; bound it anyway
-                self._context.clear()
-            self._context[key] = cached
-        return cached
+        kind = (TEMPLATE_V4 if version == 4 else TEMPLATE_V6), packed
+        _bounded_put(self._kinds, key, kind)
+        return kind
 
     def data_record(self, r: FlowRecord) -> tuple[int, bytes]:
         """(template id, encoded data record)."""
-        icmp = 0 if r.icmp_type is None else (r.icmp_type << 8) | (r.icmp_code or 0)
-        v4 = r.ip_version == 4
-        fixed = (_FIXED_V4 if v4 else _FIXED_V6).pack(
-            r.start_ms,
-            r.end_ms,
-            r.bytes,
-            r.packets,
-            socket.inet_pton(socket.AF_INET if v4 else socket.AF_INET6, r.src_addr),
-            socket.inet_pton(socket.AF_INET if v4 else socket.AF_INET6, r.dst_addr),
-            r.src_port,
-            r.dst_port,
-            r.protocol,
-            r.tcp_flags,
-            icmp,
-            END_REASONS[r.end_reason],
-            DIRECTIONS[r.direction],
-            SEGMENT_TYPE_VXLAN | r.vni,
-        )
+        tid, kind = self._kinds.get(_kind(r)) or self._new_kind(r)
+        addresses = self._addresses
+        src = addresses.get(r.src_addr) or self._new_address(r.src_addr)
+        dst = addresses.get(r.dst_addr) or self._new_address(r.dst_addr)
+        context = self._contexts.get(_context(r)) or self._new_context(r)
+        head = _HEAD.pack(*_head(r))
         if self.enterprise:
-            fixed += _IDS.pack(int(r.flow_id, 16), r.sequence)
-        return (TEMPLATE_V4 if v4 else TEMPLATE_V6), fixed + self._context_fields(r)
+            tail = _TAIL_ENTERPRISE.pack(*_tail_enterprise(r))
+            ident = bytes.fromhex(r.flow_id)
+            return tid, b"".join((head, kind, tail, src, dst, ident, context))
+        return tid, b"".join((head, kind, _TAIL.pack(r.vni), src, dst, context))
 
     def templates_due(self, now: float, refresh_s: float | None) -> bool:
         """True before the first data of a session and, with ``refresh_s``, every refresh_s."""
