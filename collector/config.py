@@ -250,13 +250,15 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Receive buffer per datagram; longer datagrams are cut by the kernel and count from the IP
     header anyway. Protects memory."""
     max_batch_datagrams: Count = 512
-    """Datagrams read per socket wake-up before the loop serves timers and health."""
+    """Datagrams read per turn of the event loop; timers and health run, then reading goes on at
+    once while the socket holds data."""
     recv_mode: Literal["mmsg", "reader", "protocol"] = "mmsg"
     """Receive path: ``mmsg`` (recvmmsg batches; Linux), ``reader`` (recvfrom_into on readiness)
     or ``protocol`` (uvloop DatagramProtocol). See bench/ingest.py for what each costs."""
     recv_coalesce_ms: Annotated[float, msgspec.Meta(ge=0, le=100)] = 1.0
-    """``mmsg``: after a partial batch, poll again after this long instead of waking per datagram.
-    0 wakes on every readiness event. The socket buffer must hold this much traffic."""
+    """``mmsg``: after a read that drained the socket, read again this much later instead of waking
+    per datagram (never while data waits). 0 wakes on every readiness event. The socket buffer must
+    hold this much traffic."""
     max_loop_lag_s: PositiveSeconds = 5.0
     """A worker whose event loop lags more than this is reported unresponsive."""
     vxlan_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 4789
