@@ -239,19 +239,26 @@ class MessageEncoder:
         _bounded_put(self._kinds, key, kind)
         return kind
 
-    def data_record(self, r: FlowRecord) -> tuple[int, bytes]:
-        """(template id, encoded data record)."""
-        tid, kind = self._kinds.get(_kind(r)) or self._new_kind(r)
-        addresses = self._addresses
-        src = addresses.get(r.src_addr) or self._new_address(r.src_addr)
-        dst = addresses.get(r.dst_addr) or self._new_address(r.dst_addr)
-        context = self._contexts.get(_context(r)) or self._new_context(r)
-        head = _HEAD.pack(*_head(r))
-        if self.enterprise:
-            tail = _TAIL_ENTERPRISE.pack(*_tail_enterprise(r))
-            ident = bytes.fromhex(r.flow_id)
-            return tid, b"".join((head, kind, tail, src, dst, ident, context))
-        return tid, b"".join((head, kind, _TAIL.pack(r.vni), src, dst, context))
+    def data_records(self, records: Iterable[FlowRecord]) -> tuple[list[bytes], list[bytes]]:
+        """The encoded data records, (IPv4 ones, IPv6 ones), each list in the records' order."""
+        kinds, addresses, contexts = self._kinds, self._addresses, self._contexts
+        head, get_head, get_kind, get_context = _HEAD.pack, _head, _kind, _context
+        v4: list[bytes] = []
+        v6: list[bytes] = []
+        enterprise = self.enterprise
+        for r in records:
+            tid, kind = kinds.get(get_kind(r)) or self._new_kind(r)
+            src = addresses.get(r.src_addr) or self._new_address(r.src_addr)
+            dst = addresses.get(r.dst_addr) or self._new_address(r.dst_addr)
+            context = contexts.get(get_context(r)) or self._new_context(r)
+            if enterprise:
+                tail = _TAIL_ENTERPRISE.pack(*_tail_enterprise(r))
+                ident = bytes.fromhex(r.flow_id)
+                data = b"".join((head(*get_head(r)), kind, tail, src, dst, ident, context))
+            else:
+                data = b"".join((head(*get_head(r)), kind, _TAIL.pack(r.vni), src, dst, context))
+            (v4 if tid == TEMPLATE_V4 else v6).append(data)
+        return v4, v6
 
     def templates_due(self, now: float, refresh_s: float | None) -> bool:
         """True before the first data of a session and, with ``refresh_s``, every refresh_s."""
@@ -266,10 +273,12 @@ class MessageEncoder:
     def encode(
         self, records: Iterable[FlowRecord], now: float, refresh_s: float | None = None
     ) -> list[tuple[bytes, int]]:
-        """Messages carrying ``records`` in order, each with its number of data records.
+        """Messages carrying ``records``, each with its number of data records.
 
         Templates lead the first message when they are due (``templates_due``). Each message stays
         within ``max_message_bytes``; the sequence number advances by the records of each message.
+        IPv4 records go in sets of the IPv4 template, IPv6 ones in sets of the IPv6 template, each
+        family in the records' order.
         """
         export_time = int(now)
         messages: list[tuple[bytes, int]] = []
@@ -277,38 +286,30 @@ class MessageEncoder:
         parts: list[bytes] = []
         size = HEADER.size
         count = 0
-        set_id = 0
-        set_records: list[bytes] = []
-        set_size = 0
         if self.templates_due(now, refresh_s):
             parts.append(self.template_set)
             size += len(self.template_set)
             self.templates_sent_at = now
-
-        def close_set() -> None:
-            nonlocal set_records, set_size
-            if set_records:
-                parts.append(SET_HEADER.pack(set_id, SET_HEADER.size + set_size))
-                parts.extend(set_records)
-                set_records, set_size = [], 0
-
-        for record in records:
-            tid, data = self.data_record(record)
-            extra = len(data) + (SET_HEADER.size if tid != set_id or not set_records else 0)
-            if size + extra > limit and (set_records or parts):
-                close_set()
-                messages.append((self._header(size, export_time) + b"".join(parts), count))
-                self.sequence += count
-                parts, size, count, set_id = [], HEADER.size, 0, 0
-                extra = len(data) + SET_HEADER.size
-            if tid != set_id:
-                close_set()
-                set_id = tid
-            set_records.append(data)
-            set_size += len(data)
-            size += extra
-            count += 1
-        close_set()
+        for set_id, items in zip(
+            (TEMPLATE_V4, TEMPLATE_V6), self.data_records(records), strict=True
+        ):
+            start = 0
+            while start < len(items):
+                room = limit - size - SET_HEADER.size
+                end, used = start, 0
+                while end < len(items) and used + len(items[end]) <= room:
+                    used += len(items[end])
+                    end += 1
+                if end == start:  # not even one more record fits: send this message first
+                    messages.append((self._header(size, export_time) + b"".join(parts), count))
+                    self.sequence += count
+                    parts, size, count = [], HEADER.size, 0
+                    continue
+                parts.append(SET_HEADER.pack(set_id, SET_HEADER.size + used))
+                parts.extend(items[start:end])
+                size += SET_HEADER.size + used
+                count += end - start
+                start = end
         if parts:
             messages.append((self._header(size, export_time) + b"".join(parts), count))
             self.sequence += count
