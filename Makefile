@@ -9,7 +9,7 @@ TOPIC ?= flows
 KAFKA ?= 127.0.0.1:9092
 CONFIG ?= deploy/examples/collector.toml
 
-.PHONY: install system-deps lint lint-deploy format test run replay-demo kafka kafka-stop tail bench bench-locust clean
+.PHONY: install system-deps lint lint-deploy format test run replay-demo kafka kafka-stop tail bench bench-locust lock bundle clean
 
 install: $(STAMP)
 
@@ -54,8 +54,35 @@ format: install
 	$(VENV)/bin/ruff format collector tests bench
 	$(VENV)/bin/ruff check --fix collector tests bench
 
-lint-deploy: install
+# checkov lives in its own venv (its pins clash with ours); --skip-download keeps it offline.
+CHECKOV := .cache/checkov/bin/checkov
+$(CHECKOV):
+	$(PYTHON) -m venv .cache/checkov
+	.cache/checkov/bin/pip install --quiet 'checkov>=3.2,<4'
+
+lint-deploy: install $(CHECKOV)
 	$(VENV)/bin/cfn-lint deploy/cloudformation/*.yaml
+	BC_SKIP_MAPPING=TRUE $(CHECKOV) --quiet --compact --skip-download --framework cloudformation \
+	  $(addprefix -f ,$(wildcard deploy/cloudformation/*.yaml))
+	BC_SKIP_MAPPING=TRUE $(CHECKOV) --quiet --compact --skip-download --framework dockerfile \
+	  -f deploy/Dockerfile
+
+# deploy/requirements.lock: the exact dependency set of the deployed package (runtime + aws +
+# msk-iam extras) with every file's hash, from pyproject.toml. Existing pins are kept; refresh
+# them with `make lock LOCK_FLAGS=--upgrade`. tests/test_deploy_lock.py checks it matches pyproject.
+PIP_COMPILE := .cache/piptools/bin/pip-compile
+$(PIP_COMPILE):
+	$(PYTHON) -m venv .cache/piptools
+	.cache/piptools/bin/pip install --quiet 'pip-tools>=7.4,<8'
+
+lock: $(PIP_COMPILE)
+	env -u PIP_FIND_LINKS $(PIP_COMPILE) --quiet $(LOCK_FLAGS) --generate-hashes --allow-unsafe \
+	  --strip-extras --extra aws --extra msk-iam --no-emit-index-url --no-emit-find-links \
+	  --output-file deploy/requirements.lock pyproject.toml
+
+# dist/collector-bundle-VERSION.tar.gz for the CloudFormation stack (deploy/README.md, Bundle).
+bundle: install
+	deploy/image/build-bundle
 
 test: install system-deps $(PROMTOOL) lint lint-deploy
 	$(PY) -m pytest -q

@@ -1,11 +1,14 @@
 """The ops files under deploy/ against the things that will consume them.
 
-- Every CloudFormation template passes cfn-lint.
-- Every metric the Grafana dashboard and the Prometheus alerts use exists in a real collector's
-  /metrics (a collector started here, on loopback, with a file sink), and it exits 0 on SIGTERM.
+- Every CloudFormation template passes cfn-lint (checkov runs in make lint-deploy).
+- Every metric the Grafana dashboard, the Prometheus alerts, the CloudWatch agent and the stack's
+  scaling policy and alarms use exists in a real collector's /metrics (a collector started here,
+  on loopback, with a file sink), and it exits 0 on SIGTERM.
 - The config the stack writes at boot passes ``collector check-config`` (with filter A as the
-  stack creates it), and the files the stack embeds are the ones in deploy/systemd/.
+  stack creates it); the bundle carries deploy/systemd/ and the installer puts each file where the
+  boot script expects it; the lock file is checked in test_deploy_lock.py.
 - The systemd unit, the Dockerfile and the compose file carry the settings the runbook promises.
+The template's own facts (security groups, hooks, rules, alarms, ...) are in test_deploy_stack.py.
 """
 
 from __future__ import annotations
@@ -21,18 +24,26 @@ import time
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from cfnlint.decode import decode
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.cfn_template import (
+    EXAMPLE_PARAMETERS,
+    ROOT,
+    STACK,
+    Resolver,
+    heredoc,
+    load_stack,
+    parameter_defaults,
+    user_data_source,
+)
+
 DEPLOY = ROOT / "deploy"
-STACK = DEPLOY / "cloudformation" / "collector-stack.yaml"
 UNIT = DEPLOY / "systemd" / "collector.service"
 LIFECYCLE_SCRIPT = DEPLOY / "systemd" / "collector-lifecycle"
 LIFECYCLE_UNIT = DEPLOY / "systemd" / "collector-lifecycle.service"
@@ -40,6 +51,9 @@ DASHBOARD = DEPLOY / "grafana" / "collector-dashboard.json"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 COMPOSE = DEPLOY / "docker-compose.yml"
+INSTALLER = DEPLOY / "image" / "install-collector"
+BUILD_BUNDLE = DEPLOY / "image" / "build-bundle"
+CLOUDWATCH_AGENT = DEPLOY / "cloudwatch" / "amazon-cloudwatch-agent.json"
 
 HEALTH_DEADLINE_S = 30.0
 STOP_DEADLINE_S = 60.0
@@ -81,106 +95,81 @@ def test_cfn_lint_passes_on_every_template() -> None:
     assert result.returncode == 0, f"cfn-lint:\n{result.stdout}{result.stderr}"
 
 
-def _load_stack() -> dict[str, Any]:
-    template, errors = decode(str(STACK))
-    assert not errors, errors
-    assert isinstance(template, dict)
-    return template
-
-
-def _parameter_defaults(template: Mapping[str, Any]) -> dict[str, str]:
-    return {
-        name: str(spec["Default"])
-        for name, spec in template["Parameters"].items()
-        if "Default" in spec
-    }
-
-
-class _Resolver:
-    """Just enough of CloudFormation's intrinsic functions to render this stack for a test."""
-
-    def __init__(self, template: Mapping[str, Any], parameters: Mapping[str, str]) -> None:
-        self.template = template
-        self.refs: dict[str, str] = {
-            "AWS::StackName": "mirror-test",
-            "AWS::Region": "eu-west-1",
-            "AWS::AccountId": "123456789012",
-            "AWS::Partition": "aws",
-            **{name: f"{name.lower()}-id" for name in template["Resources"]},
-            "MirrorFilterA": "tmf-0123456789abcdef0",
-            **parameters,
-        }
-        self.conditions: dict[str, bool] = {}
-        for name in template["Conditions"]:
-            self.condition(name)
-
-    def condition(self, name: str) -> bool:
-        if name not in self.conditions:
-            self.conditions[name] = bool(self.resolve(self.template["Conditions"][name]))
-        return self.conditions[name]
-
-    def resolve(self, node: Any) -> Any:
-        if isinstance(node, list):
-            return [self.resolve(item) for item in node]
-        if not isinstance(node, dict):
-            return node
-        if len(node) != 1:
-            return {key: self.resolve(value) for key, value in node.items()}
-        ((key, value),) = node.items()
-        if key == "Ref":
-            return self.refs[value]
-        if key == "Condition":
-            return self.condition(value)
-        if key == "Fn::If":
-            name, then, otherwise = value
-            return self.resolve(then if self.condition(name) else otherwise)
-        if key == "Fn::Equals":
-            left, right = (self.resolve(v) for v in value)
-            return str(left) == str(right)
-        if key == "Fn::Not":
-            return not self.resolve(value[0])
-        if key == "Fn::And":
-            return all(self.resolve(v) for v in value)
-        if key == "Fn::Or":
-            return any(self.resolve(v) for v in value)
-        if key == "Fn::Sub":
-            text, variables = (value, {}) if isinstance(value, str) else value
-            names = {**self.refs, **{k: str(self.resolve(v)) for k, v in variables.items()}}
-            return re.sub(r"\$\{([^}!]+)\}", lambda m: str(names[m.group(1)]), text)
-        return {key: self.resolve(value)}
-
-
-def _user_data_source(template: Mapping[str, Any]) -> Any:
-    data = template["Resources"]["CollectorLaunchTemplate"]["Properties"]["LaunchTemplateData"]
-    return data["UserData"]["Fn::Base64"]["Fn::Sub"]
-
-
-def _heredoc(script: str, target: str) -> str:
-    """The body of ``cat > TARGET <<'MARK'`` ... ``MARK`` in a shell script."""
-    match = re.search(
-        rf"^cat > {re.escape(target)} <<'(\w+)'\n(.*?)\n\1$", script, re.DOTALL | re.MULTILINE
-    )
-    assert match, f"no heredoc writes {target}"
-    return match.group(2)
-
-
 @pytest.mark.parametrize(
-    ("path", "target"),
+    ("path", "bundled", "target"),
     [
-        (UNIT, "/etc/systemd/system/collector.service"),
-        (LIFECYCLE_SCRIPT, "/usr/local/sbin/collector-lifecycle"),
-        (LIFECYCLE_UNIT, "/etc/systemd/system/collector-lifecycle.service"),
+        (UNIT, "systemd/collector.service", "/etc/systemd/system/collector.service"),
+        (LIFECYCLE_SCRIPT, "systemd/collector-lifecycle", "/usr/local/sbin/collector-lifecycle"),
+        (
+            LIFECYCLE_UNIT,
+            "systemd/collector-lifecycle.service",
+            "/etc/systemd/system/collector-lifecycle.service",
+        ),
     ],
 )
-def test_stack_installs_the_files_in_deploy_systemd(path: Path, target: str) -> None:
-    template_text, _variables = _user_data_source(_load_stack())
-    embedded = _heredoc(template_text, target)
-    # Fn::Sub would rewrite ${...}; the copies must come out of it unchanged.
-    assert "${" not in embedded
-    assert embedded == path.read_text().rstrip("\n")
+def test_bundle_carries_deploy_systemd_and_the_installer_puts_it_in_place(
+    path: Path, bundled: str, target: str
+) -> None:
+    build = BUILD_BUNDLE.read_text()
+    source = path.relative_to(ROOT).as_posix()
+    assert source in build, f"build-bundle does not pack {source}"
+    installer = re.sub(r"\s*\\\n\s*", " ", INSTALLER.read_text())
+    assert re.search(rf'"\$here/{re.escape(bundled)}" {re.escape(target)}\b', installer), (
+        f"install-collector does not install {bundled} as {target}"
+    )
+    # The boot script starts what the installer put there, by these names.
+    script, _ = user_data_source(load_stack())
+    unit_name = Path(target).name
+    if unit_name.endswith(".service"):
+        assert unit_name in script
 
 
-def _filter_a_as_aws_describes_it(resolver: _Resolver) -> dict[str, Any]:
+def test_installer_takes_nothing_from_a_package_index() -> None:
+    installer = re.sub(r"\s*\\\n\s*", " ", INSTALLER.read_text())
+    pip_lines = [line for line in installer.splitlines() if '/bin/pip" install' in line]
+    assert len(pip_lines) == 2
+    for line in pip_lines:
+        assert "--no-index" in line
+    (locked,) = [line for line in pip_lines if "requirements.lock" in line]
+    assert "--require-hashes" in locked
+    assert "--only-binary :all:" in locked
+    # The baked image is recognised by this file; the boot script skips the install when present.
+    assert "/opt/collector/installed" in installer
+    script, _ = user_data_source(load_stack())
+    assert "if [ ! -e /opt/collector/installed ]; then" in script
+    assert "sha256sum --check --strict" in script
+    assert "pip install" not in script
+
+
+def test_scram_env_helper_escapes_for_systemd() -> None:
+    helper = DEPLOY / "image" / "collector-scram-env"
+    secret = {"username": "collector", "password": 'p"a$s\\w`d'}
+    result = subprocess.run(
+        [sys.executable, str(helper)],
+        env={"SECRET": json.dumps(secret)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    # systemd.exec(5): inside double quotes a backslash escapes the next character.
+    lines = dict(line.split("=", 1) for line in result.stdout.splitlines())
+    assert lines["COLLECTOR_KAFKA_SASL_USERNAME"] == '"collector"'
+    unescaped = re.sub(r"\\(.)", r"\1", lines["COLLECTOR_KAFKA_SASL_PASSWORD"][1:-1])
+    assert unescaped == secret["password"]
+    refused = subprocess.run(
+        [sys.executable, str(helper)],
+        env={"SECRET": json.dumps({"username": "a", "password": "x\ny"})},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 1
+    assert "line break" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def _filter_a_as_aws_describes_it(resolver: Resolver) -> dict[str, Any]:
     """describe-traffic-mirror-filters output for filter A with the rules the stack creates."""
     rules: dict[str, list[dict[str, Any]]] = {"ingress": [], "egress": []}
     for name, resource in resolver.template["Resources"].items():
@@ -221,20 +210,6 @@ def _filter_a_as_aws_describes_it(resolver: _Resolver) -> dict[str, Any]:
     }
 
 
-STACK_PARAMETERS = {
-    "VpcId": "vpc-0123456789abcdef0",
-    "VpcCidr": "10.0.0.0/16",
-    "SourceAEniId": "eni-0123456789abcdef0",
-    "SourceACidr": "10.0.1.0/24",
-    "SourceAVni": "4001",
-    "SourceBEniId": "eni-0123456789abcdef1",
-    "SourceBCidr": "10.0.2.0/24",
-    "SourceBVni": "4002",
-    "FilterExcludeCidr": "10.0.99.0/24",
-    "KafkaBootstrapServers": "b-1.kafka.internal:9096,b-2.kafka.internal:9096",
-    "CollectorPackage": "vpc-mirror-collector[aws]==0.1.0",
-}
-
 AUTH_VARIANTS = {
     "none": ({"KafkaAuth": "none"}, {}),
     "sasl-scram": (
@@ -259,15 +234,15 @@ AUTH_VARIANTS = {
 
 @pytest.mark.parametrize("auth", sorted(AUTH_VARIANTS))
 def test_config_written_by_the_stack_passes_check_config(auth: str, tmp_path: Path) -> None:
-    template = _load_stack()
+    template = load_stack()
     extra_parameters, environment = AUTH_VARIANTS[auth]
-    parameters = {**_parameter_defaults(template), **STACK_PARAMETERS, **extra_parameters}
-    resolver = _Resolver(template, parameters)
-    script = resolver.resolve({"Fn::Sub": _user_data_source(template)})
+    parameters = {**parameter_defaults(template), **EXAMPLE_PARAMETERS, **extra_parameters}
+    resolver = Resolver(template, parameters)
+    script = resolver.resolve({"Fn::Sub": user_data_source(template)})
 
     filter_json = tmp_path / "filter-a.json"
     filter_json.write_text(json.dumps(_filter_a_as_aws_describes_it(resolver)))
-    config_text = _heredoc(script, "/etc/collector/collector.toml")
+    config_text = heredoc(script, "/etc/collector/collector.toml")
     assert '"/etc/collector/filter-a.json"' in config_text
     config = tmp_path / "collector.toml"
     config.write_text(config_text.replace("/etc/collector/filter-a.json", str(filter_json)))
@@ -496,7 +471,7 @@ def test_systemd_unit_is_hardened() -> None:
     # Stopping must outlast the stack's default drain plus the sink's flush.
     from collector.config import KafkaConfig
 
-    drain_s = float(_parameter_defaults(_load_stack())["DrainSeconds"])
+    drain_s = float(parameter_defaults(load_stack())["DrainSeconds"])
     assert _seconds(one("TimeoutStopSec")) > drain_s + KafkaConfig().flush_timeout_s
 
 
@@ -576,3 +551,83 @@ def test_alert_rules_pass_promtool_check_and_their_unit_tests() -> None:
     )
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "SUCCESS" in tested.stdout
+
+
+# ------------------------------------------------------------------------- CloudWatch
+
+
+def _cloudwatch_metric_names() -> set[str]:
+    """collector_* metrics the stack's scaling policy and alarms read from CloudWatch."""
+    names: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("Namespace") == "VpcMirrorCollector":
+                names.add(node["MetricName"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(load_stack()["Resources"])
+    return names
+
+
+def test_cloudwatch_agent_publishes_what_the_stack_reads(collector_run: CollectorRun) -> None:
+    agent = json.loads(CLOUDWATCH_AGENT.read_text())
+    prometheus = agent["logs"]["metrics_collected"]["prometheus"]
+    (declaration,) = prometheus["emf_processor"]["metric_declaration"]
+    exposed = exposed_series_names(collector_run.metrics)
+    published = set()
+    for selector in declaration["metric_selectors"]:
+        matched = {name for name in exposed if re.fullmatch(selector, name)}
+        assert matched, f"the agent's selector {selector} matches nothing in /metrics"
+        published |= matched
+    used = _cloudwatch_metric_names()
+    assert "collector_datagrams_received_total" in used
+    assert "collector_kernel_drops_total" in used
+    assert used <= published, (
+        f"the stack reads metrics the agent does not publish: {used - published}"
+    )
+    assert prometheus["emf_processor"]["metric_namespace"] == "VpcMirrorCollector"
+    # The scaling policy and the alarms select on the Fleet dimension alone.
+    assert ["Fleet"] in declaration["dimensions"]
+    assert ["Fleet", "InstanceId"] in declaration["dimensions"]
+
+
+def test_cloudwatch_agent_ships_the_logs_to_the_stacks_groups() -> None:
+    agent = json.loads(CLOUDWATCH_AGENT.read_text())
+    files = {
+        entry["file_path"]: entry["log_group_name"]
+        for entry in agent["logs"]["logs_collected"]["files"]["collect_list"]
+    }
+    assert files == {
+        "/var/log/collector-bootstrap.log": "@LOG_GROUP_PREFIX@/bootstrap",
+        "/var/log/messages": "@LOG_GROUP_PREFIX@/system",
+    }
+    groups = {
+        resource["Properties"]["LogGroupName"]["Fn::Sub"]
+        for resource in load_stack()["Resources"].values()
+        if resource["Type"] == "AWS::Logs::LogGroup"
+    }
+    prefix = "/vpc-mirror-collector/${AWS::StackName}"
+    rendered = {
+        group.replace("@LOG_GROUP_PREFIX@", prefix)
+        for group in [
+            *files.values(),
+            agent["logs"]["metrics_collected"]["prometheus"]["log_group_name"],
+        ]
+    }
+    assert rendered == groups
+    script, _ = user_data_source(load_stack())
+    assert f"LOG_GROUP_PREFIX={prefix}" in script
+    assert "/var/log/collector-bootstrap.log" in script
+    # The journal reaches /var/log/messages through rsyslog, which the installer sets up.
+    assert "rsyslog" in INSTALLER.read_text()
+    prometheus_yaml = yaml.safe_load((DEPLOY / "cloudwatch" / "prometheus.yaml").read_text())
+    (job,) = prometheus_yaml["scrape_configs"]
+    assert job["job_name"] == "collector"
+    (static,) = job["static_configs"]
+    assert static["targets"] == ["127.0.0.1:8080"]
+    assert set(static["labels"]) == {"Fleet", "InstanceId"}
