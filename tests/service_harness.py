@@ -15,42 +15,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
-from scapy.layers.l2 import Ether
-from scapy.layers.vxlan import VXLAN
+from tests.packets import icmp, tcp, udp, vxlan
 
 DEADLINE_S = 30.0
+__all__ = ["Collector", "free_port", "icmp", "tcp", "udp", "vxlan", "wait_for"]
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def vxlan(vni: int, inner: Any) -> bytes:
-    """A VXLAN datagram payload (what arrives on UDP 4789) around an inner IP packet."""
-    return bytes(
-        VXLAN(vni=vni, flags=0x08) / Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / inner
-    )
-
-
-def tcp(
-    vni: int, src: str, dst: str, sport: int, dport: int, flags: str = "A", size: int = 0
-) -> bytes:
-    return vxlan(
-        vni, IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags) / (b"x" * size)
-    )
-
-
-def udp(vni: int, src: str, dst: str, sport: int, dport: int, size: int = 0) -> bytes:
-    layer = IPv6 if ":" in src else IP
-    return vxlan(vni, layer(src=src, dst=dst) / UDP(sport=sport, dport=dport) / (b"u" * size))
-
-
-def icmp(vni: int, src: str, dst: str) -> bytes:
-    return vxlan(vni, IP(src=src, dst=dst) / ICMP(type=8, code=0) / b"ping")
 
 
 def wait_for(

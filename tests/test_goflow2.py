@@ -21,7 +21,7 @@ from export_capture import build_capture, json_records, replay, write_config
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, proto
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kafka_fixtures import KafkaBroker, kafka_broker, read_topic, unique_topic  # noqa: F401
+from kafka_fixtures import KafkaBroker, read_topic, unique_topic
 
 from collector import goflow2
 from collector.records import FlowRecord, decode
@@ -204,7 +204,7 @@ def test_varints_of_every_size_round_trip(
 async def test_each_kafka_value_is_one_delimited_message_with_its_content_type(
     capture: tuple[Path, Path, Path],
     flow_message: Any,
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
 ) -> None:
     pcap, json_config, goflow2_config = capture
     reference = json_records(pcap, json_config)

@@ -19,13 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka_fixtures import (  # noqa: F401 - kafka_broker is a fixture
+from kafka_fixtures import (
     ROOT,
     KafkaBroker,
     describe_topic,
-    kafka_broker,
     make_records,
-    own_kafka_broker,
     read_topic,
     unique_topic,
     unused_port,
@@ -203,7 +201,7 @@ async def test_full_spool_drops_and_counts(tmp_path: Path) -> None:
 
 @pytest.mark.kafka
 async def test_records_arrive_keyed_and_in_sequence(
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
     tmp_path: Path,
 ) -> None:
     topic = unique_topic("e2e")
@@ -240,7 +238,7 @@ async def test_records_arrive_keyed_and_in_sequence(
 
 @pytest.mark.kafka
 async def test_mirrored_packets_end_to_end(
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
     tmp_path: Path,
 ) -> None:
     """VXLAN datagrams built with scapy -> the collector's pipeline -> Kafka -> read back: every
@@ -279,7 +277,7 @@ async def test_mirrored_packets_end_to_end(
 
 @pytest.mark.kafka
 async def test_msgpack_values_are_labelled(
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
     tmp_path: Path,
 ) -> None:
     topic = unique_topic("msgpack")
@@ -302,7 +300,7 @@ async def test_msgpack_values_are_labelled(
 
 @pytest.mark.kafka
 async def test_sink_spec_builds_a_working_sink(
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
     tmp_path: Path,
 ) -> None:
     topic = unique_topic("spec")
@@ -318,7 +316,7 @@ async def test_sink_spec_builds_a_working_sink(
 @pytest.mark.kafka
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
 async def test_sasl_mechanisms(
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
     tmp_path: Path,
     mechanism: str,
 ) -> None:
@@ -342,7 +340,7 @@ async def test_sasl_mechanisms(
 @pytest.mark.kafka
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-512"])
 async def test_wrong_password_is_a_clear_error(
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
     mechanism: str,
@@ -364,7 +362,7 @@ async def test_wrong_password_is_a_clear_error(
 
 @pytest.mark.kafka
 async def test_sasl_against_a_plaintext_listener_fails_fast(
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
     tmp_path: Path,
 ) -> None:
     config = kafka_config(
@@ -383,7 +381,7 @@ async def test_sasl_against_a_plaintext_listener_fails_fast(
 
 @pytest.mark.kafka
 async def test_plaintext_against_a_sasl_listener_says_so(
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
     tmp_path: Path,
 ) -> None:
     config = kafka_config(tmp_path, require_broker_at_start=True, connect_timeout_s=5.0)
@@ -394,7 +392,7 @@ async def test_plaintext_against_a_sasl_listener_says_so(
 
 @pytest.mark.kafka
 async def test_missing_topic_without_creation_is_a_clear_error(
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
     tmp_path: Path,
 ) -> None:
     topic = unique_topic("absent")
@@ -409,7 +407,7 @@ async def test_missing_topic_without_creation_is_a_clear_error(
 
 @pytest.mark.kafka
 async def test_topic_that_cannot_be_created_is_a_clear_error(
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
     tmp_path: Path,
 ) -> None:
     topic = unique_topic("rf3")
@@ -422,7 +420,7 @@ async def test_topic_that_cannot_be_created_is_a_clear_error(
 
 @pytest.mark.kafka
 async def test_broker_outage_mid_flood_loses_nothing(
-    own_kafka_broker: KafkaBroker,  # noqa: F811
+    own_kafka_broker: KafkaBroker,
     tmp_path: Path,
 ) -> None:
     """Stop the broker for 20 s while records keep coming, start it again: every record arrives;
@@ -485,7 +483,7 @@ async def test_broker_outage_mid_flood_loses_nothing(
 
 @pytest.mark.kafka
 async def test_records_spooled_by_one_sink_are_sent_by_the_next(
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
     tmp_path: Path,
 ) -> None:
     """A sink that never reached the broker spools and shuts down; the next start, this time with
@@ -518,7 +516,7 @@ async def test_records_spooled_by_one_sink_are_sent_by_the_next(
 
 @pytest.mark.kafka
 async def test_each_worker_claims_its_own_spool_and_a_restart_replays_all(
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
     tmp_path: Path,
 ) -> None:
     """Two worker processes share kafka.spool_dir: each claims a slot (TOPIC/w0, TOPIC/w1);
@@ -575,7 +573,7 @@ CRASHING_COLLECTOR = textwrap.dedent(
 
 @pytest.mark.kafka
 async def test_records_spooled_before_a_kill_are_delivered_after(
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
     tmp_path: Path,
 ) -> None:
     """SIGKILL a collector whose records sit in the spool (no flush, no close): the next start
@@ -608,7 +606,7 @@ async def test_records_spooled_before_a_kill_are_delivered_after(
 
 @pytest.mark.kafka
 async def test_a_torn_spool_tail_is_skipped_and_counted(
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
     tmp_path: Path,
 ) -> None:
     topic = unique_topic("torn")

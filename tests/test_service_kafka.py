@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from kafka_fixtures import KafkaBroker, kafka_broker, unique_topic  # noqa: F401
+from kafka_fixtures import KafkaBroker, unique_topic
 
 from collector.records import decode
 from tests.service_harness import Collector, tcp, udp
@@ -73,7 +73,7 @@ def _check_gap_free(messages: list[object]) -> dict[str, int]:
 
 @pytest.mark.kafka
 async def test_every_packet_reaches_the_topic_with_gap_free_sequences(
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
     tmp_path: Path,
 ) -> None:
     topic = unique_topic("service")
@@ -92,7 +92,7 @@ async def test_every_packet_reaches_the_topic_with_gap_free_sequences(
 
 @pytest.mark.kafka
 async def test_records_spooled_while_the_broker_is_unreachable_are_delivered_by_the_next_start(
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
     tmp_path: Path,
 ) -> None:
     # the first run's broker address is a closed port: everything goes to the spool, and the

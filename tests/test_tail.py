@@ -19,13 +19,7 @@ from aiokafka import AIOKafkaProducer
 from flow_samples import make_record
 from hypothesis import given
 from hypothesis import strategies as st
-from kafka_fixtures import (  # noqa: F401 - kafka_broker is a fixture
-    KafkaBroker,
-    create_topic,
-    kafka_broker,
-    make_records,
-    unique_topic,
-)
+from kafka_fixtures import KafkaBroker, create_topic, make_records, unique_topic
 
 from collector.config import KafkaConfig, RecordsConfig
 from collector.flowlog import FlowLogFormat
@@ -138,7 +132,7 @@ def tail_command(bootstrap: str, topic: str, *args: str) -> list[str]:
 
 
 @pytest.mark.kafka
-def test_tail_prints_json_and_reports_loss_and_duplicates(kafka_broker: KafkaBroker) -> None:  # noqa: F811
+def test_tail_prints_json_and_reports_loss_and_duplicates(kafka_broker: KafkaBroker) -> None:
     topic = unique_topic("tail-json")
     records, messages = lossy_stream()
     asyncio.run(produce(kafka_broker.bootstrap, topic, messages))
@@ -179,7 +173,7 @@ def test_tail_prints_json_and_reports_loss_and_duplicates(kafka_broker: KafkaBro
 
 @pytest.mark.kafka
 def test_tail_flow_log_format_with_config_and_idle_timeout(
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
     tmp_path: Path,
 ) -> None:
     topic = unique_topic("tail-flowlog")
@@ -217,7 +211,7 @@ def test_tail_flow_log_format_with_config_and_idle_timeout(
 
 
 @pytest.mark.kafka
-def test_tail_with_sasl_scram_from_the_config(kafka_broker: KafkaBroker, tmp_path: Path) -> None:  # noqa: F811
+def test_tail_with_sasl_scram_from_the_config(kafka_broker: KafkaBroker, tmp_path: Path) -> None:
     topic = unique_topic("tail-sasl")
     records = make_records(3, B)
     asyncio.run(
@@ -274,7 +268,7 @@ def read_lines(proc: subprocess.Popen[bytes], count: int) -> list[str]:
 
 
 @pytest.mark.kafka
-def test_tail_exits_cleanly_on_sigint_with_the_loss_summary(kafka_broker: KafkaBroker) -> None:  # noqa: F811
+def test_tail_exits_cleanly_on_sigint_with_the_loss_summary(kafka_broker: KafkaBroker) -> None:
     topic = unique_topic("tail-sigint")
     _, messages = lossy_stream()
     asyncio.run(produce(kafka_broker.bootstrap, topic, messages))
@@ -304,7 +298,7 @@ def test_tail_exits_cleanly_on_sigint_with_the_loss_summary(kafka_broker: KafkaB
 
 @pytest.mark.kafka
 def test_flow_log_lines_from_the_sink_carry_exporter_and_sequence_headers(
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
     tmp_path: Path,
 ) -> None:
     """A vpc-flow-log value has neither exporter nor sequence: the sink's headers do, and tail
