@@ -11,6 +11,7 @@ incarnation had counted is kept (``Totals``); the kernel's 32-bit per-socket dro
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -136,28 +137,25 @@ class ProcessSample(NamedTuple):
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
-_boot_time_s: float | None = None
 
 
+@functools.cache  # read once: the boot time does not change while the host runs
 def _boot_time() -> float:
-    global _boot_time_s  # noqa: PLW0603 - read once: it does not change while the host runs
-    if _boot_time_s is None:
-        for line in Path("/proc/stat").read_text().splitlines():
-            if line.startswith("btime "):
-                _boot_time_s = float(line.split()[1])
-                break
-        else:
-            _boot_time_s = 0.0
-    return _boot_time_s
+    """Seconds since the epoch at boot (proc(5): the ``btime`` line of /proc/stat)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    raise ValueError("/proc/stat has no btime line")
 
 
-def read_process(pid: int, proc: Path = Path("/proc")) -> ProcessSample | None:
+def read_process(pid: int) -> ProcessSample | None:
     """CPU time, resident memory, open fds and start time of a process (None once it is gone)."""
+    proc = Path("/proc") / str(pid)
     try:
-        stat = (proc / str(pid) / "stat").read_text()
+        stat = (proc / "stat").read_text()
         # statm's resident count is summed exactly; stat's rss field may lag behind (per-CPU caches)
-        rss_pages = int((proc / str(pid) / "statm").read_text().split()[1])
-        fds = len(os.listdir(proc / str(pid) / "fd"))
+        rss_pages = int((proc / "statm").read_text().split()[1])
+        fds = len(os.listdir(proc / "fd"))
         boot = _boot_time()
     except (OSError, ValueError, IndexError):
         return None
