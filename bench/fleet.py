@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", action="append", choices=list(SCENARIOS), default=None)
     parser.add_argument("--plot", type=Path, help="write the per-collector load plot (PNG)")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the fleet is torn down (a SIGKILLed run's namespaces are
+    # removed by the next run: they are named after its pid)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     refused = namespaces_supported()
     if refused:
         print(f"bench.fleet: {refused}", file=sys.stderr)

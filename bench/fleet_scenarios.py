@@ -161,9 +161,11 @@ class Run:
     def kill(self, victim: Collector) -> None:
         """Crash ``victim`` with the sources paused; what it held is scraped just before."""
         self.pause()
+        paused = time.monotonic()
         self.settle(self.fleet.live())
         held = victim.metrics()
         self.note_flows_of(victim)
+        self.checks["pause_to_kill_s"] = round(time.monotonic() - paused, 2)
         base = self.base.get(victim.name, {})
         self.crash = {
             "collector_kept": held.get(ACCEPT, 0.0) - base.get(ACCEPT, 0.0),
