@@ -8,6 +8,7 @@ tests leave no alert out, and that the runbook and the README name only alerts t
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,17 @@ RULES = DEPLOY / "prometheus" / "alerts.yml"
 RULE_TESTS = DEPLOY / "prometheus" / "alerts_test.yml"
 RUNBOOK = DEPLOY / "alerts.md"
 RUNBOOK_PREFIX = "deploy/alerts.md#"
+PROMTOOL = ROOT / ".cache" / "promtool" / "usr" / "bin" / "promtool"
+
+
+def promtool(*args: str, cwd: Path) -> str:
+    """Run promtool (unpacked by `make test`); its output, after asserting it succeeded."""
+    assert PROMTOOL.exists(), "run `make test` (it fetches promtool from the prometheus package)"
+    done = subprocess.run(
+        [str(PROMTOOL), *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
 
 
 def _alerts() -> list[dict[str, Any]]:
