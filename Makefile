@@ -34,6 +34,11 @@ system-deps:
 	@# nftables and conntrack: the NLB stand-in of tests/test_fleet.py and make fleet-demo (root only)
 	@{ command -v nft && command -v conntrack; } >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables conntrack >/dev/null; }
+	@# shellcheck: tests/test_deploy_stack.py lints the boot scripts and the stack's user data
+	@command -v shellcheck >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null; \
+	  else echo "shellcheck is missing: apt-get install shellcheck"; exit 1; fi; }
 
 # promtool checks and unit-tests the Prometheus alert rules; taken from the distribution's prometheus
 # package without installing it (no service is started)

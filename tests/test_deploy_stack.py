@@ -559,3 +559,36 @@ def test_user_data_is_valid_bash_within_the_ec2_limit(
     assert checked.returncode == 0, checked.stderr
     assert script.startswith("#!/bin/bash\n")
     assert "set -euo pipefail" in script
+
+
+SCRIPTS = [
+    ROOT / "deploy" / "image" / name
+    for name in (
+        "install-collector",
+        "collector-ready",
+        "collector-cloudwatch-setup",
+        "build-bundle",
+    )
+] + [ROOT / "deploy" / "systemd" / "collector-lifecycle"]
+
+
+def test_boot_scripts_and_user_data_pass_shellcheck(tmp_path: Path) -> None:
+    rendered = []
+    for mode in (NLB, ENI):
+        script = render(
+            **mode,
+            KafkaAuth="sasl-scram",
+            KafkaScramSecretArn=(
+                "arn:aws:secretsmanager:eu-west-1:123456789012:secret:AmazonMSK_collector-AbCdEf"
+            ),
+        ).resolve({"Fn::Sub": user_data_source(load_stack())})
+        path = tmp_path / f"user-data-{mode['TargetType']}"
+        path.write_text(script)
+        rendered.append(path)
+    result = subprocess.run(
+        ["shellcheck", "--severity=info", *map(str, SCRIPTS + rendered)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
