@@ -8,7 +8,8 @@ every connection from the moment they are set:
 - ``pass``: forward both ways;
 - ``delay``: forward each chunk ``delay_s`` late (order kept);
 - ``hang``: accept connections, never read or answer (a listener stuck in its accept backlog);
-- ``blackhole``: read and discard everything, answer nothing (packets lost in the network);
+- ``blackhole``: established connections stall whole (nothing read, nothing lost: TCP would
+  retransmit); new ones are accepted and everything sent on them is discarded, unanswered;
 - ``reset``: new connections are reset (RST) as soon as they are accepted.
 
 ``reset_connections()`` resets every open connection at once (a middlebox or broker restart).
@@ -140,13 +141,15 @@ class FaultProxy:
     ) -> None:
         try:
             while True:
-                while self.mode == "hang":  # read nothing until the mode changes
+                # an established stream stalls whole (TCP would retransmit what a blackhole
+                # drops): nothing is read, nothing is lost, the peers just hear nothing
+                while self.mode == "hang" or (self.mode == "blackhole" and writer is not None):
                     assert self._mode_changed is not None
                     await self._mode_changed.wait()
                 data = await reader.read(CHUNK)
                 if not data:
                     break
-                if self.mode == "blackhole" or writer is None:
+                if writer is None:  # accepted while hung or blackholed: nowhere to go
                     continue
                 if self.mode == "delay":
                     await asyncio.sleep(self.delay_s)

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from fault_proxy import FaultProxy
 
 from collector.records import FlowRecord, address_text, flow_id
 
@@ -93,6 +94,40 @@ def own_kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kafka
         yield broker
     finally:
         broker.reset()
+
+
+@pytest.fixture
+def proxied_kafka_broker(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[KafkaBroker, FaultProxy]]:
+    """A broker of the test's own that advertises a fault-injecting proxy (tests/fault_proxy.py)
+    as its address: every client connection, bootstrap and after, goes through the proxy, which
+    the test tells to hang, delay, reset or blackhole. ``bootstrap`` is the proxy's address."""
+    broker_port, proxy_port = unused_port(), unused_port()
+    proxy = FaultProxy(("127.0.0.1", broker_port), port=proxy_port).start()
+    broker = KafkaBroker(
+        bootstrap=proxy.address,
+        sasl_bootstrap="",
+        sasl_user="",
+        sasl_password="",
+        env=(
+            ("KAFKA_PORT", str(broker_port)),
+            ("KAFKA_ADVERTISED_PORT", str(proxy_port)),
+            ("KAFKA_CONTROLLER_PORT", str(unused_port())),
+            ("KAFKA_SASL_PORT", "off"),
+            ("KAFKA_DATA_DIR", str(tmp_path_factory.mktemp("kafka"))),
+            ("KAFKA_HEAP", "384m"),
+        ),
+    )
+    try:
+        broker.start()
+        yield broker, proxy
+    finally:
+        proxy.set_mode("pass")
+        try:
+            broker.reset()
+        finally:
+            proxy.stop()
 
 
 def unique_topic(prefix: str) -> str:

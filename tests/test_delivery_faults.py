@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 from fault_proxy import FaultProxy
-from kafka_fixtures import (  # noqa: F401 - kafka_broker is a fixture
+from kafka_fixtures import (  # noqa: F401 - proxied_kafka_broker is a fixture
     KafkaBroker,
-    kafka_broker,
     make_records,
+    proxied_kafka_broker,
     read_topic,
     unique_topic,
 )
@@ -75,7 +75,7 @@ def hung_address() -> Iterator[FaultProxy]:
 
 @pytest.mark.kafka
 async def test_a_hung_first_bootstrap_address_does_not_hide_the_live_broker(
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
     hung_address: FaultProxy,
     tmp_path: Path,
 ) -> None:
@@ -95,3 +95,72 @@ async def test_a_hung_first_bootstrap_address_does_not_hide_the_live_broker(
     assert (status.delivered, status.dropped, status.failed, status.spool_bytes) == (3000, 0, 0, 0)
     messages = await read_topic(kafka_broker.bootstrap, topic, 3000)
     assert sum(check_delivery(messages, exporter, 3000).values()) == 3000
+
+
+@pytest.mark.kafka
+async def test_resets_delays_and_a_blackhole_mid_flood_lose_nothing_and_keep_order(
+    proxied_kafka_broker: tuple[KafkaBroker, FaultProxy],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Records keep coming while the network between the sink and the broker resets every
+    connection (three times), delays everything by 1.5 s, then blackholes it for 10 s (longer than
+    the stall limit: the sink spools, finds the broker unreachable and replaces its producer).
+    Afterwards every record is on the topic, repeats only as identical copies, and per partition
+    the sequences only grow: a retried batch or the spool replay was never overtaken."""
+    broker, proxy = proxied_kafka_broker
+    topic = unique_topic("faults")
+    exporter = "faults/w0/1"
+    config = kafka_config(tmp_path, request_timeout_ms=5000, connect_timeout_s=5.0)
+    sink = KafkaSink([broker.bootstrap], topic, config, JSON)
+    await sink.start()
+    emitted = 0
+    flooding = True
+
+    async def flood() -> None:
+        nonlocal emitted
+        while flooding:
+            sink.submit(make_records(100, exporter, start=emitted + 1))
+            emitted += 100
+            await asyncio.sleep(0.02)
+
+    flood_task = asyncio.create_task(flood())
+    try:
+        await wait_until(lambda: sink.status().delivered > 3000, 60, "first deliveries")
+        for _ in range(3):
+            assert await asyncio.to_thread(proxy.reset_connections) > 0
+            await asyncio.sleep(1.0)
+        proxy.set_mode("delay", delay_s=1.5)
+        await asyncio.sleep(4.0)
+        proxy.set_mode("blackhole")
+        await wait_until(lambda: sink.state is State.OFFLINE, 60, "the stalled producer replaced")
+        assert sink.status().spool_bytes > 0
+        await asyncio.sleep(2.0)
+        proxy.set_mode("pass")
+        delivered_before = sink.status().delivered
+        await wait_until(
+            lambda: sink.status().delivered > delivered_before + 1000, 120, "delivery to resume"
+        )
+    finally:
+        flooding = False
+        await flood_task
+        proxy.set_mode("pass")
+    await wait_until(
+        lambda: sink.state is State.DIRECT and sink.status().queue_records == 0,
+        120,
+        "the spool to drain",
+    )
+    await sink.flush(30)
+    status = sink.status()
+    await sink.close()
+    # the books: emitted == delivered + spooled + dropped (+ failed), each acknowledged once
+    assert (status.delivered, status.spool_bytes, status.dropped, status.failed) == (
+        emitted,
+        0,
+        0,
+        0,
+    )
+    messages = await read_topic(broker.bootstrap, topic, emitted, deadline_s=120)
+    seen = check_delivery(messages, exporter, emitted)
+    # a repeat is a batch the broker stored whose acknowledgement the faults swallowed: resent by
+    # the next producer, visible to consumers as the same (exporter, sequence)
+    assert len(seen) == emitted
