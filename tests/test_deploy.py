@@ -468,11 +468,19 @@ def test_systemd_unit_is_hardened() -> None:
     )
     assert re.fullmatch(r"/bin/kill -HUP \$MAINPID", one("ExecReload"))
 
-    # Stopping must outlast the stack's default drain plus the sink's flush.
-    from collector.config import KafkaConfig
+    # Stopping must outlast the stack's default drain plus the supervisor's stop grace (which
+    # itself exceeds the sink's flush), or systemd kills a collector still flushing.
+    from collector.config import Config, KafkaConfig
 
     drain_s = float(parameter_defaults(load_stack())["DrainSeconds"])
-    assert _seconds(one("TimeoutStopSec")) > drain_s + KafkaConfig().flush_timeout_s
+    stop_grace_s = max(Config().stop_timeout_s, KafkaConfig().flush_timeout_s)
+    assert _seconds(one("TimeoutStopSec")) > drain_s + stop_grace_s
+    # The stack's drop-in recomputes it from DrainSeconds with the same margin.
+    script, _ = user_data_source(load_stack())
+    margin = int(
+        re.search(r"TimeoutStopSec=\$\(\( \$\{DrainSeconds\} \+ (\d+) \)\)s", script).group(1)
+    )
+    assert margin > stop_grace_s
 
 
 def _dockerfile_instructions() -> list[tuple[str, str]]:
