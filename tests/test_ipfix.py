@@ -36,6 +36,8 @@ from collector.config import IpfixConfig
 from collector.io.ipfix import IpfixSink, parse_ipfix_spec
 from collector.ipfix_elements import TEMPLATE_V4, TEMPLATE_V6, MessageEncoder, max_message_bytes
 from collector.records import FlowRecord, decode
+from tests.packets import icmp, tcp, udp
+from tests.service_harness import Collector
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("nfcapd") and shutil.which("tshark")),
@@ -511,3 +513,43 @@ def test_unreachable_tcp_collector_makes_replay_exit_1_with_the_loss_counted(
     done = replay(capture[0], config, "--sink", f"ipfix+tcp://127.0.0.1:{port}", check=False)
     assert done.returncode == 1
     assert b"delivered=0 lost=48" in done.stderr
+
+
+# ---- the live service ---------------------------------------------------------------------------
+
+
+def test_run_with_two_workers_exports_every_packet_to_nfcapd(
+    tmp_path: Path, nfcapd: Nfcapd
+) -> None:
+    sent: Counter[tuple[str, str, int, int, int]] = Counter()
+    sent_bytes: Counter[tuple[str, str, int, int, int]] = Counter()
+    datagrams = []
+    for i in range(30):
+        for n in range(4):
+            datagrams.append(tcp(7, "10.0.0.5", "10.0.1.9", 30000 + i, 443, "PA", 100 * n))
+            sent["10.0.0.5", "10.0.1.9", 30000 + i, 443, 6] += 1
+            sent_bytes["10.0.0.5", "10.0.1.9", 30000 + i, 443, 6] += 40 + 100 * n
+    for i in range(10):
+        datagrams.append(udp(7, "2001:db8::5", "2001:db8::53", 5353 + i, 53, 30))
+        sent["2001:db8::5", "2001:db8::53", 5353 + i, 53, 17] += 1
+        sent_bytes["2001:db8::5", "2001:db8::53", 5353 + i, 53, 17] += 40 + 8 + 30
+    datagrams.append(icmp(7, "10.0.0.5", "10.0.0.1"))
+    sent["10.0.0.5", "10.0.0.1", 0, 8 * 256, 1] += 1
+    with Collector(tmp_path, workers=2, sink=f"ipfix://127.0.0.1:{nfcapd.port}") as collector:
+        total = collector.send(datagrams)
+        collector.wait_received(total)
+        assert collector.stop() == 0
+    flows = nfcapd.flows()
+    log = nfcapd.stop()
+    got: Counter[tuple[str, str, int, int, int]] = Counter()
+    got_bytes: Counter[tuple[str, str, int, int, int]] = Counter()
+    for f in flows:
+        key = (f["sa"], f["da"], int(f["sp"]), int(f["dp"]), PROTOCOLS[f["pr"]])
+        got[key] += int(f["ipkt"])
+        got_bytes[key] += int(f["ibyt"])
+    assert got == sent
+    assert sum(got.values()) == total
+    del got_bytes[("10.0.0.5", "10.0.0.1", 0, 8 * 256, 1)]
+    assert got_bytes == sent_bytes
+    assert "Sequence Errors: 0, Bad Packets: 0" in log
+    assert "Observation domain 1 " in log or "Observation domain 2 " in log
