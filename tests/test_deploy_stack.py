@@ -38,33 +38,27 @@ def one(resolver: Resolver, kind: str) -> dict[str, Any]:
     return resource["Properties"]
 
 
-def ingress_rules(resolver: Resolver, group: str) -> list[dict[str, Any]]:
-    """Every ingress rule of a security group, inline or as a resource of its own."""
+def _rules(resolver: Resolver, group: str, direction: str) -> list[dict[str, Any]]:
+    """Every rule of a security group in one direction, inline or as a resource of its own."""
     rules = []
     for name, resource in resolver.resources().items():
         props = resource["Properties"]
         if resource["Type"] == "AWS::EC2::SecurityGroup" and name == group:
-            rules += props.get("SecurityGroupIngress", [])
+            rules += props.get(f"SecurityGroup{direction}", [])
         if (
-            resource["Type"] == "AWS::EC2::SecurityGroupIngress"
+            resource["Type"] == f"AWS::EC2::SecurityGroup{direction}"
             and props["GroupId"] == f"{group.lower()}-id"
         ):
             rules.append(props)
     return rules
+
+
+def ingress_rules(resolver: Resolver, group: str) -> list[dict[str, Any]]:
+    return _rules(resolver, group, "Ingress")
 
 
 def egress_rules(resolver: Resolver, group: str) -> list[dict[str, Any]]:
-    rules = []
-    for name, resource in resolver.resources().items():
-        props = resource["Properties"]
-        if resource["Type"] == "AWS::EC2::SecurityGroup" and name == group:
-            rules += props.get("SecurityGroupEgress", [])
-        if (
-            resource["Type"] == "AWS::EC2::SecurityGroupEgress"
-            and props["GroupId"] == f"{group.lower()}-id"
-        ):
-            rules.append(props)
-    return rules
+    return _rules(resolver, group, "Egress")
 
 
 def ports(rule: dict[str, Any]) -> tuple[str, int, int]:
