@@ -553,3 +553,38 @@ def test_run_with_two_workers_exports_every_packet_to_nfcapd(
     assert got_bytes == sent_bytes
     assert "Sequence Errors: 0, Bad Packets: 0" in log
     assert "Observation domain 1 " in log or "Observation domain 2 " in log
+
+
+async def test_a_tcp_collector_that_stops_reading_never_blocks_the_loop(
+    reference: list[dict[str, Any]],
+) -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def never_read(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(never_read, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = IpfixConfig(connect_timeout_s=0.5, queue_records=200_000)
+    sink = IpfixSink("tcp", "127.0.0.1", port, config)
+    records = loaded(reference) * 2500  # 120,000 records, far more than the socket buffers hold
+    try:
+        await sink.start()
+        for i in range(0, len(records), 5000):
+            sink.submit(records[i : i + 5000])  # returns at once: records only join the queue
+        ticks = 0
+        for _ in range(200):  # the loop keeps running other work while the writer is stuck
+            await asyncio.sleep(0)
+            ticks += 1
+        await wait_until(lambda: sink._inflight > 0 and sink.status().delivered > 0, "stuck")
+        stuck = sink.status()
+        await sink.close()  # gives up on the stuck connection after connect_timeout_s
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert ticks == 200
+    assert stuck.queue_records > 0 and stuck.delivered < len(records)
+    final = sink.status()
+    assert final.delivered + final.dropped == len(records)  # every record is accounted for

@@ -289,6 +289,11 @@ class IpfixSink:
             self._retried += len(batch)
             self._errors.record(_reason(exc), exc.strerror or str(exc))
             self._drop_connection()
+        except asyncio.CancelledError:
+            # close() gave up on a collector that stopped reading: the batch was not delivered
+            # (counted with the rest of the queue there)
+            queue.extendleft(reversed(batch))
+            raise
         else:
             self._delivered += len(batch)
             self._latency.append(time.monotonic() - started)
@@ -310,17 +315,23 @@ class IpfixSink:
         if self._task is None:
             return
         self._stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        task, self._task = self._task, None
+        # a collector that stopped reading leaves the task blocked in drain(): bounded wait
+        _, pending = await asyncio.wait((task,), timeout=self.config.connect_timeout_s)
+        for stuck in pending:
+            stuck.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stuck
         self._up.clear()
         writer, self._writer = self._writer, None
         if self._watcher is not None:
             self._watcher.cancel()
         if writer is not None and self._encoder is not None:
-            with contextlib.suppress(OSError, TimeoutError):
+            try:
                 writer.write(self._encoder.withdrawal(time.time()))
                 await asyncio.wait_for(writer.drain(), self.config.connect_timeout_s)
+            except (OSError, TimeoutError):
+                writer.transport.abort()  # a collector that does not read gets no clean close
             writer.close()
             with contextlib.suppress(OSError, TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), self.config.connect_timeout_s)
