@@ -639,3 +639,32 @@ def test_cloudwatch_agent_ships_the_logs_to_the_stacks_groups() -> None:
     (static,) = job["static_configs"]
     assert static["targets"] == ["127.0.0.1:8080"]
     assert set(static["labels"]) == {"Fleet", "InstanceId"}
+
+
+def test_cloudwatch_agent_scrape_config_passes_promtool(tmp_path: Path) -> None:
+    promtool = ROOT / ".cache" / "promtool" / "usr" / "bin" / "promtool"
+    assert promtool.exists(), "run `make test` (it fetches promtool from the prometheus package)"
+    # As collector-cloudwatch-setup renders it on an instance.
+    rendered = (
+        (DEPLOY / "cloudwatch" / "prometheus.yaml")
+        .read_text()
+        .replace("@FLEET@", "mirror")
+        .replace("@INSTANCE_ID@", "i-0123456789abcdef0")
+    )
+    config = tmp_path / "collector-prometheus.yaml"
+    config.write_text(rendered)
+    checked = subprocess.run(
+        [str(promtool), "check", "config", "--syntax-only", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    setup = (DEPLOY / "image" / "collector-cloudwatch-setup").read_text()
+    for placeholder in re.findall(
+        r"@[A-Z_]+@", (DEPLOY / "cloudwatch" / "prometheus.yaml").read_text()
+    ):
+        assert placeholder in setup, f"collector-cloudwatch-setup does not fill in {placeholder}"
+    for placeholder in re.findall(r"@[A-Z_]+@", CLOUDWATCH_AGENT.read_text()):
+        assert placeholder in setup, f"collector-cloudwatch-setup does not fill in {placeholder}"
