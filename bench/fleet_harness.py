@@ -326,6 +326,26 @@ class Fleet:
             collector.proc.wait()
         collector.gone = True
 
+    def capture(self, role: str, count: int) -> subprocess.Popen[str]:
+        """tshark on the load balancer's link to ``role``: ``count`` VXLAN datagrams, one line
+        each with every ip.src, ip.dst, udp.srcport, udp.dstport, vxlan.vni, tcp.srcport and
+        tcp.dstport (outer first, comma-separated). Returns once tshark is capturing."""
+        fields = ("ip.src", "ip.dst", "udp.srcport", "udp.dstport", "vxlan.vni", "tcp.srcport",
+                  "tcp.dstport")  # fmt: skip
+        command = ["tshark", "-l", "-n", "-i", f"to-{role}"[:15], "-c", str(count), "-f",
+                   f"udp dst port {VXLAN_PORT}", "-T", "fields", "-E", "occurrence=a",
+                   "-E", "separator=;"]  # fmt: skip
+        for name in fields:
+            command += ["-e", name]
+        proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.net.work
+        )
+        assert proc.stderr is not None
+        for line in proc.stderr:  # "Capturing on 'to-source-a'" once the capture runs
+            if line.startswith("Capturing on"):
+                break
+        return proc
+
     def mark(self, what: str) -> None:
         self.marks.append((time.time(), what))
 

@@ -11,7 +11,8 @@ drops), and the topic read back (packets in records, duplicates removed by expor
 
     sent             datagrams of flows the mirror filter keeps
     counted          packets in distinct records on the topic
-    explained_loss   kernel drops the collectors counted + what a crashed collector held
+    explained_loss   kernel drops the collectors counted + what a crashed collector held +
+                     datagrams the NLB stand-in had no target for (its ``unrouted`` counter)
     unexplained_loss sent - counted - explained_loss
     split_flows      inner flows seen by more than one collector, not counting flows that had to
                      move because their collector left (scale-in, crash)
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.fleet_harness import SESSIONS, Collector, Fleet, Metrics, Session
-from bench.fleet_lb import outer_flows_to
+from bench.fleet_lb import outer_flows_to, unrouted
 from bench.fleet_source import outer_port
 
 PPS_PER_SOURCE = 300
@@ -93,6 +94,7 @@ class Run:
         self.start_offsets = fleet.end_offsets()
         self.base: dict[str, Metrics] = {c.name: dict(c.metrics()) for c in fleet.live()}
         self.base_sent = self._pause()
+        self.base_unrouted = unrouted(fleet.net.lb)
         self.flows: dict[str, Flow] = {}
         self.moved_from: set[str] = set()  # collectors whose flows had to move (scale events)
         self.crash: dict[str, float] = {}
@@ -214,7 +216,8 @@ class Run:
             (victim,) = self.moved_from
             crash_loss = int(self.crash["collector_kept"]) - per_collector_packets[victim]
             self.crash["lost"] = crash_loss
-        explained = int(kernel_drops) + crash_loss
+        lb_unrouted = unrouted(self.fleet.net.lb) - self.base_unrouted  # the NLB had no target
+        explained = int(kernel_drops) + crash_loss + lb_unrouted
         split = [f.id for f in kept if len(on[f.id]) > 1 and not on[f.id] & self.moved_from]
         exact = [f.id for f in kept if packets[f.id] == sent_of[f.id]]
         if self.crash:
@@ -241,6 +244,7 @@ class Run:
             "unexplained_loss": sent - counted - explained,
             "split_flows": len(split),
             "kernel_drops": int(kernel_drops),
+            "lb_unrouted": lb_unrouted,
             "crash": self.crash,
             "duplicates": duplicates,
             "flows": len(kept),

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 from bench.fleet_harness import SESSIONS, Fleet
-from bench.fleet_net import PREFIX, namespaces_supported, remove_leftovers
-from bench.fleet_scenarios import SCENARIOS
+from bench.fleet_net import NLB_ADDRESS, PREFIX, namespaces_supported, remove_leftovers
+from bench.fleet_scenarios import SCENARIOS, Run, make_flows
+from bench.fleet_source import outer_port
 
 REFUSED = namespaces_supported()
 pytestmark = pytest.mark.skipif(bool(REFUSED), reason=f"no fleet on this machine: {REFUSED}")
@@ -46,6 +47,7 @@ def assert_all_accounted(result: dict[str, Any]) -> None:
     assert result["context_error_count"] == 0, result["context_errors"]
     assert result["unknown_records"] == 0
     assert result["kernel_drops"] == 0  # modest rates: a drop here would be worth a look
+    assert result["lb_unrouted"] == 0  # the NLB stand-in always had a target
 
 
 def assert_lossless(result: dict[str, Any]) -> None:
@@ -109,6 +111,33 @@ def test_sessions_a_and_b_carry_their_session_direction_and_eni(fleet: Fleet) ->
     assert result["filter_rejected"] == result["probes_sent"]  # ingress UDP 53 by filter-a
     assert result["probe_packets_counted"] == 0
     assert {s.name for s in SESSIONS} == {"source-a", "source-b"}
+
+
+def test_sources_mirror_like_aws_as_tshark_decodes_it(fleet: Fleet) -> None:
+    """On the wire into the NLB: VXLAN to 4789 with the session's VNI, outer source = the source's
+    own address, outer source port = the hash of the inner 5-tuple (so constant per flow)."""
+    run = Run(fleet, "capture", 3)
+    flows = [f for f in make_flows(epoch=7, count=8) if f.session.name == "source-a"]
+    capture = fleet.capture("source-a", count=40)
+    run.mirror(flows)
+    out, _ = capture.communicate(timeout=60)
+    run.flush()
+    assert_lossless(run.report())
+    source = fleet.net.nodes["source-a"].address
+    by_inner = {(f.src, f.sport, f.dst, f.dport): f for f in flows}
+    lines = out.splitlines()
+    assert len(lines) == 40
+    for line in lines:
+        src, dst, sport, dport, vni, tcp_sport, tcp_dport = line.split(";")
+        (outer_src, inner_src), (outer_dst, inner_dst) = src.split(","), dst.split(",")
+        udp_ports = sport.split(",")
+        inner_ports = (tcp_sport, tcp_dport) if tcp_sport else (udp_ports[1], dport.split(",")[1])
+        flow = by_inner[(inner_src, int(inner_ports[0]), inner_dst, int(inner_ports[1]))]
+        assert (outer_src, outer_dst, dport.split(",")[0]) == (source, NLB_ADDRESS, "4789")
+        assert int(vni) == flow.session.vni
+        assert int(udp_ports[0]) == outer_port(
+            flow.proto, flow.src, flow.sport, flow.dst, flow.dport
+        )
 
 
 def test_leftovers_of_a_crashed_run_are_removed() -> None:
