@@ -14,6 +14,7 @@ from typing import BinaryIO
 from collector.config import Config
 from collector.io.pcap import CaptureStats, read_vxlan
 from collector.io.sink import SinkStatus
+from collector.logs import setup_logging
 from collector.pipeline import Pipeline
 from collector.records import FlowRecord, encoder_for, record_separator
 from collector.sessions import build_sessions
@@ -95,6 +96,7 @@ def _replay_to_sink(path: str, config: Config, spec: str) -> int:
     """
     from collector.io.sinks import make_sink  # noqa: PLC0415 - stdout replays need no sinks
 
+    setup_logging(config.log_format, config.log_level)  # the sink's errors, with their reasons
     sink = make_sink(spec, config)
     batches: queue.Queue[list[FlowRecord] | None] = queue.Queue(maxsize=16)
     capture = CaptureStats()
