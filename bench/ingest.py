@@ -79,10 +79,12 @@ class Point:
     backlog_drops: int  # dropped before any socket, machine-wide, during the point
     loss_pct: float
     cpu_s: float
-    cpu_us_per_packet: float
+    cpu_us_per_packet: float | None  # None when nothing was received
+    load_1m: float  # the machine's load average as the point started: others' work shows here
     health_max_ms: float | None = None
     health_not_200: int | None = None
     health_polls: int | None = None
+    loop_lag_max_s: float | None = None  # the workers' event-loop lag, as /healthz reported it
     worker_shares: list[float] | None = None  # 2 workers: the share of datagrams each took
     attempts: int = 1  # a point whose senders fell short of the offered rate is measured again
 
@@ -167,6 +169,7 @@ class HealthProbe:
     stopping: threading.Event = field(default_factory=threading.Event)
     latencies: list[float] = field(default_factory=list)
     not_200: int = 0
+    loop_lag_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -178,8 +181,10 @@ class HealthProbe:
             try:
                 with urllib.request.urlopen(self.url, timeout=5) as response:
                     ok = response.status == 200
-                    response.read()
-            except (urllib.error.URLError, OSError):
+                    body = json.loads(response.read())
+                for worker in body.get("workers", []):
+                    self.loop_lag_s = max(self.loop_lag_s, float(worker.get("loop_lag_s", 0.0)))
+            except (urllib.error.URLError, OSError, ValueError):
                 ok = False
             self.latencies.append(time.perf_counter() - start)
             self.not_200 += not ok
@@ -248,6 +253,7 @@ class Sweep:
 
     def measure(self, receiver: Bare | CollectorReceiver, profile: str, rate: float) -> Point:
         count = self.count_for(rate)
+        load = os.getloadavg()[0]
         before = receiver.count()
         drops0, backlog0 = port_drops(receiver.port), backlog_drops()
         cpu0 = cpu_seconds(receiver.pids)
@@ -273,7 +279,8 @@ class Sweep:
             backlog_drops=backlog_drops() - backlog0,
             loss_pct=round(100.0 * (sent - received) / max(sent, 1), 4),
             cpu_s=round(cpu, 3),
-            cpu_us_per_packet=round(1e6 * cpu / max(received, 1), 3),
+            cpu_us_per_packet=round(1e6 * cpu / received, 3) if received else None,
+            load_1m=round(load, 2),
         )
         if len(shares0) > 1 and isinstance(receiver, CollectorReceiver):
             taken = [b - a for a, b in zip(shares0, receiver.per_worker(), strict=True)]
@@ -282,7 +289,15 @@ class Sweep:
             point.health_max_ms = round(1000 * max(probe.latencies), 1)
             point.health_not_200 = probe.not_200
             point.health_polls = len(probe.latencies)
+            point.loop_lag_max_s = round(probe.loop_lag_s, 3)
         return point
+
+
+def cpu_ratio(ours: Point, base: Point) -> float:
+    """CPU per packet of ``ours`` over ``base``; infinite when ``ours`` received nothing."""
+    if ours.cpu_us_per_packet is None:
+        return float("inf")
+    return ours.cpu_us_per_packet / max(base.cpu_us_per_packet or 0.0, 1e-9)
 
 
 def knee(points: list[Point]) -> float | None:
@@ -315,7 +330,7 @@ def targets(points: list[Point], profiles: list[str]) -> list[dict[str, Any]]:
         if clean:
             # flat out (0) is the highest rate of all; plain numbers order the rest
             top = max(clean, key=lambda r: r or float("inf"))
-            ratio = ours[top].cpu_us_per_packet / max(bare[top].cpu_us_per_packet, 1e-9)
+            ratio = cpu_ratio(ours[top], bare[top])
             label = "flat out" if not top else f"{top:,.0f}/s"
             out.append(
                 {
@@ -325,7 +340,7 @@ def targets(points: list[Point], profiles: list[str]) -> list[dict[str, Any]]:
                 }
             )
             if top in floor:
-                ratio = ours[top].cpu_us_per_packet / max(floor[top].cpu_us_per_packet, 1e-9)
+                ratio = cpu_ratio(ours[top], floor[top])
                 out.append(
                     {
                         "target": f"{profile}: CPU/packet <= 1.3x the recvmmsg loop at {label}",
@@ -349,10 +364,15 @@ def targets(points: list[Point], profiles: list[str]) -> list[dict[str, Any]]:
                 }
             )
             one_cpu, two_cpu = ours.get(0.0), flat
-            if one_cpu is not None and two_cpu is not None:
+            if (
+                one_cpu is not None
+                and two_cpu is not None
+                and one_cpu.cpu_us_per_packet
+                and two_cpu.cpu_us_per_packet
+            ):
                 # the other way to see scaling when senders and workers share the cores: the
                 # datagrams each worker handles per CPU-second it got, flat out
-                per_core = [1e6 / max(q.cpu_us_per_packet, 1e-9) for q in (one_cpu, two_cpu)]
+                per_core = [1e6 / (one_cpu.cpu_us_per_packet), 1e6 / (two_cpu.cpu_us_per_packet)]
                 out.append(
                     {
                         "target": f"{profile}: datagrams per worker-CPU-second, 2 workers vs 1, "
@@ -425,8 +445,11 @@ def line(p: Point) -> str:
     return (
         f"{p.profile:>9} {p.receiver:>12}  offered {offered:>10}  sent {p.sent:>9,} at "
         f"{p.send_rate_pps:>9,.0f}/s  received {p.received:>9,}  kernel drops {p.kernel_drops:>8,}"
-        f"  unexplained {p.unexplained:>3}  loss {p.loss_pct:7.3f}%  cpu {p.cpu_us_per_packet:5.2f}"
-        f" us/packet{health}"
+        f"  unexplained {p.unexplained:>3}  loss {p.loss_pct:7.3f}%  cpu "
+        + (f"{p.cpu_us_per_packet:5.2f} us/packet" if p.cpu_us_per_packet else "  n/a")
+        + f"  load {p.load_1m:.1f}{health}"
+        + (f"  loop lag max {p.loop_lag_max_s:.3f} s" if p.loop_lag_max_s is not None else "")
+        + (f"  (attempt {p.attempts})" if p.attempts > 1 else "")
     )
 
 

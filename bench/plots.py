@@ -65,51 +65,60 @@ RECEIVER_STYLE = {
 }
 
 
-def _sweep(ax: Any, results: dict[str, Any], field: str) -> bool:
-    """One line per (receiver, profile) against the rate the senders reached."""
+def _sweep(ax: Any, results: dict[str, Any], field: str, ylabel: str, title: str) -> bool:
+    """One panel per profile, one line per receiver, against the offered rate."""
     ingest = result_of(results, "ingest")
     if not ingest or not ingest.get("points"):
         return False
-    markers = {"mixed": "o", "new-flows": "s"}
-    for profile in ingest["profiles"]:
+    fig = ax.figure
+    ax.remove()
+    profiles = ingest["profiles"]
+    fig.set_size_inches(5.2 * len(profiles), 4.4)
+    offered = sorted({p["offered_pps"] for p in ingest["points"]}, key=lambda r: r or float("inf"))
+    for i, profile in enumerate(profiles):
+        panel = fig.add_subplot(1, len(profiles), i + 1)
+        flat = [
+            p["send_rate_pps"]
+            for p in ingest["points"]
+            if p["profile"] == profile and not p["offered_pps"]
+        ]
+        labels = [
+            f"{r / 1000:.0f}k" if r else f"flat out\n(~{max(flat, default=0) / 1000:.0f}k)"
+            for r in offered
+        ]
         for name in ingest["receivers"]:
-            pts = sorted(
-                (p for p in ingest["points"] if p["receiver"] == name and p["profile"] == profile),
-                key=lambda p: p["send_rate_pps"],
-            )
-            if not pts:
-                continue
+            pts = {
+                p["offered_pps"]: p
+                for p in ingest["points"]
+                if p["receiver"] == name and p["profile"] == profile
+            }
             label, color, style = RECEIVER_STYLE.get(name, (name, None, "-"))
-            ax.plot(
-                [p["send_rate_pps"] / 1000 for p in pts],
-                [p[field] for p in pts],
-                linestyle=style,
-                color=color,
-                marker=markers.get(profile, "^"),
-                fillstyle="full" if profile == "mixed" else "none",
-                label=f"{label}, {profile}",
+            values = [
+                float("nan") if r not in pts or pts[r][field] is None else pts[r][field]
+                for r in offered
+            ]
+            panel.plot(
+                range(len(offered)), values, linestyle=style, color=color, marker="o", label=label
             )
-    ax.set_xlabel("rate the senders reached (k datagrams/s; the last point of each line: flat out)")
-    ax.legend(fontsize=7, ncol=2)
+        panel.set_xticks(range(len(offered)), labels)
+        panel.set_xlabel("offered rate (datagrams/s)")
+        panel.set_ylabel(ylabel)
+        panel.set_title(f"{title}: {profile}", fontsize=10)
+        panel.set_ylim(bottom=0)
+        panel.grid(True, alpha=0.3)
+        if i == 0:
+            panel.legend(fontsize=7)
     return True
 
 
 def _plot_loss(ax: Any, results: dict[str, Any]) -> bool:
-    if not _sweep(ax, results, "loss_pct"):
-        return False
-    ax.set_ylabel("loss (% of sent; all of it kernel drops)")
-    ax.set_title("Live ingest: loss against offered rate (filled: mixed, open: new-flows)")
-    ax.set_ylim(bottom=0)
-    return True
+    return _sweep(ax, results, "loss_pct", "loss (% of sent; every one a kernel drop)", "Loss")
 
 
 def _plot_cpu(ax: Any, results: dict[str, Any]) -> bool:
-    if not _sweep(ax, results, "cpu_us_per_packet"):
-        return False
-    ax.set_ylabel("CPU µs per received datagram (receiver only)")
-    ax.set_title("Live ingest: CPU per packet against offered rate")
-    ax.set_ylim(bottom=0)
-    return True
+    return _sweep(
+        ax, results, "cpu_us_per_packet", "CPU µs per received datagram", "CPU per packet"
+    )
 
 
 def _plot_kafka(ax: Any, results: dict[str, Any]) -> bool:
@@ -135,34 +144,39 @@ def _plot_kafka(ax: Any, results: dict[str, Any]) -> bool:
 
 def _plot_memory(ax: Any, results: dict[str, Any]) -> bool:
     memory = result_of(results, "memory")
-    if not memory:
+    if not memory or not memory.get("sizes"):
         return False
     sizes = memory["sizes"]
-    labels = [f"{s['flows']:,}" for s in sizes]
-    x = range(len(sizes))
-    width = 0.38
-    ours = ax.bar(
-        [i - width / 2 for i in x],
-        [s["bytes_per_flow"] for s in sizes],
-        width,
-        label="flow table (bytes per flow)",
-        color="tab:blue",
-    )
-    base = ax.bar(
-        [i + width / 2 for i in x],
-        [s["dict_bytes_per_key"] for s in sizes],
-        width,
-        label="plain dict (bytes per key)",
-        color="tab:gray",
-    )
-    _bar_labels(ax, ours, [f"{s['bytes_per_flow']:.0f} B" for s in sizes])
-    _bar_labels(ax, base, [f"{s['dict_bytes_per_key']:.0f} B" for s in sizes])
-    ax.set_xticks(list(x), labels)
+    series = [
+        (
+            "flow table",
+            "tab:blue",
+            [s.get("rss_bytes_per_flow", s.get("bytes_per_flow")) for s in sizes],
+        ),
+        (
+            "previous table",
+            "tab:orange",
+            [(s.get("legacy") or {}).get("rss_bytes_per_flow") for s in sizes],
+        ),
+        (
+            "plain dict (per key)",
+            "tab:gray",
+            [s.get("dict_rss_bytes_per_key", s.get("dict_bytes_per_key")) for s in sizes],
+        ),
+    ]
+    series = [(n, c, v) for n, c, v in series if all(x is not None for x in v)]
+    width = 0.8 / len(series)
+    for i, (name, color, values) in enumerate(series):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(sizes))]
+        bars = ax.bar(xs, values, width, label=name, color=color)
+        _bar_labels(ax, bars, [f"{v:.0f} B" for v in values])
+    ax.set_xticks(range(len(sizes)), [f"{s['flows']:,}" for s in sizes])
     ax.set_xlabel("active flows")
-    ax.set_ylabel("bytes")
-    ax.set_title("Memory per active flow (tracemalloc)")
-    ax.set_ylim(0, max(s["bytes_per_flow"] for s in sizes) * 1.35)
-    ax.legend(loc="upper center", ncol=2)
+    ax.set_ylabel("bytes per flow")
+    ax.set_title(f"Memory per active flow ({memory.get('method', 'tracemalloc')})", fontsize=9)
+    top = max(v for _, _, values in series for v in values)
+    ax.set_ylim(0, top * 1.3)
+    ax.legend(loc="upper center", ncol=len(series), fontsize=8)
     return True
 
 

@@ -141,21 +141,32 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         )
     memory = result_of(results, "memory")
     if memory:
-        rows.extend(
-            (
-                f"Memory: {size['flows']:,} active flows",
-                fmt(size.get("bytes_per_flow"), " bytes/flow")
-                + f" ({fmt(size.get('table_mib'), ' MiB', 1)})",
-                "plain dict " + fmt(size.get("dict_bytes_per_key"), " bytes/key"),
-                fmt(size.get("ratio_vs_dict"), "x", 1),
+        for size in memory.get("sizes", []):
+            legacy = size.get("legacy") or {}
+            ours = size.get("rss_bytes_per_flow", size.get("bytes_per_flow"))
+            base = "plain dict " + fmt(
+                size.get("dict_rss_bytes_per_key", size.get("dict_bytes_per_key")), " bytes/key"
             )
-            for size in memory.get("sizes", [])
-        )
+            if legacy.get("rss_bytes_per_flow") is not None:
+                base = f"previous table {fmt(legacy['rss_bytes_per_flow'], ' bytes/flow')}; " + base
+            rows.append(
+                (
+                    f"Memory: {size['flows']:,} active flows",
+                    fmt(ours, " bytes/flow") + f" ({memory.get('method', 'tracemalloc')})",
+                    base,
+                    fmt(size.get("ratio_vs_legacy", size.get("ratio_vs_dict")), "x", 2),
+                )
+            )
     for name, entry in results.items():
         if entry.get("status") != "ok":
             error = entry.get("error", "").split(" | ")[-1].strip()
             rows.append((name, entry.get("status", "?"), error, ""))
     return rows
+
+
+def _ratio(ours: dict[str, Any], base: dict[str, Any]) -> float | None:
+    a, b = ours.get("cpu_us_per_packet"), base.get("cpu_us_per_packet")
+    return a / b if a and b else None
 
 
 def ingest_rows(ingest: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
@@ -193,6 +204,9 @@ def ingest_rows(ingest: dict[str, Any] | None) -> list[tuple[str, str, str, str]
             ours, bare = points["collector", top], points["uvloop", top]
             floor = points.get(("recvmmsg", top))
             label = "flat out" if not top else f"{top:,.0f}/s"
+            ratios = fmt(_ratio(ours, bare), "x", 2)
+            if floor:
+                ratios += " / " + fmt(_ratio(ours, floor), "x", 2)
             rows.append(
                 (
                     f"Live ingest ({profile}): CPU per packet at {label}, 1 worker",
@@ -203,17 +217,7 @@ def ingest_rows(ingest: dict[str, Any] | None) -> list[tuple[str, str, str, str]
                         if floor
                         else ""
                     ),
-                    fmt(ours["cpu_us_per_packet"] / max(bare["cpu_us_per_packet"], 1e-9), "x", 2)
-                    + (
-                        " / "
-                        + fmt(
-                            ours["cpu_us_per_packet"] / max(floor["cpu_us_per_packet"], 1e-9),
-                            "x",
-                            2,
-                        )
-                        if floor
-                        else ""
-                    ),
+                    ratios,
                 )
             )
     rows.extend(

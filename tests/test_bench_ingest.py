@@ -24,7 +24,8 @@ def point(receiver: str, rate: float, lost: int, cpu: float = 1.0, profile: str 
         backlog_drops=0,
         loss_pct=100 * lost / sent,
         cpu_s=cpu * (sent - lost) / 1e6,
-        cpu_us_per_packet=cpu,
+        cpu_us_per_packet=cpu if lost < sent else None,
+        load_1m=0.0,
     )
 
 
@@ -52,6 +53,12 @@ def test_targets_fail_where_the_collector_loses_and_bare_uvloop_does_not() -> No
     assert found["mixed: zero loss wherever bare uvloop has zero loss"] == ("1/2 rates", False)
     assert found["mixed: CPU/packet <= 1.0x bare uvloop at 200,000/s"] == ("0.75x", True)
     assert found["mixed: CPU/packet <= 1.3x the recvmmsg loop at 200,000/s"] == ("1.50x", False)
+
+
+def test_a_receiver_that_took_nothing_fails_the_cpu_targets() -> None:
+    points = [point("uvloop", 100e3, 0, 2.0), point("collector", 100e3, 100_000)]
+    found = by_target(targets(points, ["mixed"]))
+    assert found["mixed: CPU/packet <= 1.0x bare uvloop at 100,000/s"] == ("infx", False)
 
 
 def test_targets_say_when_the_run_cannot_tell() -> None:
