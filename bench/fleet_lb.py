@@ -213,7 +213,9 @@ class TargetGroup:
         healthy = sorted(t.address for t in self.targets.values() if t.state == "healthy")
         if not healthy:  # fail open, as the NLB does, to every target still registered
             healthy = sorted(
-                t.address for t in self.targets.values() if t.state in ("initial", "unhealthy")
+                t.address
+                for t in self.targets.values()
+                if t.state in ("initial", "unhealthy", "unhealthy.draining")
             )
         chosen = tuple(healthy)
         if chosen == self.mapped:

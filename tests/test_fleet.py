@@ -10,7 +10,9 @@ The shared broker on 127.0.0.1:9092 is not used.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -138,6 +140,29 @@ def test_sources_mirror_like_aws_as_tshark_decodes_it(fleet: Fleet) -> None:
         assert int(udp_ports[0]) == outer_port(
             flow.proto, flow.src, flow.sport, flow.dst, flow.dport
         )
+
+
+def test_with_no_healthy_target_the_nlb_fails_open_and_takes_them_back(fleet: Fleet) -> None:
+    """Every target failing its checks (stopped processes: /healthz times out): the map keeps
+    all of them, as the NLB fails open; once they answer again they are healthy and mapped."""
+    live = fleet.ensure(3)
+    group = fleet.group
+    assert group is not None
+    addresses = tuple(sorted(c.node.address for c in live))
+    assert group.mapped == addresses
+    for collector in live:
+        os.killpg(collector.proc.pid, signal.SIGSTOP)
+    try:
+        for collector in live:
+            group.wait_state(collector.name, ("unhealthy",))
+        assert group.mapped == addresses  # failed open: still every target
+        assert [e for e in group.events if e[1] == "map" and e[2] == "-"] == []
+    finally:
+        for collector in live:
+            os.killpg(collector.proc.pid, signal.SIGCONT)
+    for collector in live:
+        group.wait_state(collector.name, ("healthy",))
+    assert group.mapped == addresses
 
 
 def test_leftovers_of_a_crashed_run_are_removed() -> None:
