@@ -28,6 +28,8 @@ F_SRC_ADDR = 6
 F_DST_ADDR = 7
 F_BYTES = 9
 F_PACKETS = 10
+F_IN_IF = 18
+F_OUT_IF = 19
 F_PROTO = 20
 F_SRC_PORT = 21
 F_DST_PORT = 22
@@ -92,6 +94,8 @@ T_SRC6 = _tag(F_SRC_ADDR, WIRE_LEN) + b"\x10"
 T_DST6 = _tag(F_DST_ADDR, WIRE_LEN) + b"\x10"
 T_BYTES = _tag(F_BYTES, WIRE_VARINT)
 T_PACKETS = _tag(F_PACKETS, WIRE_VARINT)
+T_IN_IF = _tag(F_IN_IF, WIRE_VARINT)
+T_OUT_IF = _tag(F_OUT_IF, WIRE_VARINT)
 T_PROTO = _tag(F_PROTO, WIRE_VARINT)
 T_SRC_PORT = _tag(F_SRC_PORT, WIRE_VARINT)
 T_DST_PORT = _tag(F_DST_PORT, WIRE_VARINT)
@@ -152,6 +156,11 @@ def flow_message(r: FlowRecord) -> bytes:
     dst = _dst.get(r.dst_addr) or _address(_dst, T_DST4, T_DST6, r.dst_addr)
     seq &= 0xFFFFFFFF
     small = _SMALL
+    # the ENI as an interface (its VNI): egress flows come in on it, ingress flows go out on it
+    direction = r.direction
+    interface = (small[vni] if vni < 16384 else _uvarint(vni)) if vni else b""
+    in_if = T_IN_IF + interface if interface and direction == "egress" else b""
+    out_if = T_OUT_IF + interface if interface and direction == "ingress" else b""
     # the times: low 28 bits from the tables, the high part (changes every 0.27 s) cached
     end_n = end * NS_PER_MS
     start_n = start * NS_PER_MS
@@ -169,6 +178,8 @@ def flow_message(r: FlowRecord) -> bytes:
             (T_PACKETS + (small[packets] if packets < 16384 else _uvarint(packets)))
             if packets
             else b"",
+            in_if,
+            out_if,
             _PROTO[proto],
             _SRC_PORT[sport],
             _DST_PORT[dport],
@@ -176,7 +187,7 @@ def flow_message(r: FlowRecord) -> bytes:
             T_ETYPE4 if r.ip_version == 4 else T_ETYPE6,
             _ICMP_TYPE[itype] if itype else b"",
             _ICMP_CODE[icode] if icode else b"",
-            (T_DOMAIN + (small[vni] if vni < 16384 else _uvarint(vni))) if vni else b"",
+            T_DOMAIN + interface if interface else b"",
             T_RECEIVED,
             end_ns,
             T_START,

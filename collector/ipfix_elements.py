@@ -64,6 +64,11 @@ ICMP_V6 = Element("icmpTypeCodeIPv6", 139, 2)
 END_REASON = Element("flowEndReason", 136, 1)
 DIRECTION = Element("flowDirection", 61, 1)
 SEGMENT = Element("layer2SegmentId", 351, 8)  # top byte segment type, low 56 bits the id
+# The mirror-source ENI as an interface index (its VNI: one session = one ENI): flows leaving the
+# ENI (egress) came in on it, flows to it (ingress) go out on it. Collectors such as Akvorado
+# drop flows with neither interface set.
+INGRESS_IF = Element("ingressInterface", 10, 4)
+EGRESS_IF = Element("egressInterface", 14, 4)
 INTERFACE_NAME = Element("interfaceName", 82, VARLEN)  # the mirror-source ENI id
 
 # Enterprise-specific elements (numbers are this project's; the PEN is configurable).
@@ -112,7 +117,7 @@ def template_elements(ip_version: int, *, enterprise: bool) -> tuple[Element, ..
     """
     src, dst, icmp = (SRC_V4, DST_V4, ICMP_V4) if ip_version == 4 else (SRC_V6, DST_V6, ICMP_V6)
     fields: tuple[Element, ...] = (FLOW_START_MS, FLOW_END_MS, OCTETS, PACKETS, SRC_PORT, DST_PORT)
-    fields += (PROTOCOL, TCP_FLAGS, icmp, END_REASON, DIRECTION, SEGMENT)
+    fields += (PROTOCOL, TCP_FLAGS, icmp, END_REASON, DIRECTION, SEGMENT, INGRESS_IF, EGRESS_IF)
     if not enterprise:
         return (*fields, src, dst, INTERFACE_NAME)
     fields += (EXPORTER_SEQUENCE, src, dst, CONNECTION_ID, INTERFACE_NAME)
@@ -153,10 +158,10 @@ _head = attrgetter(
 # icmpTypeCode, flowEndReason, flowDirection and the segment type byte of layer2SegmentId come
 # from a small table keyed by these (few distinct combinations)
 _kind = attrgetter("ip_version", "icmp_type", "icmp_code", "end_reason", "direction")
-# the low 32 bits of layer2SegmentId (the VNI), then exporterSequence when enterprise IEs are on
-_TAIL = struct.Struct(">I")
-_TAIL_ENTERPRISE = struct.Struct(">IQ")
-_tail_enterprise = attrgetter("vni", "sequence")
+# the low 32 bits of layer2SegmentId (the VNI), ingress/egressInterface, then exporterSequence
+# when enterprise IEs are on
+_TAIL = struct.Struct(">III")
+_TAIL_ENTERPRISE = struct.Struct(">IIIQ")
 _context = attrgetter(
     "interface_id", "session", "instance_id", "subnet_id", "vpc_id", "az_id", "account_id", "region"
 )
@@ -251,12 +256,16 @@ class MessageEncoder:
             src = addresses.get(r.src_addr) or self._new_address(r.src_addr)
             dst = addresses.get(r.dst_addr) or self._new_address(r.dst_addr)
             context = contexts.get(get_context(r)) or self._new_context(r)
+            vni, direction = r.vni, r.direction
+            in_if = vni if direction == "egress" else 0
+            out_if = vni if direction == "ingress" else 0
             if enterprise:
-                tail = _TAIL_ENTERPRISE.pack(*_tail_enterprise(r))
+                tail = _TAIL_ENTERPRISE.pack(vni, in_if, out_if, r.sequence)
                 ident = bytes.fromhex(r.flow_id)
                 data = b"".join((head(*get_head(r)), kind, tail, src, dst, ident, context))
             else:
-                data = b"".join((head(*get_head(r)), kind, _TAIL.pack(r.vni), src, dst, context))
+                tail = _TAIL.pack(vni, in_if, out_if)
+                data = b"".join((head(*get_head(r)), kind, tail, src, dst, context))
             (v4 if tid == TEMPLATE_V4 else v6).append(data)
         return v4, v6
 

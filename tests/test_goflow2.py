@@ -81,6 +81,8 @@ def expected(r: dict[str, Any]) -> dict[str, Any]:
         "icmp_type": r["icmp_type"] or 0,
         "icmp_code": r["icmp_code"] or 0,
         "observation_domain_id": r["vni"],
+        "in_if": r["vni"] if r["direction"] == "egress" else 0,
+        "out_if": r["vni"] if r["direction"] == "ingress" else 0,
     }
 
 
@@ -108,6 +110,7 @@ SAMPLE = {
     "icmp_type": None,
     "icmp_code": None,
     "vni": 1,
+    "direction": "egress",
 }
 
 

@@ -147,12 +147,14 @@ def json_key(r: dict[str, Any]) -> tuple[Any, ...]:
     dport = r["dst_port"] if r["icmp_type"] is None else r["icmp_type"] * 256 + r["icmp_code"]
     direction = {"ingress": 0, "egress": 1, "unknown": 255}[r["direction"]]
     key = (r["src_addr"], r["dst_addr"], r["src_port"], dport, r["protocol"], r["packets"])
-    return (*key, r["bytes"], utc_seconds(r["start_ms"]), utc_seconds(r["end_ms"]), direction)
+    interfaces = (r["vni"] if direction == 1 else 0, r["vni"] if direction == 0 else 0)
+    times = (utc_seconds(r["start_ms"]), utc_seconds(r["end_ms"]))
+    return (*key, r["bytes"], *times, direction, *interfaces)
 
 
 def nfdump_key(f: dict[str, str]) -> tuple[Any, ...]:
     key = (f["sa"], f["da"], int(f["sp"]), int(f["dp"]), PROTOCOLS[f["pr"]], int(f["ipkt"]))
-    return (*key, int(f["ibyt"]), f["ts"], f["te"], int(f["dir"]))
+    return (*key, int(f["ibyt"]), f["ts"], f["te"], int(f["dir"]), int(f["in"]), int(f["out"]))
 
 
 # ---- nfcapd -------------------------------------------------------------------------------------
