@@ -106,6 +106,7 @@ class Bare:
         self.port = int(port)
         self.pids = [self.proc.pid]
         self.health_url: str | None = None
+        self.quiet_s = 1.0
 
     def count(self) -> int:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -136,6 +137,7 @@ class CollectorReceiver:
         self.port = self.collector.port
         self.pids = self.collector.pids
         self.health_url = f"http://{LOOPBACK}:{self.collector.http}/healthz"
+        self.quiet_s = 4.0  # publications every 0.5 s, and a loop that lagged seconds under floods
 
     def count(self) -> int:
         return self.collector.received()
@@ -196,18 +198,20 @@ class HealthProbe:
 
 
 def settle(receiver: Bare | CollectorReceiver, before: int, sent: int, drops: int) -> int:
-    """Wait until the receiver has counted what the kernel did not drop, or stops counting (the
-    collector's count is published every 0.5 s: four still polls span two publications)."""
-    last, still = -1, 0
-    deadline = time.monotonic() + 60
+    """Wait until the receiver has counted what the kernel did not drop, or its count has not
+    moved for ``receiver.quiet_s`` (the collector publishes every 0.5 s, later when its loop lags:
+    what arrives after this would be counted into the next point)."""
+    last, changed = -1, time.monotonic()
+    deadline = changed + 60
     while True:
         count = receiver.count() - before
-        if count + (port_drops(receiver.port) - drops) >= sent or time.monotonic() > deadline:
+        now = time.monotonic()
+        if count + (port_drops(receiver.port) - drops) >= sent or now > deadline:
             return count
-        still = still + 1 if count == last else 0
-        if still >= 4:
+        if count != last:
+            last, changed = count, now
+        elif now - changed >= receiver.quiet_s:
             return count
-        last = count
         time.sleep(SETTLE_POLL_S)
 
 
