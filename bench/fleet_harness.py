@@ -27,6 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.fleet_lb import TargetGroup, install
 from bench.fleet_net import HEALTH_PORT, KAFKA_PORT, VXLAN_PORT, Node, Topology, entered
+from bench.harness import Metrics, parse_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKACTL = ROOT / "deploy" / "kafka" / "kafkactl"
@@ -34,8 +35,6 @@ TOPIC = "fleet-flows"
 PARTITIONS = 6
 DRAIN_S = 5.0  # > unhealthy threshold x interval + unhealthy draining: the NLB lets go first
 SAMPLE_S = 0.5
-
-Metrics = dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -93,16 +92,6 @@ action = "accept"
 source_cidr = "0.0.0.0/0"
 destination_cidr = "0.0.0.0/0"
 """
-
-
-def parse_metrics(text: str) -> Metrics:
-    out: Metrics = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            with contextlib.suppress(ValueError):
-                out[name] = float(value)
-    return out
 
 
 @dataclass

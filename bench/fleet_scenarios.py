@@ -32,9 +32,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench.fleet_harness import SESSIONS, Collector, Fleet, Metrics, Session
+from bench.fleet_harness import SESSIONS, Collector, Fleet, Session
 from bench.fleet_lb import outer_flows_to, unrouted
 from bench.fleet_source import outer_port
+from bench.harness import Metrics
 
 PPS_PER_SOURCE = 300
 FLOWS_PER_SOURCE = 24
