@@ -7,6 +7,7 @@ the bytes a broker would get.
 
 from __future__ import annotations
 
+import msgspec
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
 from kafka_fixtures import make_records
@@ -143,3 +144,38 @@ def test_parking_memory_takes_in_flight_then_retries_then_pending() -> None:
     assert in_flight.abandoned
     assert core.memory_records() == 1  # only the batch read from spool segment 7
     assert list(core.unacked) == replayed
+
+
+def test_a_refused_batch_goes_out_again_first_in_two_halves() -> None:
+    core = delivery(partitions=1, batch_bytes=4096)
+    core.add(make_records(100, "unit/w0/1"), 0.0)
+    first, second, *rest = core.from_pending(1000, NOW_MS)
+    core.to_retry(second)  # failed behind the refused one, out of sequence
+    assert core.split_for_retry(first)
+    assert [len(b.values) for b in core.retry][:2] == [
+        len(first.values) // 2,
+        len(first.values) - len(first.values) // 2,
+    ]
+    again = core.rebuild_retries(1000, NOW_MS)
+    assert [s for b in again for s in sequences(b)] == sequences(first) + sequences(second)
+    single = Batch(0, JSON, 0.0, None, keys=[b"k"], values=[b"v"])
+    assert not core.split_for_retry(single)  # nothing smaller to send: the caller rejects it
+    for batch in (*again, *rest):
+        core.acked(batch, 1.0)
+    accounted(core, 100)
+
+
+def test_a_record_no_batch_can_hold_is_refused_before_sending_and_counted() -> None:
+    core = delivery(partitions=1)
+    core.max_record_bytes = 2000
+    records = make_records(5, "unit/w0/1")
+    records[2] = msgspec.structs.replace(records[2], session="x" * 3000)
+    core.add(records, 0.0)
+    (batch,) = core.from_pending(100, NOW_MS)
+    assert sequences(batch) == [1, 2, 4, 5]
+    assert core.failed == 1
+    ((segment, size),) = core.oversized
+    assert segment is None
+    assert size > 3000
+    core.acked(batch, 1.0)
+    accounted(core, 5)

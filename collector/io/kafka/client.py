@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import os
 import ssl
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
@@ -43,7 +48,17 @@ from collector.config import KafkaConfig
 from collector.errors import ConfigError, SinkError
 from collector.records import encoder_for
 
+log = logging.getLogger(__name__)
+
 TOPIC_EXISTS = 36  # Kafka error code TOPIC_ALREADY_EXISTS
+UNKNOWN_TOPIC = 3  # Kafka error code UNKNOWN_TOPIC_OR_PARTITION
+MAX_MESSAGE_BYTES = "max.message.bytes"
+DESCRIBE_ATTEMPTS = 10
+DESCRIBE_RETRY_S = 0.2
+BATCH_MARGIN_BYTES = 512
+"""Batches stay this far below the topic's max.message.bytes (record-batch framing)."""
+MIN_BATCH_BYTES = 1024
+RECORD_BATCH_HEADER_BYTES = 61  # Kafka's record batch v2 header
 AUTH_ERRORS = (
     SaslAuthenticationFailed,
     AuthenticationFailedError,
@@ -334,37 +349,30 @@ async def probe(servers: list[str], client: dict[str, Any], c: KafkaConfig) -> l
     return answered
 
 
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    """What the sink learns about its topic at each connect."""
+
+    created: bool
+    """The topic was missing and the collector created it (at start, or after a deletion)."""
+    max_message_bytes: int | None
+    """The topic's ``max.message.bytes`` (the largest record batch the broker takes); None when
+    the broker would not say (no DescribeConfigs permission)."""
+
+
 async def ensure_topic(
     servers: list[str], client: dict[str, Any], topic: str, c: KafkaConfig
-) -> bool:
-    """Check that ``topic`` exists, creating it when ``kafka.create_topic`` allows; True when it
-    was created."""
+) -> TopicInfo:
+    """Check that ``topic`` exists, creating it when ``kafka.create_topic`` allows, and read its
+    ``max.message.bytes``."""
     admin = AIOKafkaAdminClient(bootstrap_servers=servers, **client)
+    created = False
     try:
         await admin.start()
-        if topic in await admin.list_topics():
-            return False
-        if not c.create_topic:
-            raise SinkError(
-                f"topic {topic!r} does not exist and kafka.create_topic is off;"
-                f" create it with {c.topic_partitions} partitions",
-                retriable=False,
-            )
-        response = await admin.create_topics(
-            [NewTopic(topic, c.topic_partitions, c.topic_replication_factor)]
-        )
-        for item in response.topic_errors:
-            code, message = item[1], item[2] if len(item) > 2 else None
-            if code in (0, TOPIC_EXISTS):
-                continue
-            error = kafka_error_for_code(code)
-            raise SinkError(
-                f"topic {topic!r} does not exist and could not be created"
-                f" ({c.topic_partitions} partitions, replication factor"
-                f" {c.topic_replication_factor}): {error.__name__}"
-                f"{': ' + message if message else ''}; create it or allow the collector to",
-                retriable=False,
-            )
+        if topic not in await admin.list_topics():
+            await _create_topic(admin, topic, c)
+            created = True
+        limit = await _max_message_bytes(admin, topic)
     except (TopicAuthorizationFailedError, ClusterAuthorizationFailedError) as exc:
         raise SinkError(
             f"not allowed to look up or create topic {topic!r}: {describe(exc)}",
@@ -372,4 +380,110 @@ async def ensure_topic(
         ) from exc
     finally:
         await admin.close()
-    return True
+    return TopicInfo(created, limit)
+
+
+async def _create_topic(admin: AIOKafkaAdminClient, topic: str, c: KafkaConfig) -> None:
+    if not c.create_topic:
+        raise SinkError(
+            f"topic {topic!r} does not exist and kafka.create_topic is off;"
+            f" create it with {c.topic_partitions} partitions",
+            retriable=False,
+        )
+    response = await admin.create_topics(
+        [NewTopic(topic, c.topic_partitions, c.topic_replication_factor)]
+    )
+    for item in response.topic_errors:
+        code, message = item[1], item[2] if len(item) > 2 else None
+        if code in (0, TOPIC_EXISTS):
+            continue
+        error = kafka_error_for_code(code)
+        raise SinkError(
+            f"topic {topic!r} does not exist and could not be created"
+            f" ({c.topic_partitions} partitions, replication factor"
+            f" {c.topic_replication_factor}): {error.__name__}"
+            f"{': ' + message if message else ''}; create it or allow the collector to",
+            retriable=False,
+        )
+
+
+async def _max_message_bytes(admin: AIOKafkaAdminClient, topic: str) -> int | None:
+    """``max.message.bytes`` of the topic; a topic created a moment ago may not be described
+    yet (UNKNOWN_TOPIC_OR_PARTITION), so that is asked again briefly."""
+    resource = ConfigResource(ConfigResourceType.TOPIC, topic, {MAX_MESSAGE_BYTES: None})
+    for _ in range(DESCRIBE_ATTEMPTS):
+        try:
+            (response,) = await admin.describe_configs([resource])
+        except KafkaError:
+            return None
+        for code, _message, _type, _name, entries in response.resources:
+            if code == UNKNOWN_TOPIC:
+                break
+            if code != 0:
+                return None
+            for name, value, *_ in entries:
+                if name == MAX_MESSAGE_BYTES and str(value).isdigit():
+                    return int(value)
+            return None
+        await asyncio.sleep(DESCRIBE_RETRY_S)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenProducer:
+    """A started producer for the topic and what the sink must know to use it."""
+
+    producer: Any
+    partitions: list[int]
+    batch_bytes: int
+    """Largest batch to build: kafka.max_batch_bytes, capped below the topic's limit."""
+
+
+async def open_producer(
+    servers: list[str],
+    client: dict[str, Any],
+    producer_kwargs: dict[str, Any],
+    topic: str,
+    c: KafkaConfig,
+    stop: Callable[[Any], Awaitable[None]],
+) -> OpenProducer:
+    """One attempt bounded by ``connect_timeout_s``: probe, check the topic (create it, read its
+    batch limit), start a producer whose batches stay under that limit. ``stop`` disposes of a
+    producer that started but cannot be used. Raises SinkError (retriable or not)."""
+    producer: Any = None
+    try:
+        async with asyncio.timeout(c.connect_timeout_s):
+            answering = await probe(servers, client, c)
+            info = await ensure_topic(answering, client, topic, c)
+            if info.created:
+                log.info(
+                    "created topic %r: %d partitions, replication factor %d",
+                    topic,
+                    c.topic_partitions,
+                    c.topic_replication_factor,
+                )
+            batch_bytes = c.max_batch_bytes
+            if info.max_message_bytes is not None:
+                # the broker refuses a record batch above the topic's max.message.bytes
+                batch_bytes = max(
+                    MIN_BATCH_BYTES, min(batch_bytes, info.max_message_bytes - BATCH_MARGIN_BYTES)
+                )
+            producer = AIOKafkaProducer(
+                **{**producer_kwargs, "bootstrap_servers": answering, "max_batch_size": batch_bytes}
+            )
+            await producer.start()
+            partitions = await producer.partitions_for(topic)
+    except BaseException as exc:
+        if producer is not None:
+            await stop(producer)
+        if isinstance(exc, TimeoutError):
+            raise SinkError(
+                f"Kafka at {','.join(servers)} did not answer within {c.connect_timeout_s:g} s",
+                retriable=True,
+            ) from exc
+        if isinstance(exc, KafkaError):
+            raise SinkError(
+                f"Kafka at {','.join(servers)}: {describe(exc)}", retriable=is_retriable(exc)
+            ) from exc
+        raise
+    return OpenProducer(producer, sorted(partitions), batch_bytes)

@@ -22,6 +22,9 @@ from typing import Any
 
 from collector.records import FlowRecord
 
+RECORD_OVERHEAD_BYTES = 96
+"""Bytes a record adds to a batch beyond its key and value: varint framing and the three headers
+(their values are at most 64 bytes together for real exporters)."""
 MAX_LATENCY_OBSERVATIONS = 10_000
 """One per delivered batch, drained by status(); bounded in case nobody asks."""
 
@@ -91,6 +94,11 @@ class Delivery:
         self.retried = 0
         self.failed = 0
         self.latencies: list[float] = []
+        self.max_record_bytes = 1 << 62
+        """Largest record (key, value, headers) a batch may hold; the sink sets the topic's."""
+        self.oversized: list[tuple[int | None, int]] = []
+        """(spool segment, size) of records refused as too large since the sink last looked;
+        counted in ``failed`` already."""
 
     # -- where records are ---------------------------------------------------------------------
 
@@ -237,6 +245,11 @@ class Delivery:
                 headers = [type_header, ("exporter", exporter), ("sequence", b"%d" % sequence)]
             else:
                 headers = plain
+            size = len(key) + len(value) + RECORD_OVERHEAD_BYTES
+            if size > self.max_record_bytes:  # no batch the broker takes can hold it
+                self.failed += 1
+                self.oversized.append((segment, size))
+                continue
             batch = open_batches.get(partition)
             if batch is None:
                 batch = open_batches[partition] = Batch(
@@ -296,6 +309,33 @@ class Delivery:
         self.retry.append(batch)
         self.retry_count += count
         return count
+
+    def split_for_retry(self, batch: Batch) -> bool:
+        """The broker refused ``batch`` as too large: its records go out again first, as two
+        halves in order (rebuilt under the current batch limit). False for a single record: nothing smaller
+        can be sent, the caller rejects it."""
+        count = len(batch.values)
+        if count < 2:
+            return False
+        self._untrack(batch)
+        half = count // 2
+        # to the front, second half first: later batches of the partition (failed behind this
+        # one, out of sequence) must not overtake it
+        for part in (slice(half, count), slice(0, half)):
+            piece = Batch(
+                batch.partition,
+                batch.content_type,
+                batch.first_s,
+                batch.segment,
+                keys=batch.keys[part],
+                values=batch.values[part],
+                exporters=batch.exporters[part],
+                sequences=batch.sequences[part],
+            )
+            self.retry.appendleft(piece)
+            self.retry_count += len(piece.values)
+        self.retried += count
+        return True
 
     def take_back_unacked(self) -> None:
         """After a producer is gone, every batch it did not finish is retried by the next one

@@ -7,51 +7,38 @@ How a record travels::
     broker slow or away -> pending spills to the spool -> replayed in order when the broker
              acknowledges again -> spool segment deleted after its last ack
 
-Rules that give "at least once":
-- a record leaves memory only when the broker acknowledged it, or when it is written to the spool;
-- memory holds at most ``kafka.queue_records`` records (pending + in flight + awaiting a retry);
-  beyond that, and whenever the broker has not acknowledged anything for ``STALL_S``, new records go
-  to the spool, and while the spool holds anything new records go behind it (order is kept);
-- at shutdown, ``flush`` waits for acknowledgements up to its timeout, then spools what is left;
-  the next start sends the spool before anything new;
-- only a full spool (``kafka.spool_max_bytes``) or a record the broker rejects for what it is
-  (too large, corrupt) loses records, and both are counted.
-
-Duplicates are possible only where a consumer can see them: a batch spooled at shutdown that the
-broker had in fact received, and the acknowledged part of a spool segment replayed after a crash.
-Both repeat (exporter, sequence) pairs. The idempotent producer removes the duplicates that
-retries inside one producer session would otherwise make.
+A record leaves memory only when the broker acknowledged it, when it is written to the spool, or
+when it is counted as failed (refused by the broker for what it is) or dropped (the spool could not
+take it). Memory holds at most ``kafka.queue_records`` records; beyond that, and whenever the broker
+has not acknowledged anything for ``STALL_S``, new records go to the spool, behind what it holds.
+At shutdown ``flush`` waits for acknowledgements, then spools the rest; the next start sends the
+spool first. README ("Delivery") states the guarantees, the duplicates a consumer may see and the
+crash window.
 
 Partitioning: the key is ``flow_id``, 16 hex digits of a hash, so the partition is that number
 modulo the partition count: every collector puts one connection on one partition, without the cost
 of murmur2 in Python. (It is not the Java client's default partitioner.)
 
 Broker unreachable at start: with ``kafka.require_broker_at_start`` off (the default for ``run``),
-the sink starts degraded and spools until a broker answers: a collector fleet that boots during a
-Kafka outage keeps taking mirrored traffic instead of crash-looping (and the NLB would fail open
-anyway). ``check``-style callers set it on and get a clear error within ``connect_timeout_s``.
-Bad credentials, TLS failures, a missing codec and a topic that may not be created fail start-up
-in both modes: waiting cannot fix them.
+the sink starts degraded and spools until a broker answers, so a fleet that boots during a Kafka
+outage keeps taking mirrored traffic. Bad credentials, TLS failures, a missing codec and a topic that
+may not be created fail start-up in both modes: waiting cannot fix them.
 
-The sink is in exactly one ``State`` at a time; the table in its docstring says what each state
-does with new records.
+The sink is in exactly one ``State`` at a time (state.py says what each does with new records).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
 from functools import partial
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     KafkaConnectionError,
-    KafkaError,
     TopicAuthorizationFailedError,
 )
 
@@ -60,6 +47,7 @@ from collector.errors import SinkError
 from collector.io.kafka import client, workarounds
 from collector.io.kafka.delivery import Batch, Delivery, Parked
 from collector.io.kafka.spooling import SinkSpool
+from collector.io.kafka.state import CONNECTED, SPOOLING, State
 from collector.io.sink import SinkStatus
 from collector.io.spool import SpoolReadError
 from collector.logs import RateLimiter
@@ -84,35 +72,6 @@ RECENT_S = 60.0
 """A drop or a permanent failure keeps the sink 'failed' in status() for this long."""
 WATCH_INTERVAL_S = 0.5
 CLOSE_TIMEOUT_S = 5.0
-
-
-class State(enum.Enum):
-    """What the sink does with records right now.
-
-    ========= ============================================== ==========================
-    state     meaning                                        new records go
-    ========= ============================================== ==========================
-    OFFLINE   no producer: not started, reconnecting         to the spool
-    REPLAYING connected; the spool holds records             to the spool, behind them
-    DIRECT    connected; the spool is drained                to the broker from memory
-    STALLED   connected; no ack for STALL_S while waiting    to the spool
-    CLOSED    close() ran                                    dropped and counted
-    ========= ============================================== ==========================
-
-    Retries of batches already built go out in every state but OFFLINE and CLOSED (they also
-    probe a stalled broker). An acknowledgement ends STALLED (to REPLAYING); a drained spool ends
-    REPLAYING; a producer reset or a failed connect means OFFLINE.
-    """
-
-    OFFLINE = "offline"
-    REPLAYING = "replaying"
-    DIRECT = "direct"
-    STALLED = "stalled"
-    CLOSED = "closed"
-
-
-_CONNECTED = (State.REPLAYING, State.DIRECT, State.STALLED)
-_SPOOLING = (State.OFFLINE, State.REPLAYING, State.STALLED)
 
 
 class _RateLimited:
@@ -156,7 +115,8 @@ class KafkaSink:
         self._retiring: Any = None  # a producer being replaced, until it is stopped
         self._producer_kwargs: dict[str, Any] = {}
         self._client: dict[str, Any] = {}  # connection settings, built once (token provider)
-        self._topic_checked = False
+        self.batch_bytes = config.max_batch_bytes
+        """Largest batch built: kafka.max_batch_bytes, capped below the topic's limit."""
         self._flush_deadline: float | None = None  # while a flush runs: linger no longer waits
         self._spill_handle: asyncio.Handle | None = None
         self._busy_since = 0.0  # when batches last started waiting for acks after none did
@@ -229,43 +189,15 @@ class KafkaSink:
         return self._producer.create_batch()
 
     async def _connect(self) -> None:
-        """One bounded attempt: probe, start a producer, check the topic."""
+        """One bounded attempt (see client.open_producer); then publish, the spool first."""
         c = self._config
-        producer: Any = None
-        try:
-            async with asyncio.timeout(c.connect_timeout_s):
-                servers = await client.probe(self._servers, self._client, c)
-                producer = AIOKafkaProducer(
-                    **{**self._producer_kwargs, "bootstrap_servers": servers}
-                )
-                await producer.start()
-                if not self._topic_checked:
-                    if await client.ensure_topic(servers, self._client, self._topic, c):
-                        log.info(
-                            "created topic %r: %d partitions, replication factor %d",
-                            self._topic,
-                            c.topic_partitions,
-                            c.topic_replication_factor,
-                        )
-                    self._topic_checked = True
-                partitions = await producer.partitions_for(self._topic)
-        except BaseException as exc:
-            if producer is not None:
-                await self._stop_producer(producer)
-            if isinstance(exc, TimeoutError):
-                raise SinkError(
-                    f"Kafka at {','.join(self._servers)} did not answer within"
-                    f" {c.connect_timeout_s:g} s",
-                    retriable=True,
-                ) from exc
-            if isinstance(exc, KafkaError):
-                raise SinkError(
-                    f"Kafka at {','.join(self._servers)}: {client.describe(exc)}",
-                    retriable=client.is_retriable(exc),
-                ) from exc
-            raise
-        self._producer = producer
-        self.delivery.partitions = sorted(partitions)
+        opened = await client.open_producer(
+            self._servers, self._client, self._producer_kwargs, self._topic, c, self._stop_producer
+        )
+        self._producer = opened.producer
+        self.batch_bytes = opened.batch_bytes
+        self.delivery.max_record_bytes = opened.batch_bytes - client.RECORD_BATCH_HEADER_BYTES
+        self.delivery.partitions = opened.partitions
         self.state = State.DIRECT if self._spool.is_empty() else State.REPLAYING
         self._last_ack_s = time.monotonic()
         self._connect_error = ""
@@ -273,7 +205,7 @@ class KafkaSink:
         log.info(
             "publishing to %s (%d partitions, acks=%s, %s)",
             self.name,
-            len(partitions),
+            len(opened.partitions),
             c.acks,
             c.compression,
         )
@@ -317,7 +249,7 @@ class KafkaSink:
         """Replace the producer: its session broke (fenced, sequence error; graceful) or the
         broker is gone (not graceful: aiokafka would retry its metadata in a tight loop, so the
         connect loop takes over, with a backoff)."""
-        if self.state not in _CONNECTED:
+        if self.state not in CONNECTED:
             return
         log.warning("restarting the Kafka producer: %s", reason)
         self.state = State.OFFLINE
@@ -401,7 +333,7 @@ class KafkaSink:
             return
         delivery = self._delivery
         delivery.add(records, time.monotonic())
-        if self.state in _SPOOLING or delivery.memory_records() > self._config.queue_records:
+        if self.state in SPOOLING or delivery.memory_records() > self._config.queue_records:
             self._schedule_spill()
         self._wake.set()
 
@@ -450,13 +382,13 @@ class KafkaSink:
             now = time.monotonic()
             room = self._config.queue_records - delivery.unacked_count
             state = self.state
-            if state not in _CONNECTED or not delivery.partitions:
+            if state not in CONNECTED or not delivery.partitions:
                 wait_s = None
             elif delivery.retry:  # retries go out even while stalled: they probe for the broker
                 if now < self._retry_after:
                     wait_s = self._retry_after - now
                 else:
-                    return delivery.rebuild_retries(max(room, 1), _now_ms())
+                    return self._built(delivery.rebuild_retries(max(room, 1), _now_ms()))
             elif state is State.STALLED or room <= 0:
                 wait_s = WATCH_INTERVAL_S if state is State.STALLED else None
             elif state is State.REPLAYING and now < self._spool_retry_at:
@@ -474,7 +406,7 @@ class KafkaSink:
                     or self._flush_deadline is not None
                     or now - oldest >= linger_s
                 ):
-                    return delivery.from_pending(min(room, CYCLE_RECORDS), _now_ms())
+                    return self._built(delivery.from_pending(min(room, CYCLE_RECORDS), _now_ms()))
                 wait_s = oldest + linger_s - now
             if wait_s is None:
                 await self._wake.wait()
@@ -505,7 +437,24 @@ class KafkaSink:
         records = Parked(
             chunk.content_type, chunk.keys, chunk.values, chunk.exporters, chunk.sequences
         )
-        return delivery.from_chunk(records, first_s, chunk.segment, _now_ms())
+        return self._built(delivery.from_chunk(records, first_s, chunk.segment, _now_ms()))
+
+    def _built(self, batches: list[Batch]) -> list[Batch]:
+        """Account for the records the core refused to batch as too large for the topic."""
+        oversized, self.delivery.oversized = self.delivery.oversized, []
+        for segment, size in oversized:
+            self._spool.ack(segment, 1)
+            self._set_error(f"a record of {size} bytes is larger than the topic takes")
+            self._ratelimited(
+                "oversized",
+                logging.ERROR,
+                "dropped a record of %d bytes: larger than the largest batch %r takes (%d bytes,"
+                " from its max.message.bytes); counted as failed",
+                size,
+                self._topic,
+                self.batch_bytes,
+            )
+        return batches
 
     async def _dispatch(self, batches: list[Batch]) -> None:
         """Hand batches to the producer: partitions side by side, each partition in order."""
@@ -555,14 +504,26 @@ class KafkaSink:
         delivery = self.delivery
         self._failures += 1
         self._last_error = client.describe(exc)
-        if isinstance(exc, client.RECORD_ERRORS):
+        if isinstance(exc, client.TOO_LARGE_ERRORS) and delivery.split_for_retry(batch):
+            self._ratelimited(
+                "split",
+                logging.WARNING,
+                "the broker refused a batch of %d records as too large (%s); sending it in halves",
+                len(batch.values),
+                self._last_error,
+            )
+        elif isinstance(exc, client.RECORD_ERRORS):
             count = delivery.rejected(batch)
+            size = sum(map(len, batch.values)) + sum(map(len, batch.keys))
             self._set_error(f"the broker rejected {count} records: {self._last_error}")
             self._ratelimited(
                 "rejected",
                 logging.ERROR,
-                "the broker rejected a batch of %d records for good: %s",
+                "the broker rejected %d records (%d bytes of keys and values; batch limit %d)"
+                " for good: %s",
                 count,
+                size,
+                self.batch_bytes,
                 self._last_error,
             )
             self._spool.ack(batch.segment, count)
