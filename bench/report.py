@@ -164,6 +164,39 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def sweep_table(ingest: dict[str, Any] | None) -> list[str]:
+    """Markdown: per profile and offered rate, each receiver's loss and CPU per packet."""
+    if not ingest or not ingest.get("points"):
+        return []
+    receivers = ingest["receivers"]
+    lines = [
+        "| profile | offered | " + " | ".join(receivers) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in receivers) + " |",
+    ]
+    offered = sorted({p["offered_pps"] for p in ingest["points"]}, key=lambda r: r or float("inf"))
+    for profile in ingest["profiles"]:
+        for rate in offered:
+            pts = {
+                p["receiver"]: p
+                for p in ingest["points"]
+                if p["profile"] == profile and p["offered_pps"] == rate
+            }
+            if not pts:
+                continue
+            sent = max(p["send_rate_pps"] for p in pts.values())
+            label = f"{rate / 1000:,.0f}k/s" if rate else f"flat out (up to {sent / 1000:,.0f}k/s)"
+            cells = []
+            for name in receivers:
+                p = pts.get(name)
+                if p is None:
+                    cells.append("-")
+                    continue
+                loss = "0 %" if p["sent"] == p["received"] else f"**{p['loss_pct']:.1f} % lost**"
+                cells.append(f"{loss}, {fmt(p['cpu_us_per_packet'], ' µs', 2)}")
+            lines.append(f"| {profile} | {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _ratio(ours: dict[str, Any], base: dict[str, Any]) -> float | None:
     a, b = ours.get("cpu_us_per_packet"), base.get("cpu_us_per_packet")
     return a / b if a and b else None
@@ -259,8 +292,18 @@ def latest_md(report: dict[str, Any], made: dict[str, str], images: str) -> str:
         for row in table_rows(report["benchmarks"])
     ]
     ingest = result_of(report["benchmarks"], "ingest")
-    if ingest and ingest.get("note"):
-        lines += ["", f"Ingest: {ingest['note']}"]
+    if ingest:
+        table = sweep_table(ingest)
+        if table:
+            lines += [
+                "",
+                "Live ingest, every point of the sweep (loss, CPU per received packet; "
+                f"{ingest.get('seconds_per_point', '?')} s of traffic per point):",
+                "",
+                *table,
+            ]
+        if ingest.get("note"):
+            lines += ["", f"Ingest: {ingest['note']}"]
     locust = report.get("locust")
     if locust and locust.get("collector"):
         c = locust["collector"]
