@@ -279,12 +279,15 @@ class Run:
         return out
 
 
+def _emitted(m: Metrics) -> float:
+    return sum(v for k, v in m.items() if k.startswith("collector_records_emitted_total{"))
+
+
 def _quiet(m: Metrics) -> tuple[float, ...]:
-    emitted = sum(v for k, v in m.items() if k.startswith("collector_records_emitted_total{"))
     return (
         m.get("collector_flows_active", -1.0),
         m.get("collector_sink_queue_records", -1.0),
-        emitted,
+        _emitted(m),
         m.get("collector_records_delivered_total", -1.0),
         m.get(RECEIVED, 0.0),
     )
@@ -364,8 +367,18 @@ def crash(fleet: Fleet) -> dict[str, Any]:
     """SIGKILL: the loss is exactly what the collector held, and it is reported."""
     run = Run(fleet, "crash", 3)
     run.mirror(make_flows(epoch=5))
-    time.sleep(6.5)  # past one active timeout: part of the victim's packets were delivered
     victim = fleet.live()[0]
+    time.sleep(1)
+    run.note_flows_of(victim)
+    # every flow of the victim emits its first record (active timeout), so part of its packets
+    # were delivered; then one more second of traffic is in its table when it dies, and no flow
+    # expires again before the kill (next active timeout >= 5 s away, inactive 4 s after pause)
+    deadline = time.monotonic() + 30
+    while _emitted(victim.metrics()) - _emitted(run.base[victim.name]) < len(run.victim_flows):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{victim.name} emitted no record for each of its flows in 30 s")
+        time.sleep(0.2)
+    time.sleep(1)
     run.kill(victim)
     assert fleet.group is not None
     fleet.group.wait_state(victim.name, ("unhealthy",))  # out of the map, flows terminated

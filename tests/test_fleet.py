@@ -95,7 +95,7 @@ def test_crash_loses_exactly_what_the_collector_held_and_says_so(fleet: Fleet) -
     result = SCENARIOS["crash"](fleet)
     assert_all_accounted(result)
     crash, checks = result["crash"], result["checks"]
-    assert crash["flows_in_table"] > 0
+    assert crash["flows_in_table"] == checks["victim_flows"] > 0  # each of its flows held some
     assert crash["lost"] > 0
     assert result["explained_loss"] == crash["lost"]
     assert result["counted"] == result["sent"] - crash["lost"]
