@@ -66,7 +66,7 @@ $(CHECKOV):
 	.cache/checkov/bin/pip install --quiet 'checkov>=3.2,<4'
 
 lint-deploy: install $(CHECKOV)
-	$(VENV)/bin/cfn-lint deploy/cloudformation/*.yaml
+	$(VENV)/bin/cfn-lint --include-checks I -- deploy/cloudformation/*.yaml
 	BC_SKIP_MAPPING=TRUE $(CHECKOV) --quiet --compact --skip-download --framework cloudformation \
 	  $(addprefix -f ,$(wildcard deploy/cloudformation/*.yaml))
 	BC_SKIP_MAPPING=TRUE $(CHECKOV) --quiet --compact --skip-download --framework dockerfile \

@@ -84,6 +84,9 @@ def test_cfn_lint_passes_on_every_template() -> None:
             sys.executable,
             "-c",
             "import sys; from cfnlint.runner import main; sys.exit(main())",
+            # Informational checks too (explicit deletion policies on stateful resources).
+            "--include-checks",
+            "I",
             "--",
             *map(str, templates),
         ],
