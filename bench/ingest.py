@@ -4,7 +4,9 @@
         [--seconds 1.5] [--procs 2] [--receivers recvmmsg,uvloop,collector,collector-2w] [--json]
 
 Receivers, each in its own process, fed the same traffic by the same blaster (bench.blast,
-sendmmsg from ``--procs`` processes, 8 sockets each so SO_REUSEPORT spreads them over workers):
+sendmmsg from ``--procs`` processes, 8 sockets each so SO_REUSEPORT spreads them over workers).
+They all run side by side (an idle one sleeps in the kernel) and each rate goes to each of them in
+turn, so a disturbance from elsewhere on the machine does not land on one receiver only:
 
 - ``recvmmsg``: a minimal recvmmsg(2) loop that only counts, the floor for user-space receive;
 - ``uvloop``: a bare uvloop DatagramProtocol that only counts;
@@ -406,16 +408,22 @@ def run(
     sweep = Sweep(procs, seconds)
     points: list[Point] = []
     for profile in profiles:
-        for name in receivers:
-            receiver = make_receiver(name)
-            try:
+        # every receiver runs (idle ones sleep) and each rate is offered to each in turn, so
+        # whatever else disturbs the machine is spread over the receivers, not dumped on one
+        started: list[Bare | CollectorReceiver] = []
+        try:
+            for name in receivers:
+                receiver = make_receiver(name)
+                started.append(receiver)
                 sweep.send(receiver.port, profile, WARMUP, 100_000)  # flows, caches, page faults
                 settle(receiver, 0, WARMUP, 0)
-                for rate in rates:
+            for rate in rates:
+                for receiver in started:
                     point = sweep.point(receiver, profile, rate)
                     points.append(point)
                     print(line(point), file=sys.stderr, flush=True)
-            finally:
+        finally:
+            for receiver in started:
                 receiver.close()
     knees = {
         f"{name}/{profile}": knee(
