@@ -24,6 +24,11 @@ class SinkStatus(msgspec.Struct, kw_only=True):
     retried: int = 0
     failed: int = 0
     dropped: int = 0
+    dead_lettered: int = 0
+    """Records the broker refused for good (authorization, policy, timestamp), kept in the
+    dead-letter spool directory instead of being retried forever."""
+    quarantined_segments: int = 0
+    """Spool segments found damaged and moved aside to quarantine/ (kept, not replayed)."""
     failures: int = 0
     latency_observations: list[float] = msgspec.field(default_factory=list)
 

@@ -360,6 +360,15 @@ class TopicInfo:
     the broker would not say (no DescribeConfigs permission)."""
 
 
+async def topic_exists(servers: list[str], client: dict[str, Any], topic: str) -> bool:
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers, **client)
+    try:
+        await admin.start()
+        return topic in await admin.list_topics()
+    finally:
+        await admin.close()
+
+
 async def ensure_topic(
     servers: list[str], client: dict[str, Any], topic: str, c: KafkaConfig
 ) -> TopicInfo:

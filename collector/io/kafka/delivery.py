@@ -93,6 +93,7 @@ class Delivery:
         self.delivered = 0
         self.retried = 0
         self.failed = 0
+        self.dead_lettered = 0
         self.latencies: list[float] = []
         self.max_record_bytes = 1 << 62
         """Largest record (key, value, headers) a batch may hold; the sink sets the topic's."""
@@ -300,6 +301,13 @@ class Delivery:
         """The broker refused ``batch`` for good: its records failed; returns how many."""
         count = self._untrack(batch)
         self.failed += count
+        return count
+
+    def dead_letter(self, batch: Batch) -> int:
+        """The broker refused ``batch`` for a reason waiting does not fix: its records leave
+        memory for the dead-letter spool (the caller writes them); returns how many."""
+        count = self._untrack(batch)
+        self.dead_lettered += count
         return count
 
     def to_retry(self, batch: Batch) -> int:

@@ -36,11 +36,7 @@ import time
 from functools import partial
 from typing import Any, Literal
 
-from aiokafka.errors import (
-    ClusterAuthorizationFailedError,
-    KafkaConnectionError,
-    TopicAuthorizationFailedError,
-)
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from collector.config import KafkaConfig, RecordsConfig
 from collector.errors import SinkError
@@ -130,6 +126,7 @@ class KafkaSink:
         self._last_error = ""
         self._error = ""
         self._error_s = -RECENT_S
+        self._dead_letter_reasons: set[str] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._connect_task: asyncio.Task[None] | None = None
@@ -388,7 +385,8 @@ class KafkaSink:
                 if now < self._retry_after:
                     wait_s = self._retry_after - now
                 else:
-                    return self._built(delivery.rebuild_retries(max(room, 1), _now_ms()))
+                    created_ms = _wall_ms(delivery.retry[0].first_s)
+                    return self._built(delivery.rebuild_retries(max(room, 1), created_ms))
             elif state is State.STALLED or room <= 0:
                 wait_s = WATCH_INTERVAL_S if state is State.STALLED else None
             elif state is State.REPLAYING and now < self._spool_retry_at:
@@ -406,7 +404,8 @@ class KafkaSink:
                     or self._flush_deadline is not None
                     or now - oldest >= linger_s
                 ):
-                    return self._built(delivery.from_pending(min(room, CYCLE_RECORDS), _now_ms()))
+                    created_ms = _wall_ms(oldest)
+                    return self._built(delivery.from_pending(min(room, CYCLE_RECORDS), created_ms))
                 wait_s = oldest + linger_s - now
             if wait_s is None:
                 await self._wake.wait()
@@ -437,7 +436,8 @@ class KafkaSink:
         records = Parked(
             chunk.content_type, chunk.keys, chunk.values, chunk.exporters, chunk.sequences
         )
-        return self._built(delivery.from_chunk(records, first_s, chunk.segment, _now_ms()))
+        created_ms = int(chunk.created_s * 1000)
+        return self._built(delivery.from_chunk(records, first_s, chunk.segment, created_ms))
 
     def _built(self, batches: list[Batch]) -> list[Batch]:
         """Account for the records the core refused to batch as too large for the topic."""
@@ -512,6 +512,8 @@ class KafkaSink:
                 len(batch.values),
                 self._last_error,
             )
+        elif isinstance(exc, client.PERMANENT_ERRORS):
+            self._dead_letter(batch, exc)
         elif isinstance(exc, client.RECORD_ERRORS):
             count = delivery.rejected(batch)
             size = sum(map(len, batch.values)) + sum(map(len, batch.keys))
@@ -532,8 +534,6 @@ class KafkaSink:
             now = time.monotonic()
             self._retry_after = max(self._retry_after, now + self._backoff_s)
             self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
-            if isinstance(exc, TopicAuthorizationFailedError | ClusterAuthorizationFailedError):
-                self._set_error(f"not allowed to write to {self._topic!r}: {self._last_error}")
             self._ratelimited(
                 "retry",
                 logging.WARNING,
@@ -542,13 +542,36 @@ class KafkaSink:
                 self._last_error,
                 count=count,
             )
-            if isinstance(exc, client.PRODUCER_FATAL) or workarounds.producer_broken(
+            if isinstance(exc, client.TOPIC_GONE_ERRORS):  # the next connect recreates it
+                self._reset_producer(f"topic {self._topic!r} is gone ({self._last_error})")
+            elif isinstance(exc, client.PRODUCER_FATAL) or workarounds.producer_broken(
                 self._producer
             ):
                 self._reset_producer(self._last_error)
         if delivery.memory_records() > self._config.queue_records:
             self._schedule_spill()
         self._wake.set()
+
+    def _dead_letter(self, batch: Batch, exc: BaseException) -> None:
+        """Records the broker refuses for a reason waiting does not fix (authorization, policy,
+        timestamp) go to the dead-letter spool, so the rest keep flowing behind them."""
+        count = self.delivery.dead_letter(batch)
+        reason = type(exc).__name__
+        self._spool.dead_letter(
+            Parked(batch.content_type, batch.keys, batch.values, batch.exporters, batch.sequences)
+        )
+        self._spool.ack(batch.segment, count)
+        self._set_error(
+            f"{count} records dead-lettered to {self._spool.dead_letter_path}: {reason}"
+        )
+        if reason not in self._dead_letter_reasons:  # once per reason: the counter tells the rest
+            self._dead_letter_reasons.add(reason)
+            log.error(
+                "the broker refuses records for good (%s); they go to %s (counted as"
+                " dead-lettered), the rest keep flowing",
+                self._last_error,
+                self._spool.dead_letter_path,
+            )
 
     async def _watch(self) -> None:
         """Notice a broker that stopped acknowledging (aiokafka retries in-flight batches of an
@@ -583,10 +606,14 @@ class KafkaSink:
         _reset_producer). One that answers is only slow: keep waiting for its acks."""
         try:
             async with asyncio.timeout(self._config.connect_timeout_s):
-                await client.probe(self._servers, self._client, self._config)
-        except (SinkError, TimeoutError) as exc:
+                servers = await client.probe(self._servers, self._client, self._config)
+                exists = await client.topic_exists(servers, self._client, self._topic)
+        except (SinkError, TimeoutError, KafkaError, OSError) as exc:
             if self.state is State.STALLED:
                 self._reset_producer(f"Kafka is unreachable ({exc})", graceful=False)
+            return
+        if not exists and self.state is State.STALLED:  # deleted: aiokafka retries forever
+            self._reset_producer(f"topic {self._topic!r} was deleted", graceful=False)
 
     # -- status --------------------------------------------------------------------------------
 
@@ -630,6 +657,8 @@ class KafkaSink:
             retried=delivery.retried,
             failed=delivery.failed,
             dropped=self._spool.dropped,
+            dead_lettered=self._spool.dead_lettered,
+            quarantined_segments=self._spool.quarantined_segments,
             failures=self._failures,
             latency_observations=observations,
         )
@@ -645,5 +674,7 @@ class KafkaSink:
         return self._spool.corrupt_segments
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+def _wall_ms(monotonic_s: float) -> int:
+    """The wall-clock time (Unix ms) of a monotonic instant: a record's Kafka timestamp is when it
+    was submitted (for spooled records: when their segment was started), not when it was sent."""
+    return int((time.time() - (time.monotonic() - monotonic_s)) * 1000)

@@ -18,6 +18,7 @@ from collector.logs import RateLimiter
 
 log = logging.getLogger(__name__)
 
+DEAD_LETTER = "dead-letter"
 MAX_SPOOL_SLOTS = 256
 """Spool directories per topic (one per live worker process); bounds the search at start."""
 LOG_EVERY_S = 10.0
@@ -41,6 +42,8 @@ class SinkSpool:
         self.write_error_s = float("-inf")
         self._limiter = RateLimiter(LOG_EVERY_S)
         self._notes_logged = 0
+        self._dead: Spool | None = None
+        self.dead_lettered = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -83,6 +86,9 @@ class SinkSpool:
         """Close the open segment (fsync) and release the directory; segments stay."""
         if self._spool is not None:
             self._spool.close()
+        if self._dead is not None:
+            self._dead.close()
+            self._dead = None
 
     def forget(self) -> None:
         """Close and let go (a failed start): the next start claims a slot again."""
@@ -139,6 +145,35 @@ class SinkSpool:
                 count - written,
                 f"the spool is full ({spool.size_bytes} of {self._config.spool_max_bytes} bytes)",
             )
+
+    @property
+    def dead_letter_path(self) -> Path:
+        return self.path / DEAD_LETTER
+
+    def dead_letter(self, parked: Parked) -> None:
+        """Keep records the broker refuses for good in ``dead-letter/`` (a spool of its own, never
+        replayed by the collector: an operator decides); what cannot be written is dropped."""
+        count = len(parked.values)
+        if self._dead is None:
+            c = self._config
+            dead = Spool(
+                self.dead_letter_path,
+                max_bytes=c.spool_max_bytes,
+                segment_bytes=c.spool_segment_bytes,
+            )
+            try:
+                dead.open()
+            except SpoolError as exc:
+                self.drop(count, f"cannot open the dead-letter spool: {exc}")
+                return
+            self._dead = dead
+        written = self._dead.append(
+            parked.content_type, parked.keys, parked.values, parked.exporters, parked.sequences
+        )
+        self._dead.rotate()  # each is closed (fsynced) at once: they are rare and must survive
+        self.dead_lettered += written
+        if written < count:
+            self.drop(count - written, f"the dead-letter spool {self.dead_letter_path} is full")
 
     def drop(self, count: int, why: str) -> None:
         self.dropped += count
