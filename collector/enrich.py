@@ -190,7 +190,7 @@ def apply_view(sessions: SessionMap, view: Mapping[int, EnrichedSession]) -> Ses
     A configured session whose ``interface_id`` names another ENI than the API's session keeps
     only its own values (the learned ENI's addresses would describe the wrong interface).
     Learned VNIs nobody configured become sessions without a filter (AWS's filter applies).
-    Needs no client: worker processes can apply a view the supervisor fetched (it pickles).
+    Needs no client: each worker refreshes its own view in a thread and applies it (worker.py).
     """
     out: list[Session] = []
     for vni, configured in sessions.by_vni.items():

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import pickle
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
 from collector.config import AwsConfig, build_config
-from collector.enrich import EnrichedSession, Enricher, apply_view, ec2_client
+from collector.enrich import EnrichedSession, Enricher, ec2_client
 from collector.errors import ConfigError
 from collector.sessions import EGRESS, INGRESS, UNKNOWN, SessionMap, build_sessions
 
@@ -336,13 +335,3 @@ def test_no_region_anywhere_is_a_config_error(
     with pytest.raises(ConfigError) as info:
         Enricher(AwsConfig(enrich=True))
     assert info.value.key == "aws.region"
-
-
-def test_a_view_travels_to_worker_processes(account: Account) -> None:
-    # the supervisor refreshes; workers get the view through a pipe and apply it themselves
-    view = Enricher(AwsConfig(enrich=True)).refresh()
-    copy = pickle.loads(pickle.dumps(view))
-    assert copy == view
-    web = apply_view(configured([{"vni": 7001, "name": "web"}]), copy).get(7001)
-    assert web is not None
-    assert web.interface_id == account.web

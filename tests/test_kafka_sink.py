@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from kafka_fixtures import (
     ROOT,
@@ -209,7 +210,11 @@ async def test_records_arrive_keyed_and_in_sequence(
     sink = KafkaSink([kafka_broker.bootstrap], topic, config, JSON)
     await sink.start()
     assert sink.status().state == "ok"
+    # 300 flows of 100 records each (a long connection is emitted again at every active
+    # timeout): with only one record per key, "one key, one partition" could not fail
     records = make_records(30_000, "e2e/w0/1")
+    flow_ids = [r.flow_id for r in records[:300]]
+    records = [msgspec.structs.replace(r, flow_id=flow_ids[i % 300]) for i, r in enumerate(records)]
     for i in range(0, len(records), 700):
         sink.submit(records[i : i + 700])
         await asyncio.sleep(0)
@@ -229,10 +234,15 @@ async def test_records_arrive_keyed_and_in_sequence(
     messages = await read_topic(kafka_broker.bootstrap, topic, 30_000)
     seen = check_complete(messages, "e2e/w0/1", 30_000)
     assert set(seen.values()) == {1}
-    # one flow, one partition: the key decides
+    # one flow, one partition: the key decides, and a partition keeps each flow's records in order
     partition_of: dict[bytes, int] = {}
-    for message in messages:
+    sequences: dict[bytes, list[int]] = {}
+    for message in sorted(messages, key=lambda m: (m.partition, m.offset)):
         assert partition_of.setdefault(message.key, message.partition) == message.partition
+        sequences.setdefault(message.key, []).append(decode(message.value).sequence)
+    assert sorted(sequences) == sorted(f.encode() for f in flow_ids)
+    assert {len(s) for s in sequences.values()} == {100}
+    assert all(s == sorted(s) for s in sequences.values())
     assert len({m.partition for m in messages}) == 4
 
 
@@ -245,7 +255,12 @@ async def test_mirrored_packets_end_to_end(
     packet is accounted for in the records on the topic."""
     from pipeline_support import T0, make_pipeline, tcp, udp
 
-    pipeline = make_pipeline(exporter="packets/w0/1")
+    # sessions with addresses, so the two directions of each TCP connection are told apart
+    sessions = [
+        {"vni": 7001, "name": "web", "addresses": ["172.31.16.21"]},
+        {"vni": 7002, "name": "clients", "addresses": ["10.1.0.0/16"]},
+    ]
+    pipeline = make_pipeline({"sessions": sessions}, exporter="packets/w0/1")
     datagrams = []
     for i in range(200):
         client = f"10.1.{i // 250}.{i % 250 + 1}"
@@ -268,10 +283,19 @@ async def test_mirrored_packets_end_to_end(
     check_complete(messages, "packets/w0/1", len(records))
     assert sum(decode(m.value).packets for m in messages) == len(datagrams)
     # both directions of one connection share a flow_id, so a key and a partition
-    by_key: dict[bytes, set[str]] = {}
+    by_key: dict[bytes, set[tuple[str, int]]] = {}
     for message in messages:
-        by_key.setdefault(message.key, set()).add(decode(message.value).direction)
-    assert sum(1 for directions in by_key.values() if len(directions) == 1) == len(by_key)
+        record = decode(message.value)
+        by_key.setdefault(message.key, set()).add((record.direction, record.protocol))
+        assert message.key == record.flow_id.encode()
+    partitions: dict[bytes, set[int]] = {}
+    for message in messages:
+        partitions.setdefault(message.key, set()).add(message.partition)
+    assert {len(p) for p in partitions.values()} == {1}
+    connections = [d for d in by_key.values() if (6 in {p for _, p in d})]
+    assert len(connections) == 200
+    assert all(d == {("ingress", 6), ("egress", 6)} for d in connections)
+    assert [d for d in by_key.values() if d not in connections] == [{("egress", 17)}] * 200
     assert sum(len(decode(m.value).src_addr) > 0 for m in messages) == len(records)
 
 

@@ -16,6 +16,7 @@ import json
 import random
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import zlib
@@ -514,8 +515,20 @@ def test_bundled_demo_matches_tshark() -> None:
 
 
 def test_a_capture_cut_short_is_replayed_up_to_the_cut_and_says_so(tmp_path: Path) -> None:
+    data = DEMO.read_bytes()
+    assert struct.unpack_from("<I", data, 0)[0] == 0xA1B2C3D4  # classic pcap, little endian
     cut = tmp_path / "cut.pcap"
-    cut.write_bytes(DEMO.read_bytes()[:3000])
+    cut.write_bytes(data[:3000])
+    # the frames wholly before the cut, found by walking the record headers, as a capture of
+    # their own: what the cut capture must give, no more, no less
+    end, frames = 24, 0
+    while end + 16 <= 3000 and end + 16 + struct.unpack_from("<I", data, end + 8)[0] <= 3000:
+        end += 16 + struct.unpack_from("<I", data, end + 8)[0]
+        frames += 1
+    assert end < 3000 and frames >= 2, "the cut falls inside a record, after a few whole ones"
+    whole = tmp_path / "whole" / "cut.pcap"  # same name: the exporter is named after the file
+    whole.parent.mkdir()
+    whole.write_bytes(data[:end])
     result = subprocess.run(
         [sys.executable, "-m", "collector", "replay", str(cut)],
         capture_output=True,
@@ -525,4 +538,9 @@ def test_a_capture_cut_short_is_replayed_up_to_the_cut_and_says_so(tmp_path: Pat
     assert result.returncode == 0
     assert b"ends inside a record" in result.stderr
     assert b"Traceback" not in result.stderr
-    assert len(result.stdout.splitlines()) >= 1
+    expected = run_replay(whole)
+    assert expected.summary["datagrams"] == frames
+    assert result.stdout.decode() == expected.stdout
+    assert per_flow([json.loads(x) for x in result.stdout.splitlines()]) == (
+        tshark_totals(whole).flows
+    )

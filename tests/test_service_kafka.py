@@ -11,23 +11,40 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from kafka_fixtures import KafkaBroker, unique_topic
 
+from collector.config import KafkaConfig
+from collector.io.spool import Spool
 from collector.records import decode
 from tests.service_harness import Collector, tcp, udp
 
 
 def _flood(c: Collector, count: int) -> int:
-    # eight source sockets: SO_REUSEPORT spreads them over both workers
-    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(8)]
-    sent = 0
-    try:
-        for i in range(count):
-            d = (tcp if i % 3 else udp)(21, "10.5.0.1", f"10.6.{i % 200}.1", 1024 + i % 500, 443)
-            senders[i % 8].sendto(d, ("127.0.0.1", c.udp_port))
-            sent += 1
-    finally:
-        for s in senders:
-            s.close()
-    return sent
+    """``count`` datagrams of many flows, from sender sockets that reach every worker."""
+    return c.send_spread(
+        [
+            (tcp if i % 3 else udp)(21, "10.5.0.1", f"10.6.{i % 200}.1", 1024 + i % 500, 443)
+            for i in range(count)
+        ]
+    )
+
+
+def _spooled_packets(spool_dir: Path) -> dict[str, list[int]]:
+    """Read every spool the collector left (one directory per worker slot, each with its LOCK):
+    the packets of the records in it, by exporter, in spool order."""
+    config = KafkaConfig()
+    out: dict[str, list[int]] = defaultdict(list)
+    for lock in sorted(spool_dir.rglob("LOCK")):
+        spool = Spool(
+            lock.parent, max_bytes=config.spool_max_bytes, segment_bytes=config.spool_segment_bytes
+        )
+        spool.open()
+        try:
+            while (chunk := spool.read(1000)) is not None:
+                for value in chunk.values:
+                    record = decode(value)
+                    out[record.exporter].append(record.packets)
+        finally:
+            spool.close()
+    return dict(out)
 
 
 async def _read_packets(
@@ -113,7 +130,8 @@ async def test_records_spooled_while_the_broker_is_unreachable_are_delivered_by_
         assert c.stop() == 0
     assert code == 200
     assert body["status"] == "degraded"
-    assert any(p.stat().st_size for p in spool.rglob("*") if p.is_file())
+    spooled = _spooled_packets(spool)
+    assert sum(sum(packets) for packets in spooled.values()) == sent  # records, not the LOCK file
     second = tmp_path / "second"
     second.mkdir()
     with Collector(second, sink=f"kafka://{kafka_broker.bootstrap}/{topic}", env=env) as c:

@@ -313,55 +313,46 @@ def test_unknown_direction_is_cached_like_a_reject() -> None:
     assert drops(pipeline) == {"unknown_direction": 3}
 
 
-def reject_everything() -> MirrorFilter:
-    return MirrorFilter("nothing", [])
+ACCEPT_EGRESS_UDP = {"rules": [{**ACCEPT_EGRESS_TCP["rules"][0], "protocol": 17}]}
 
 
-def test_decision_is_made_once_per_flow() -> None:
-    """Swapping the session's filter after a decision changes new flows only, in both ways."""
+def test_a_reload_keeps_admitted_flows_and_decides_the_others_again() -> None:
+    """The reload a worker runs on SIGHUP (``Pipeline.reconfigure``): a flow in the table keeps
+    the decision it was admitted with; a flow the old rules did not keep is decided again under
+    the new rules, and so is every new flow."""
     pipeline = make_pipeline(two_sessions())
     kept_flow = tcp(10, ENI4, PEER4, 40000, 443)
     rejected_flow = udp(10, ENI4, PEER4, 40000, 53)
     pipeline.feed(kept_flow, len(kept_flow), T0, None)
     pipeline.feed(rejected_flow, len(rejected_flow), T0, None)
+    assert drops(pipeline) == {"filter_reject": 1}
 
-    # from now on, session A's filter would reject everything (and accept nothing more)
-    a = pipeline.sessions.by_vni[10]
-    pipeline.sessions.by_vni[10] = Session(
-        vni=10, name="A", networks=a.networks, filter=reject_everything()
-    )
+    # the new rules keep UDP and nothing else: the reverse of the old ones
+    config = build_config({**two_sessions(), "filters": {"f": ACCEPT_EGRESS_UDP}})
+    pipeline.reconfigure(config, build_sessions(config))
     new_flow = tcp(10, ENI4, PEER4, 40001, 443)
     for i in range(1, 4):
         pipeline.feed(kept_flow, len(kept_flow), T0 + i, None)
         pipeline.feed(rejected_flow, len(rejected_flow), T0 + i, None)
         pipeline.feed(new_flow, len(new_flow), T0 + i, None)
 
-    (record,) = pipeline.flush()
-    assert (record.src_port, record.packets) == (40000, 4)  # still the cached accept
-    assert drops(pipeline) == {"filter_reject": 4 + 3}  # cached reject + the new flow
+    records = {(r.protocol, r.src_port): r.packets for r in pipeline.flush()}
+    assert records == {(6, 40000): 4, (17, 40000): 3}  # admitted TCP kept; UDP now accepted
+    assert drops(pipeline) == {"filter_reject": 1 + 3}  # UDP before the reload, new TCP after
 
 
-def test_rejected_flow_is_decided_again_after_the_inactive_timeout() -> None:
+def test_a_cached_reject_is_forgotten_after_the_inactive_timeout_then_decided_anew() -> None:
     pipeline = make_pipeline(two_sessions())
     flow = udp(10, ENI4, PEER4, 40000, 53)
     pipeline.feed(flow, len(flow), T0, None)
     assert pipeline.table.not_kept == 1
-
-    # new rules (say, a reload) now accept UDP; the cached reject is forgotten once idle long enough
-    config = build_config(
-        {
-            "sessions": [{"vni": 10, "name": "A", "addresses": [ENI4], "filter": "f"}],
-            "filters": {"f": {"rules": [{**ACCEPT_EGRESS_TCP["rules"][0], "protocol": 17}]}},
-        }
-    )
-    pipeline.sessions.by_vni[10] = build_sessions(config).by_vni[10]
     assert pipeline.expire(T0 + 14.5) == []
     pipeline.feed(flow, len(flow), T0 + 14.5, None)  # still cached, and refreshed
     assert pipeline.expire(T0 + 29) == []
     assert pipeline.table.not_kept == 1
-    assert pipeline.expire(T0 + 29.5) == []
+    assert pipeline.expire(T0 + 29.5) == []  # idle for the inactive timeout: forgotten
     assert pipeline.table.not_kept == 0
-    pipeline.feed(flow, len(flow), T0 + 30, None)
-    (record,) = pipeline.flush()
-    assert (record.packets, record.start_ms) == (1, int((T0 + 30) * 1000))
-    assert drops(pipeline) == {"filter_reject": 2}
+    pipeline.feed(flow, len(flow), T0 + 30, None)  # decided again (same rules: rejected again)
+    assert pipeline.table.not_kept == 1
+    assert pipeline.flush() == []
+    assert drops(pipeline) == {"filter_reject": 3}
