@@ -11,20 +11,71 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tests.packets import icmp, tcp, udp, vxlan
 
 DEADLINE_S = 30.0
-__all__ = ["Collector", "free_port", "icmp", "tcp", "udp", "vxlan", "wait_for"]
+START_ATTEMPTS = 4  # a port another test took between free_port() and the collector's bind
+__all__ = ["Collector", "clean_environ", "free_port", "icmp", "tcp", "udp", "vxlan", "wait_for"]
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def clean_environ(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without the caller's COLLECTOR_* settings, plus ``extra``: a
+    collector under test sees only the settings its test chose."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+    return {**env, **(extra or {})}
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """Inodes of the sockets process ``pid`` holds open (empty once it is gone)."""
+    found: set[int] = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    try:
+        entries = list(fd_dir.iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        try:
+            target = os.readlink(entry)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found.add(int(target[8:-1]))
+    return found
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (the supervisor's workers)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after its closing paren
+        if int(text.rpartition(")")[2].split()[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def bound_inodes(tables: tuple[str, ...], port: int, state: str | None = None) -> set[int]:
+    """Inodes of every socket in /proc/net/TABLE bound to local ``port`` (in ``state``, hex)."""
+    found: set[int] = set()
+    for table in tables:
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rpartition(":")[2], 16) == port and state in (None, fields[3]):
+                found.add(int(fields[9]))
+    return found
 
 
 def wait_for(
@@ -51,11 +102,25 @@ class Collector:
         workers: int = 1,
         sink: str | None = None,
         env: dict[str, str] | None = None,
+        stdout: int | None = None,
     ) -> None:
+        self.out = tmp / "records.jsonl"
+        self.args = args
+        self.workers = workers
+        self.sink = sink
+        self.env = clean_environ(env)
+        self.stdout = stdout
+        self.config_path: Path | None = None
+        if config is not None:
+            self.config_path = tmp / "collector.toml"
+            self.config_path.write_text(config)
+        self.log = (tmp / "collector.log").open("wb")
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._spawn()
+
+    def _spawn(self) -> None:
         self.udp_port = free_port(socket.SOCK_DGRAM)
         self.http_port = free_port()
-        self.out = tmp / "records.jsonl"
-        self.config_path: Path | None = None
         cmd = [
             sys.executable,
             "-m",
@@ -66,23 +131,51 @@ class Collector:
             "--health",
             f"127.0.0.1:{self.http_port}",
             "--workers",
-            str(workers),
+            str(self.workers),
             "--sink",
-            sink or f"file:{self.out}",
-            *args,
+            self.sink or f"file:{self.out}",
+            *self.args,
         ]
-        if config is not None:
-            self.config_path = tmp / "collector.toml"
-            self.config_path.write_text(config)
+        if self.config_path is not None:
             cmd += ["--config", str(self.config_path)]
-        self.log = (tmp / "collector.log").open("wb")
         self.proc = subprocess.Popen(
-            cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            cmd,
+            stdout=self.log if self.stdout is None else self.stdout,
+            stderr=subprocess.STDOUT if self.stdout is None else self.log,
+            env=self.env,
         )
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def owns_its_ports(self) -> bool:
+        """Whether every socket on the UDP port and the HTTP listener are this collector's own.
+        With SO_REUSEPORT a second collector given the same free port would not fail to bind:
+        it would silently share the traffic, so the harness looks instead."""
+        ours = set().union(*map(socket_inodes, [self.proc.pid, *children(self.proc.pid)]))
+        udp_sockets = bound_inodes(("udp", "udp6"), self.udp_port)
+        listeners = bound_inodes(("tcp", "tcp6"), self.http_port, state="0A")  # TCP_LISTEN
+        return bool(udp_sockets and listeners) and (udp_sockets | listeners) <= ours
+
+    def start(self) -> dict[str, Any]:
+        """Wait for /healthz 200 on ports this collector alone holds; on a clash, or a bind that
+        failed because another process took a port first, start again on other ports."""
+        for _ in range(START_ATTEMPTS - 1):
+            try:
+                body = self.wait_healthy()
+            except AssertionError:
+                if "cannot bind" not in self.logs() and "cannot listen" not in self.logs():
+                    raise
+            else:
+                if self.owns_its_ports():
+                    return body
+            self.proc.kill()
+            self.proc.wait()
+            self.out.unlink(missing_ok=True)  # whatever a shared port brought in is not ours
+            self._spawn()
+        body = self.wait_healthy()
+        assert self.owns_its_ports(), "the collector shares its ports with another process"
+        return body
 
     def __enter__(self) -> Collector:
-        self.wait_healthy()
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -137,6 +230,46 @@ class Collector:
             self.sock.sendto(d, ("127.0.0.1", self.udp_port))
             count += 1
         return count
+
+    def worker_datagrams(self) -> dict[int, int]:
+        """Datagrams each live worker has counted, by worker index."""
+        _, body = self.health()
+        return {w["index"]: w.get("datagrams", 0) for w in body.get("workers", [])}
+
+    def worker_pids(self) -> dict[int, int]:
+        """The pid of each live worker, by worker index."""
+        _, body = self.health()
+        return {w["index"]: w["pid"] for w in body.get("workers", []) if "pid" in w}
+
+    def send_spread(self, datagrams: Sequence[bytes], max_senders: int = 64) -> int:
+        """Send every datagram in order, round robin over sender sockets of which at least one
+        reaches each worker. SO_REUSEPORT hashes each source port to one worker, so N random
+        ports miss one of two workers once in 2**(N-1) runs: the first datagrams are sent one
+        per new socket, each waited for, until every worker has counted one of them."""
+        senders: list[socket.socket] = []
+        start = self.worker_datagrams()
+        total = sum(start.values())
+        sent = 0
+        try:
+            while True:
+                grown = {i for i, n in self.worker_datagrams().items() if n > start.get(i, 0)}
+                if len(grown) >= self.workers or sent == len(datagrams):
+                    break
+                assert len(senders) < max_senders, f"no source port reached workers {grown}"
+                senders.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+                senders[-1].sendto(datagrams[sent], ("127.0.0.1", self.udp_port))
+                sent += 1
+
+                def counted(want: int = total + sent) -> bool:
+                    return sum(self.worker_datagrams().values()) >= want
+
+                wait_for(counted, "the probe datagram counted")
+            for i, datagram in enumerate(datagrams[sent:]):
+                senders[i % len(senders)].sendto(datagram, ("127.0.0.1", self.udp_port))
+        finally:
+            for s in senders:
+                s.close()
+        return len(datagrams)
 
     def wait_received(self, total: int) -> None:
         wait_for(
