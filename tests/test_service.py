@@ -18,7 +18,7 @@ from collector.config import build_config
 from collector.messages import Fatal, Reload, Snapshot, Stop
 from collector.metrics import WorkerSnapshot
 from collector.wire.drops import DROP_COUNT
-from tests.service_harness import Collector, icmp, tcp, udp, wait_for
+from tests.service_harness import Collector, clean_environ, icmp, tcp, udp, wait_for
 
 
 def _assert_gap_free(records: list[dict[str, object]]) -> None:
@@ -67,7 +67,9 @@ def test_counts_end_to_end_through_file_sink(tmp_path: Path) -> None:
 def test_sigterm_turns_health_503_at_once_keeps_ingesting_during_drain_and_loses_nothing(
     tmp_path: Path,
 ) -> None:
-    with Collector(tmp_path, "--drain-s", "3") as c:
+    # the drain window must outlast seeing the 503 and sending the second batch on a loaded
+    # machine: datagrams sent after it ends would be refused by a closed socket
+    with Collector(tmp_path, "--drain-s", "10") as c:
         first = c.send(tcp(1, "10.0.0.5", "10.0.0.6", 1000, 80, "S") for _ in range(50))
         c.wait_received(first)
         c.proc.send_signal(signal.SIGTERM)
@@ -199,6 +201,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
         check=False,
+        env=clean_environ(),
     )
 
 
@@ -258,49 +261,17 @@ def test_every_receive_path_counts_alike_and_infers_direction_from_the_outer_sou
 
 def test_stdout_sink_with_two_workers_on_one_pipe_never_interleaves_lines(tmp_path: Path) -> None:
     import json
-    import socket
 
-    from tests.service_harness import free_port
-
-    udp_port, http_port = free_port(socket.SOCK_DGRAM), free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "collector",
-            "run",
-            "--workers",
-            "2",
-            "--sink",
-            "-",
-            "--listen",
-            f"127.0.0.1:{udp_port}",
-            "--health",
-            f"127.0.0.1:{http_port}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        probe = Collector.__new__(Collector)
-        probe.http_port, probe.proc = http_port, proc
-        wait_for(lambda: probe.get("/healthz")[0] == 200, "healthy")
-        senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(8)]
-        sent = 0
-        for i in range(3000):  # 3000 flows from 8 source sockets: both workers get a share
-            senders[i % 8].sendto(
-                udp(4, "10.3.0.1", "10.3.0.2", 1024 + i, 53), ("127.0.0.1", udp_port)
-            )
-            sent += 1
-        wait_for(lambda: probe.metric("collector_datagrams_received_total") >= sent, "received")
-        for s in senders:
-            s.close()
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0
+    # no flow ends before the stop: nothing is written while nobody reads the pipe
+    env = {"COLLECTOR_FLOWS_INACTIVE_TIMEOUT_S": "600", "COLLECTOR_FLOWS_ACTIVE_TIMEOUT_S": "600"}
+    c = Collector(tmp_path, workers=2, sink="-", env=env, stdout=subprocess.PIPE)
+    with c:
+        # 3000 flows from sender sockets that reach both workers
+        sent = c.send_spread([udp(4, "10.3.0.1", "10.3.0.2", 1024 + i, 53) for i in range(3000)])
+        c.wait_received(sent)
+        c.proc.send_signal(signal.SIGTERM)
+        out, _ = c.proc.communicate(timeout=60)
+    assert c.proc.returncode == 0
     records = [json.loads(line) for line in out.splitlines()]
     assert len(records) == 3000
     assert len({r["exporter"] for r in records}) == 2
