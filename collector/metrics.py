@@ -62,7 +62,15 @@ COUNTER_FIELDS = (
     "enrich_refreshes",
     "enrich_failures",
 )
-SINK_COUNTERS = ("delivered", "retried", "failed", "dropped", "failures")
+SINK_COUNTERS = (
+    "delivered",
+    "retried",
+    "failed",
+    "dropped",
+    "dead_lettered",
+    "quarantined_segments",
+    "failures",
+)
 
 KERNEL_DROPS_WRAP = 1 << 32  # /proc/net/udp prints sk_drops, an atomic_t, as %u
 
@@ -360,15 +368,28 @@ class Aggregate(Collector):
         yield _counter(
             "collector_sink_records_failed",
             "Records lost: a sink gave up on them for good, never retried (the broker rejected"
-            " them for their content: too large, corrupt, not authorized; or the file/stdout sink"
+            " them for their content: too large for any batch, corrupt; or the file/stdout sink"
             " could not write them).",
             self.total("failed"),
         )
         yield _counter(
             "collector_sink_records_dropped",
             "Records lost before reaching the broker: the spool was full (kafka.spool_max_bytes),"
-            " no spool was open, or writing the spool failed.",
+            " no spool was open, or writing the spool failed (the dead-letter spool alike).",
             self.total("dropped"),
+        )
+        yield _counter(
+            "collector_sink_records_dead_lettered",
+            "Records the broker refused for good (authorization, policy, timestamp), kept in the"
+            " dead-letter spool directory: not in the topic, not lost (a full or unwritable"
+            " dead-letter spool drops them: counted as dropped).",
+            self.total("dead_lettered"),
+        )
+        yield _counter(
+            "collector_spool_quarantined_segments",
+            "Damaged spool segments moved to quarantine/: their good records were replayed, the"
+            " torn or corrupt rest was not (kept on disk for inspection).",
+            self.total("quarantined_segments"),
         )
         lost = CounterMetricFamily(
             "collector_worker_exit_lost",

@@ -84,10 +84,27 @@ def test_counters_sum_live_and_exited_workers() -> None:
             rx_bytes=5000,
             drops=drops,
             records={"tcp_fin": 4},
-            sink=SinkStatus(delivered=4, failed=1, dropped=2, retried=7, failures=3),
+            sink=SinkStatus(
+                delivered=4,
+                failed=1,
+                dropped=2,
+                retried=7,
+                failures=3,
+                dead_lettered=6,
+                quarantined_segments=1,
+            ),
         ),
     )
-    live(aggregate, snap(1, 101, datagrams=20, records={"tcp_fin": 1, "shutdown": 2}))
+    live(
+        aggregate,
+        snap(
+            1,
+            101,
+            datagrams=20,
+            records={"tcp_fin": 1, "shutdown": 2},
+            sink=SinkStatus(dead_lettered=3, quarantined_segments=2),
+        ),
+    )
     exit_worker(aggregate, 1)
     live(aggregate, snap(1, 102, started=2.0, datagrams=6, records={"shutdown": 1}))
     samples = scrape(aggregate)
@@ -104,6 +121,8 @@ def test_counters_sum_live_and_exited_workers() -> None:
     assert value(samples, "collector_sink_records_dropped_total") == 2
     assert value(samples, "collector_sink_records_retried_total") == 7
     assert value(samples, "collector_sink_failures_total") == 3
+    assert value(samples, "collector_sink_records_dead_lettered_total") == 9
+    assert value(samples, "collector_spool_quarantined_segments_total") == 3
     assert value(samples, "collector_worker_restarts_total") == 1
 
 
