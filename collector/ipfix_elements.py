@@ -34,7 +34,6 @@ VARLEN = 65535  # section 7: variable-length field, length carried in the record
 ENTERPRISE_BIT = 0x8000  # section 3.2: the field specifier carries a 4-byte enterprise number
 MAX_MESSAGE_BYTES = 65535  # section 3.1: the length field is 16 bits
 MAX_STRING_BYTES = 128  # an exported string is cut to this many bytes (at a character boundary)
-DOCUMENTATION_PEN = 32473  # RFC 5612: the enterprise number reserved for documentation and examples
 
 
 class Element(NamedTuple):
@@ -106,7 +105,6 @@ END_REASONS = {
 }
 # IANA flowDirection: 0 ingress, 1 egress. IANA defines no value for "not known"; 0xFF says it.
 DIRECTIONS = {"ingress": 0x00, "egress": 0x01, "unknown": 0xFF}
-DIRECTION_UNKNOWN = 0xFF
 
 
 def template_elements(ip_version: int, *, enterprise: bool) -> tuple[Element, ...]:

@@ -37,7 +37,7 @@ from collector.io.ipfix import IpfixSink, parse_ipfix_spec
 from collector.ipfix_elements import TEMPLATE_V4, TEMPLATE_V6, MessageEncoder, max_message_bytes
 from collector.records import FlowRecord, decode
 from tests.packets import icmp, tcp, udp
-from tests.service_harness import Collector
+from tests.service_harness import Collector, free_port
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("nfcapd") and shutil.which("tshark")),
@@ -59,12 +59,6 @@ def reference(capture: tuple[Path, Path]) -> list[dict[str, Any]]:
     kinds = {(r["ip_version"], r["protocol"]) for r in records}
     assert kinds == {(4, 6), (4, 17), (4, 1), (6, 6), (6, 58)}
     return records
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def udp_port_bound(port: int) -> bool:
