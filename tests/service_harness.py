@@ -145,6 +145,11 @@ class Collector:
             env=self.env,
         )
 
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where the collector receives VXLAN."""
+        return ("127.0.0.1", self.udp_port)
+
     def owns_its_ports(self) -> bool:
         """Whether every socket on the UDP port and the HTTP listener are this collector's own.
         With SO_REUSEPORT a second collector given the same free port would not fail to bind:
@@ -270,6 +275,35 @@ class Collector:
             for s in senders:
                 s.close()
         return len(datagrams)
+
+    def senders_by_worker(
+        self, probes: Iterable[bytes], max_senders: int = 64
+    ) -> tuple[dict[int, socket.socket], list[tuple[int, bytes]]]:
+        """One sender socket per worker index. Each new socket sends the next probe datagram and
+        the worker whose count grows is the one SO_REUSEPORT hashes that socket to (the mapping
+        holds while the group of worker sockets stays the same: a restart reshuffles it).
+        Returns the sockets and where each probe landed, so callers can account for them."""
+        found: dict[int, socket.socket] = {}
+        landed: list[tuple[int, bytes]] = []
+        supply = iter(probes)
+        while len(found) < self.workers:
+            assert len(landed) < max_senders, f"no source port reached a worker beyond {found}"
+            before = self.worker_datagrams()
+            sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            probe = next(supply)
+            sender.sendto(probe, ("127.0.0.1", self.udp_port))
+
+            def grown(before: dict[int, int] = before) -> list[int]:
+                now = self.worker_datagrams()
+                return [i for i, n in now.items() if n > before.get(i, 0)]
+
+            (index,) = wait_for(grown, "the probe datagram counted")
+            landed.append((index, probe))
+            if index in found:
+                sender.close()
+            else:
+                found[index] = sender
+        return found, landed
 
     def wait_received(self, total: int) -> None:
         wait_for(
