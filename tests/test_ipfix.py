@@ -584,3 +584,25 @@ async def test_a_tcp_collector_that_stops_reading_never_blocks_the_loop(
     assert stuck.queue_records > 0 and stuck.delivered < len(records)
     final = sink.status()
     assert final.delivered + final.dropped == len(records)  # every record is accounted for
+
+
+async def test_an_ipv6_collector_gets_datagrams_within_the_ipv6_mtu(
+    reference: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(("::1", 0))
+        receiver.setblocking(False)
+        port = receiver.getsockname()[1]
+        transport, host, port = parse_ipfix_spec(f"ipfix://[::1]:{port}")
+        sink = IpfixSink(transport, host, port, IpfixConfig(mtu_bytes=1280))
+        await sink.start()
+        sink.submit(loaded(reference))
+        await sink.close()
+        datagrams = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                datagrams.append(receiver.recv(65535))
+    assert sink.status().delivered == 48
+    assert max(len(d) for d in datagrams) <= 1280 - 40 - 8
+    messages = tshark_ipfix(udp_pcap(datagrams, tmp_path / "v6.pcap"))
+    assert sum(len(m["cflow.octets"]) for m in messages) == 48
