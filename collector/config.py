@@ -197,12 +197,15 @@ class IpfixConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Path MTU to the collector: UDP messages stay within it minus the IP and UDP headers."""
     template_refresh_s: PositiveSeconds = 60.0
     """UDP: templates are sent again this often, so a restarted collector decodes data again."""
+    max_datagrams_per_s: Annotated[int, msgspec.Meta(ge=0)] = 10_000
+    """UDP: pacing per worker, so a burst (a big expiry pass, a replay) does not overrun the
+    receiver's socket buffer; datagrams wait meanwhile (within queue_records). 0: no pacing."""
     enterprise_number: Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)] = 32473
     """Private Enterprise Number of the session/ENI/AWS elements (default: RFC 5612's number for
     documentation; use your organisation's); 0 exports IANA elements only."""
     queue_records: Count = 100_000
-    """TCP: records held in memory while the collector is unreachable; beyond it records are
-    dropped and counted. Bounds memory."""
+    """Records held in memory (TCP: while the collector is unreachable; UDP: waiting for the
+    pacing); beyond it records are dropped and counted. Bounds memory."""
     connect_timeout_s: PositiveSeconds = 5.0
     """TCP connect and name-resolution timeout."""
     reconnect_max_s: PositiveSeconds = 30.0

@@ -43,6 +43,9 @@ log = logging.getLogger("collector.ipfix")
 BACKOFF_START_S = 0.5
 TCP_BATCH_RECORDS = 1024  # records per write on TCP; bounds what one broken write sends again
 UDP_RECOVERY_S = 30.0
+UDP_SEND_BUFFER_BYTES = 4 << 20
+UDP_BURST_S = 0.005  # the token bucket holds this many seconds of max_datagrams_per_s
+UDP_TICK_S = 0.001
 TCP_MESSAGE_BYTES = 65_535  # RFC 7011 section 3.1: the largest message the length field allows
 
 Transport = Literal["udp", "tcp"]
@@ -118,8 +121,13 @@ class IpfixSink:
         self._dropped = 0
         self._retried = 0
         self._latency: list[float] = []
-        # UDP
+        # UDP: encoded datagrams waiting for the pacing (ipfix.max_datagrams_per_s)
         self._sock: socket.socket | None = None
+        self._pending: deque[tuple[bytes, int]] = deque()
+        self._pending_records = 0
+        self._tokens = 0.0
+        self._tokens_at = time.monotonic()
+        self._pump_handle: asyncio.TimerHandle | None = None
         # TCP
         self._queue: deque[FlowRecord] = deque()
         self._inflight = 0
@@ -160,12 +168,17 @@ class IpfixSink:
         if self.transport == "udp":
             sock = socket.socket(family, socket.SOCK_DGRAM)
             sock.setblocking(False)
+            # an expiry pass can hand over thousands of records at once: room for the burst
+            # instead of EAGAIN drops (the kernel caps it at net.core.wmem_max)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_SEND_BUFFER_BYTES)
             try:
                 sock.connect(address)  # a connected socket reports ICMP errors on later sends
             except OSError as exc:
                 sock.close()
                 raise SinkError(f"sink {self.name}: {exc.strerror}", retriable=True) from exc
             self._sock = sock
+            self._tokens = max(1.0, self.config.max_datagrams_per_s * UDP_BURST_S)  # full bucket
+            self._tokens_at = time.monotonic()
             return
         self._task = asyncio.create_task(self._run_tcp(address), name=f"ipfix-tcp {self.name}")
         # a collector that is down at start is not fatal: records wait and the task reconnects
@@ -181,6 +194,7 @@ class IpfixSink:
         if not records:
             return
         if self.transport == "udp":
+            self._idle.clear()
             self._send_udp(records)
             return
         room = self.config.queue_records - len(self._queue) - self._inflight
@@ -195,14 +209,41 @@ class IpfixSink:
             self._wake.set()
 
     def _send_udp(self, records: list[FlowRecord]) -> None:
-        sock, encoder = self._sock, self._encoder
-        if sock is None or encoder is None:
+        """Encode now (sequence numbers are given in order), send as fast as the pacing allows."""
+        encoder = self._encoder
+        if self._sock is None or encoder is None:
             self._dropped += len(records)
             self._errors.record("not_started", "records submitted before start")
             return
-        started = time.monotonic()
-        failed = False
+        pending = self._pending
         for message, count in encoder.encode(records, time.time(), self.config.template_refresh_s):
+            if self._pending_records + count > self.config.queue_records:
+                self._dropped += count
+                self._errors.record("queue_full", f"{count} records dropped, queue full")
+                encoder.templates_sent_at = None  # they may have been in it: send them next time
+                continue
+            pending.append((message, count))
+            self._pending_records += count
+        self._pump()
+
+    def _pump(self) -> None:
+        """Send pending datagrams while the token bucket allows; schedule the rest."""
+        self._pump_handle = None
+        sock, encoder, pending = self._sock, self._encoder, self._pending
+        if sock is None or encoder is None:
+            return
+        rate = self.config.max_datagrams_per_s
+        now = time.monotonic()
+        if rate:
+            burst = max(1.0, rate * UDP_BURST_S)
+            self._tokens = min(burst, self._tokens + (now - self._tokens_at) * rate)
+            self._tokens_at = now
+        started = now
+        failed = False
+        while pending and (not rate or self._tokens >= 1):
+            message, count = pending.popleft()
+            self._pending_records -= count
+            self._tokens -= 1
             try:
                 sock.send(message)
             except OSError as exc:  # BlockingIOError (buffer full), ConnectionRefusedError, ...
@@ -217,6 +258,11 @@ class IpfixSink:
             # its ICMP arrives): recovered means no error for UDP_RECOVERY_S
             self._errors.recovered(UDP_RECOVERY_S)
         self._latency.append(time.monotonic() - started)
+        if pending:
+            wait = max(UDP_TICK_S, (1 - self._tokens) / rate)
+            self._pump_handle = asyncio.get_running_loop().call_later(wait, self._pump)
+        else:
+            self._idle.set()
 
     # ---- TCP --------------------------------------------------------------------------------------
 
@@ -304,11 +350,22 @@ class IpfixSink:
     # ---- lifecycle --------------------------------------------------------------------------------
 
     async def flush(self, timeout_s: float) -> None:
-        if self.transport == "tcp" and self._task is not None:
+        if self._task is not None or self._pending:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), timeout_s)
 
     async def close(self) -> None:
+        if self._pump_handle is not None:
+            self._pump_handle.cancel()
+            self._pump_handle = None
+        if self._pending:
+            self._dropped += self._pending_records
+            log.warning(
+                "ipfix sink closed with records not sent",
+                extra={"sink": self.name, "records": self._pending_records},
+            )
+            self._pending.clear()
+            self._pending_records = 0
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -346,7 +403,7 @@ class IpfixSink:
 
     def status(self) -> SinkStatus:
         observations, self._latency = self._latency, []
-        queued = len(self._queue) + self._inflight
+        queued = len(self._queue) + self._inflight + self._pending_records
         state: Literal["ok", "degraded", "failed"] = "ok"
         if self._errors.last:
             full = queued >= self.config.queue_records
