@@ -1,7 +1,8 @@
 """IPFIX export sinks: ``ipfix://HOST:PORT`` (UDP) and ``ipfix+tcp://HOST:PORT`` (RFC 7011).
 
-Neither ever blocks the receive loop: UDP sends are non-blocking datagrams, TCP records wait in a
-bounded queue that a background task writes out.
+Neither ever blocks the receive loop: UDP datagrams go out on a non-blocking socket, paced by a
+token bucket (``ipfix.max_datagrams_per_s``, timer callbacks send what waits), TCP records wait
+in a bounded queue that a background task writes out.
 
 What each transport can lose, and how it is counted:
 
@@ -11,6 +12,7 @@ What each transport can lose, and how it is counted:
   hearing of it is not seen here; the receiver sees it as a gap in the message sequence numbers.
   Templates are sent again every ``ipfix.template_refresh_s`` (RFC 7011 section 8.4), so a
   receiver that restarts decodes data again within that time; records it gets before are lost.
+  Datagrams waiting for the pacing beyond ``ipfix.queue_records`` records are dropped and counted.
 - **TCP** records wait in memory (``ipfix.queue_records``) while the collector is unreachable and
   are sent after the reconnect (backoff doubling from 0.5 s to ``ipfix.reconnect_max_s``). Each
   connection is a new transport session: templates first, sequence numbers from 0. A batch whose
