@@ -2,7 +2,7 @@
 
     python -m bench.ingest [--rates 100000,200000,300000,0] [--profiles mixed,new-flows]
         [--seconds 1.5] [--procs 2] [--receivers recvmmsg,uvloop,collector,collector-2w]
-    [--repeat 1] [--json]
+        [--repeat 1] [--json]
 
 Receivers, each in its own process, fed the same traffic by the same blaster (bench.blast,
 sendmmsg from ``--procs`` processes, 8 sockets each so SO_REUSEPORT spreads them over workers).

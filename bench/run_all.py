@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import shlex
@@ -124,6 +125,12 @@ def main() -> int:
     parser.add_argument("--skip", default="", help="comma-separated benchmarks to leave out")
     parser.add_argument("--out", default=str(HERE / "results"), help="results directory")
     parser.add_argument(
+        "--ingest-repeat",
+        type=int,
+        default=1,
+        help="ingest sweeps, each point keeping the one that lost least (a busy shared machine)",
+    )
+    parser.add_argument(
         "--replot",
         metavar="JSON",
         help="redraw plots and latest.md from a results file, run nothing",
@@ -156,7 +163,14 @@ def main() -> int:
                     "error": broker.error,
                 }
             else:
-                results[bench.name] = run_bench(bench)
+                chosen = bench
+                if bench.name == "ingest" and args.ingest_repeat > 1:
+                    chosen = dataclasses.replace(
+                        bench,
+                        args=(*bench.args, "--repeat", str(args.ingest_repeat)),
+                        timeout_s=bench.timeout_s * args.ingest_repeat,
+                    )
+                results[bench.name] = run_bench(chosen)
             entry = results[bench.name]
             print(
                 f"  {entry['status']} in {entry.get('seconds', 0):.0f} s"
@@ -171,7 +185,9 @@ def main() -> int:
     json_name = relative_to_root(json_path)
     report: dict[str, Any] = {
         "date": today,
-        "command": "make bench",
+        "command": "make bench"
+        if args.ingest_repeat == 1
+        else f"python -m bench.run_all --ingest-repeat {args.ingest_repeat}",
         "commit": git_commit(),
         "seconds": round(time.monotonic() - started, 1),
         "machine": info,
