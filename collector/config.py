@@ -155,6 +155,10 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     queue_records: Count = 100_000
     """In-memory records awaiting acknowledgement before they spill to the spool. Bounds memory
     when the broker is slow or down."""
+    queue_bytes: Count = 134_217_728
+    """In-memory bytes of records awaiting acknowledgement (keys and values; records not yet
+    encoded are estimated from the recent average) before they spill to the spool. Bounds memory
+    when records are large, whatever their count."""
     spool_dir: str = "/var/lib/collector/spool"
     """Directory of the disk spool for undelivered records."""
     spool_max_bytes: Count = 1_073_741_824

@@ -5,6 +5,8 @@ delivered + dropped, and exactly the dropped ones are missing from the topic."""
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -93,3 +95,47 @@ async def test_a_full_disk_while_spooling_loses_exactly_what_it_counts(
     missing = set(range(1, emitted + 1)) - set(delivered)
     assert len(missing) == dropped
     assert max(missing) <= space_back_at  # every record after space returned arrived
+
+
+_SEGMENT_OPENS: list[tuple[str, str]] | None = None
+
+
+def _watch_segment_opens(event: str, args: tuple[Any, ...]) -> None:
+    """Audit hook (``open`` events, raised by CPython itself): who opens which spool file."""
+    if _SEGMENT_OPENS is not None and event == "open" and str(args[0]).endswith(".seg"):
+        _SEGMENT_OPENS.append((threading.current_thread().name, str(args[0])))
+
+
+sys.addaudithook(_watch_segment_opens)  # inert unless a test collects (hooks cannot be removed)
+
+
+@pytest.mark.kafka
+async def test_spool_files_are_written_and_read_off_the_event_loop(
+    kafka_broker: KafkaBroker,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Spilling, fsyncing and replaying touch segment files only from the spool thread, never
+    from the event loop's thread (which receives datagrams in the collector)."""
+    global _SEGMENT_OPENS  # noqa: PLW0603 - the audit hook's collection switch
+    topic = unique_topic("off-loop")
+    config = KafkaConfig(spool_dir=str(tmp_path / "spool"), connect_timeout_s=2.0, linger_ms=5)
+    _SEGMENT_OPENS = []
+    try:
+        away = KafkaSink([f"127.0.0.1:{unused_port()}"], topic, config, JSON)
+        await away.start()
+        away.submit(make_records(20_000, "off-loop/w0/1"))
+        await away.flush(5)
+        await away.close()
+        sink = KafkaSink([kafka_broker.bootstrap], topic, config, JSON)
+        await sink.start()
+        await wait_until(lambda: sink.status().delivered >= 20_000, 120, "the spool replayed")
+        await sink.close()
+        opens = list(_SEGMENT_OPENS)
+    finally:
+        _SEGMENT_OPENS = None
+    loop_thread = threading.current_thread().name
+    assert opens, "no segment file was opened at all"
+    writes_and_reads = {name for name, _ in opens}
+    assert loop_thread not in writes_and_reads
+    assert all(name.startswith("kafka-spool") for name in writes_and_reads), writes_and_reads
+    assert sink.status().spool_bytes == 0

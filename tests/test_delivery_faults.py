@@ -25,6 +25,7 @@ from kafka_fixtures import (  # noqa: F401 - proxied_kafka_broker is a fixture
 
 from collector.config import KafkaConfig, RecordsConfig
 from collector.io.kafka import KafkaSink, State
+from collector.io.kafka.sink import CYCLE_RECORDS
 
 JSON = RecordsConfig()
 
@@ -103,24 +104,29 @@ async def test_resets_delays_and_a_blackhole_mid_flood_lose_nothing_and_keep_ord
     tmp_path: Path,
 ) -> None:
     """Records keep coming while the network between the sink and the broker resets every
-    connection (three times), delays everything by 1.5 s, then blackholes it for 10 s (longer than
-    the stall limit: the sink spools, finds the broker unreachable and replaces its producer).
+    connection (three times), delays everything by 1.5 s (more than kafka.queue_bytes piles up:
+    memory stays bounded, the rest spills), then blackholes it until the sink has noticed (longer
+    than the stall limit: the sink spools, finds the broker unreachable, replaces its producer).
     Afterwards every record is on the topic, repeats only as identical copies, and per partition
     the sequences only grow: a retried batch or the spool replay was never overtaken."""
     broker, proxy = proxied_kafka_broker
     topic = unique_topic("faults")
     exporter = "faults/w0/1"
-    config = kafka_config(tmp_path, request_timeout_ms=5000, connect_timeout_s=5.0)
+    config = kafka_config(
+        tmp_path, request_timeout_ms=5000, connect_timeout_s=5.0, queue_bytes=2 * 1024 * 1024
+    )
     sink = KafkaSink([broker.bootstrap], topic, config, JSON)
     await sink.start()
     emitted = 0
     flooding = True
+    peak_bytes = 0
 
     async def flood() -> None:
-        nonlocal emitted
+        nonlocal emitted, peak_bytes
         while flooding:
             sink.submit(make_records(100, exporter, start=emitted + 1))
             emitted += 100
+            peak_bytes = max(peak_bytes, sink.delivery.memory_bytes())
             await asyncio.sleep(0.02)
 
     flood_task = asyncio.create_task(flood())
@@ -152,6 +158,9 @@ async def test_resets_delays_and_a_blackhole_mid_flood_lose_nothing_and_keep_ord
     await sink.flush(30)
     status = sink.status()
     await sink.close()
+    # memory stayed bounded in bytes (kafka.queue_bytes) while the broker was slow: beyond it,
+    # at most the slice submitted since the last spill and one pump cycle being built
+    assert peak_bytes <= config.queue_bytes + (CYCLE_RECORDS + 100) * sink.delivery.record_bytes
     # the books: emitted == delivered + spooled + dropped (+ failed), each acknowledged once
     assert (status.delivered, status.spool_bytes, status.dropped, status.failed) == (
         emitted,

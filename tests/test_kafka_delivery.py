@@ -48,6 +48,10 @@ def accounted(core: Delivery, submitted: int, spooled: int = 0) -> None:
     assert core.unacked_count == sum(len(b.values) for b in core.unacked)
     assert core.retry_count == sum(len(b.values) for b in core.retry)
     assert core.pending_count == sum(len(r) for _, r in core.pending)
+    assert core.unacked_bytes == sum(b.size for b in core.unacked)
+    assert core.retry_bytes == sum(b.size for b in core.retry)
+    for batch in (*core.unacked, *core.retry):
+        assert batch.size == sum(map(len, batch.keys)) + sum(map(len, batch.values))
 
 
 def test_pending_records_become_one_batch_per_partition_in_order() -> None:
@@ -179,3 +183,20 @@ def test_a_record_no_batch_can_hold_is_refused_before_sending_and_counted() -> N
     assert size > 3000
     core.acked(batch, 1.0)
     accounted(core, 5)
+
+
+def test_memory_is_counted_in_bytes_too() -> None:
+    core = delivery()
+    records = make_records(1000, "unit/w0/1")
+    core.add(records[:500], 0.0)
+    batches = core.from_pending(500, NOW_MS)
+    exact = sum(b.size for b in batches)
+    assert core.memory_bytes() == exact
+    assert abs(core.record_bytes - exact / 500) < exact / 500  # learned from what was encoded
+    core.add(records[500:], 0.0)
+    estimate = core.memory_bytes() - exact
+    assert 0.5 * exact < estimate < 2 * exact  # 500 more of the same kind
+    core.to_retry(batches[0])
+    assert core.memory_bytes() == exact + estimate
+    core.acked(batches[1], 1.0)
+    assert core.memory_bytes() == exact - batches[1].size + estimate

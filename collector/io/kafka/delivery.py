@@ -44,6 +44,8 @@ class Batch:
     exporters: list[bytes] = field(default_factory=list)
     """Per record, for the ``exporter`` header; empty for records of an old spool segment."""
     sequences: list[int] = field(default_factory=list)
+    size: int = 0
+    """Bytes of keys and values (what the batch holds in memory, give or take)."""
     builder: Any = None
     sent_s: float = 0.0
     """When the producer took the batch; 0 while it is being built or handed over."""
@@ -86,10 +88,15 @@ class Delivery:
         self.partitions: list[int] = []
         self.pending: deque[tuple[float, list[FlowRecord]]] = deque()
         self.pending_count = 0
+        self.record_bytes = 512.0
+        """Running average of an encoded record's key and value (pending records are not encoded
+        yet: their bytes are estimated with it)."""
         self.unacked: dict[Batch, None] = {}  # insertion-ordered set: oldest first
         self.unacked_count = 0
+        self.unacked_bytes = 0
         self.retry: deque[Batch] = deque()
         self.retry_count = 0
+        self.retry_bytes = 0
         self.delivered = 0
         self.retried = 0
         self.failed = 0
@@ -105,6 +112,10 @@ class Delivery:
 
     def memory_records(self) -> int:
         return self.pending_count + self.unacked_count + self.retry_count
+
+    def memory_bytes(self) -> int:
+        """Bytes of records in memory: exact for encoded ones, estimated for pending ones."""
+        return int(self.pending_count * self.record_bytes) + self.unacked_bytes + self.retry_bytes
 
     def waiting(self) -> bool:
         """Batches wait for the broker: handed to the producer, or due for a retry."""
@@ -160,6 +171,9 @@ class Delivery:
         except ValueError:
             hashes = [key_hash(k) for k in keys]
         values = [encode(r) for r in records]
+        if values:
+            average = (sum(map(len, values)) + sum(map(len, keys))) / len(values)
+            self.record_bytes += (average - self.record_bytes) * 0.25
         partitions = self.partitions
         count = len(partitions)
         chosen = [partitions[h % count] for h in hashes]
@@ -204,6 +218,7 @@ class Delivery:
         while self.retry and (taken < room or not out):
             old = self.retry.popleft()
             self.retry_count -= len(old.values)
+            self.retry_bytes -= old.size
             taken += len(old.values)
             out.extend(
                 self.from_chunk(
@@ -268,6 +283,7 @@ class Delivery:
                 batch.builder.append(timestamp=timestamp_ms, key=key, value=value, headers=headers)
             batch.keys.append(key)
             batch.values.append(value)
+            batch.size += len(key) + len(value)
             if exporters:
                 batch.exporters.append(exporter)
                 batch.sequences.append(sequence)
@@ -278,6 +294,7 @@ class Delivery:
             batch.builder.close()
             self.unacked[batch] = None
             self.unacked_count += len(batch.values)
+            self.unacked_bytes += batch.size
         return batches
 
     # -- outcomes ------------------------------------------------------------------------------
@@ -287,6 +304,7 @@ class Delivery:
         if batch in self.unacked:
             del self.unacked[batch]
             self.unacked_count -= count
+            self.unacked_bytes -= batch.size
         return count
 
     def acked(self, batch: Batch, now: float) -> int:
@@ -316,6 +334,7 @@ class Delivery:
         self.retried += count
         self.retry.append(batch)
         self.retry_count += count
+        self.retry_bytes += batch.size
         return count
 
     def split_for_retry(self, batch: Batch) -> bool:
@@ -340,8 +359,10 @@ class Delivery:
                 exporters=batch.exporters[part],
                 sequences=batch.sequences[part],
             )
+            piece.size = sum(map(len, piece.keys)) + sum(map(len, piece.values))
             self.retry.appendleft(piece)
             self.retry_count += len(piece.values)
+            self.retry_bytes += piece.size
         self.retried += count
         return True
 
@@ -355,6 +376,7 @@ class Delivery:
             self._untrack(batch)
             self.retried += len(batch.values)
             self.retry_count += len(batch.values)
+            self.retry_bytes += batch.size
             self.retry.append(
                 Batch(
                     batch.partition,
@@ -365,6 +387,7 @@ class Delivery:
                     values=batch.values,
                     exporters=batch.exporters,
                     sequences=batch.sequences,
+                    size=batch.size,
                 )
             )
 
@@ -382,6 +405,7 @@ class Delivery:
             if batch.segment is None:
                 out.append(_parked(batch))
                 self.retry_count -= len(batch.values)
+                self.retry_bytes -= batch.size
             else:
                 keep.append(batch)
         self.retry = keep

@@ -59,7 +59,9 @@ CYCLE_RECORDS = 8192
 LINGER_FULL_RECORDS = 4096
 """Pending records that make a cycle worth starting before linger_ms is up."""
 SPILL_SLICE_RECORDS = 8192
-"""Records written to the spool per event-loop callback while spilling."""
+"""Records encoded for the spool per event-loop callback while spilling."""
+MAX_PARKING_RECORDS = 4 * SPILL_SLICE_RECORDS
+"""Encoded records waiting for the spool thread: bounds memory while the disk is slow."""
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
 LOG_EVERY_S = 10.0
@@ -160,12 +162,12 @@ class KafkaSink:
         encode = encoder_for(self._records.format, self._records.vpc_flow_log_format)
         self._delivery = Delivery(self._new_builder, encode, self._content_type)
         spool = self._spool
-        spool.open()
+        await spool.open()
         try:
             await self._connect()
         except SinkError as exc:
             if not exc.retriable or c.require_broker_at_start:
-                spool.forget()
+                await spool.forget()
                 raise
             self._connect_error = str(exc)
             log.warning(
@@ -175,7 +177,7 @@ class KafkaSink:
             )
             self._connect_task = asyncio.create_task(self._connect_loop(), name="kafka-connect")
         except BaseException:
-            spool.forget()
+            await spool.forget()
             raise
         self._tasks = [
             asyncio.create_task(self._pump(), name="kafka-pump"),
@@ -285,7 +287,7 @@ class KafkaSink:
                         await self._wake.wait()
             if delivery.memory_records():
                 self._spool_memory()
-            self._spool.rotate()
+            await self._spool.rotate()
         finally:
             self._flush_deadline = None
 
@@ -309,7 +311,8 @@ class KafkaSink:
         if self._producer is not None:
             producer, self._producer = self._producer, None
             await self._stop_producer(producer, graceful=graceful)
-        self._spool.close()
+        await self._spool.close()
+        self._spool.shutdown()
         log.info(
             "closed %s: %d delivered, %d dropped, %d failed, %d bytes left in the spool",
             self.name,
@@ -326,17 +329,30 @@ class KafkaSink:
         if not records:
             return
         if self.state is State.CLOSED or self._delivery is None:
-            self._spool.drop(len(records), "the sink is closed")
+            self._spool.drop_later(len(records), "the sink is closed")
             return
         delivery = self._delivery
         delivery.add(records, time.monotonic())
-        if self.state in SPOOLING or delivery.memory_records() > self._config.queue_records:
+        if self.state in SPOOLING or self._memory_full():
             self._schedule_spill()
         self._wake.set()
+
+    def _memory_full(self) -> bool:
+        """Memory holds more than kafka.queue_records records or kafka.queue_bytes bytes."""
+        delivery = self.delivery
+        return (
+            delivery.memory_records() > self._config.queue_records
+            or delivery.memory_bytes() > self._config.queue_bytes
+        )
 
     def _schedule_spill(self) -> None:
         if self._spill_handle is None and self._loop is not None:
             self._spill_handle = self._loop.call_soon(self._spill)
+
+    def _spilled(self, _: object) -> None:
+        """A slice reached the spool thread's disk: spill the next (from any thread)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._schedule_spill)
 
     def _spill(self) -> None:
         """Move pending records to the spool, a slice per loop callback."""
@@ -346,8 +362,12 @@ class KafkaSink:
             return
         if self.state is State.DIRECT:  # memory is full: what follows queues behind the spool
             self.state = State.REPLAYING
-        self._spool.park(delivery.encode_pending(SPILL_SLICE_RECORDS))
-        if delivery.pending:
+        if self._spool.parking >= MAX_PARKING_RECORDS:
+            return  # the spool thread is behind: the next slice follows when it caught up
+        written = self._spool.park(delivery.encode_pending(SPILL_SLICE_RECORDS))
+        if written is not None:
+            written.add_done_callback(self._spilled)
+        if delivery.pending and self._spool.parking < MAX_PARKING_RECORDS:
             self._schedule_spill()
 
     def _spool_memory(self) -> None:
@@ -378,6 +398,8 @@ class KafkaSink:
             wait_s: float | None = None
             now = time.monotonic()
             room = self._config.queue_records - delivery.unacked_count
+            if delivery.unacked_bytes >= self._config.queue_bytes:
+                room = 0
             state = self.state
             if state not in CONNECTED or not delivery.partitions:
                 wait_s = None
@@ -392,7 +414,7 @@ class KafkaSink:
             elif state is State.REPLAYING and now < self._spool_retry_at:
                 wait_s = self._spool_retry_at - now
             elif state is State.REPLAYING:
-                batches = self._from_spool(room)
+                batches = await self._from_spool(room)
                 if batches:
                     return batches
                 continue  # drained (now DIRECT), or a read error (wait for _spool_retry_at)
@@ -414,7 +436,7 @@ class KafkaSink:
                     async with asyncio.timeout(wait_s):
                         await self._wake.wait()
 
-    def _from_spool(self, room: int) -> list[Batch]:
+    async def _from_spool(self, room: int) -> list[Batch]:
         """The next spooled records, in order; leaves REPLAYING when the spool has nothing unread
         (what is in flight from it is acknowledged or retried as usual)."""
         delivery = self.delivery
@@ -422,7 +444,7 @@ class KafkaSink:
             self._spool.park(delivery.encode_pending(SPILL_SLICE_RECORDS))
         limit = min(room, CYCLE_RECORDS)
         try:
-            chunk = self._spool.next_chunk(limit)
+            chunk = await self._spool.next_chunk(limit)
         except SpoolReadError as exc:  # transient: the same segment is read again, nothing skipped
             self._failures += 1
             self._spool_retry_at = time.monotonic() + BACKOFF_MAX_S
@@ -548,7 +570,7 @@ class KafkaSink:
                 self._producer
             ):
                 self._reset_producer(self._last_error)
-        if delivery.memory_records() > self._config.queue_records:
+        if self._memory_full():
             self._schedule_spill()
         self._wake.set()
 
@@ -651,7 +673,7 @@ class KafkaSink:
         return SinkStatus(
             state=state,
             detail=detail,
-            queue_records=delivery.memory_records(),
+            queue_records=delivery.memory_records() + self._spool.parking,
             spool_bytes=spool_bytes,
             delivered=delivery.delivered,
             retried=delivery.retried,

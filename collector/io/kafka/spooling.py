@@ -2,13 +2,22 @@
 
 Every record that should have reached the spool and did not is counted here as dropped, with the
 reason logged (rate-limited): a full spool, a failed write, or no spool at all.
+
+All file I/O (appends, fsyncs, segment reads, deletions, the dead-letter spool) runs in one thread
+of its own, never on the event loop that receives datagrams: a slow disk delays the spool, not the
+receive path. One thread keeps the spool's calls in the order they were made, so a record spilled
+before a read is on disk for that read, and an acknowledgement follows the read it belongs to.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 from collector.config import KafkaConfig
 from collector.errors import ConfigError
@@ -23,6 +32,8 @@ MAX_SPOOL_SLOTS = 256
 """Spool directories per topic (one per live worker process); bounds the search at start."""
 LOG_EVERY_S = 10.0
 """Drops are logged at most this often, with a count."""
+THREAD_NAME = "kafka-spool"
+T = TypeVar("T")
 
 
 class SinkSpool:
@@ -44,10 +55,85 @@ class SinkSpool:
         self._notes_logged = 0
         self._dead: Spool | None = None
         self.dead_lettered = 0
+        self._parked_in = 0  # written by the event loop only
+        self._parked_out = 0  # written by the spool thread only
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME)
+
+    # -- the spool thread ----------------------------------------------------------------------
+
+    def _submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
+        future = self._thread.submit(fn, *args)
+        future.add_done_callback(_log_failure)
+        return future
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.wrap_future(self._submit(fn, *args))
+
+    async def open(self) -> None:
+        """See _open; in the spool thread."""
+        await self._run(self._open)
+
+    def park(self, parked: Parked | None) -> Future[None] | None:
+        """Write encoded records in the spool thread, after everything handed over before;
+        counted in ``parking`` until they are written or dropped."""
+        if parked is None:
+            return None
+        count = len(parked.values)
+        self._parked_in += count
+
+        def write() -> None:
+            try:
+                self._park(parked)
+            finally:
+                self._parked_out += count
+
+        return self._submit(write)
+
+    @property
+    def parking(self) -> int:
+        """Records handed to the spool thread and not yet written (or dropped): still memory."""
+        return self._parked_in - self._parked_out
+
+    def drop_later(self, count: int, why: str) -> None:
+        """Count a drop seen on the event loop; the counter is the spool thread's to write."""
+        try:
+            self._submit(self.drop, count, why)
+        except RuntimeError:  # the thread has ended (after close): nobody else writes it now
+            self.drop(count, why)
+
+    def ack(self, segment: int | None, count: int) -> None:
+        """See _ack; in the spool thread, in order."""
+        if segment is not None:
+            self._submit(self._ack, segment, count)
+
+    def dead_letter(self, parked: Parked) -> None:
+        """See _dead_letter; in the spool thread."""
+        self._submit(self._dead_letter, parked)
+
+    async def next_chunk(self, limit: int) -> SpoolChunk | None:
+        """See _next_chunk; in the spool thread, after every write handed over before."""
+        return await self._run(self._next_chunk, limit)
+
+    async def rotate(self) -> None:
+        """fsync the open segment (in the spool thread): what was spooled survives a crash."""
+        await self._run(self._rotate)
+
+    async def close(self) -> None:
+        """Close the open segment (fsync) and release the directory; segments stay."""
+        await self._run(self._close)
+
+    async def forget(self) -> None:
+        """Close and let go (a failed start): the next start claims a slot again."""
+        await self.close()
+        self._spool = None
+
+    def shutdown(self) -> None:
+        """End the spool thread once everything handed to it is done."""
+        self._thread.shutdown(wait=True)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def open(self) -> None:
+    def _open(self) -> None:
         """Claim the spool named by ``spool_name``, or else the first free slot ``TOPIC/wN``:
         worker processes each claim one (a slot is locked while its process lives), and a
         restarted fleet claims, and so replays, the same slots. Raises ConfigError."""
@@ -82,18 +168,12 @@ class SinkSpool:
             f"all {MAX_SPOOL_SLOTS} spool slots under {candidates[0].parent} are in use",
         )
 
-    def close(self) -> None:
-        """Close the open segment (fsync) and release the directory; segments stay."""
+    def _close(self) -> None:
         if self._spool is not None:
             self._spool.close()
         if self._dead is not None:
             self._dead.close()
             self._dead = None
-
-    def forget(self) -> None:
-        """Close and let go (a failed start): the next start claims a slot again."""
-        self.close()
-        self._spool = None
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -118,10 +198,8 @@ class SinkSpool:
 
     # -- records in and out --------------------------------------------------------------------
 
-    def park(self, parked: Parked | None) -> None:
+    def _park(self, parked: Parked) -> None:
         """Write encoded records; what does not reach the disk is dropped and counted."""
-        if parked is None:
-            return
         count = len(parked.values)
         if self._spool is None:
             self.drop(count, "no spool is open")
@@ -150,7 +228,7 @@ class SinkSpool:
     def dead_letter_path(self) -> Path:
         return self.path / DEAD_LETTER
 
-    def dead_letter(self, parked: Parked) -> None:
+    def _dead_letter(self, parked: Parked) -> None:
         """Keep records the broker refuses for good in ``dead-letter/`` (a spool of its own, never
         replayed by the collector: an operator decides); what cannot be written is dropped."""
         count = len(parked.values)
@@ -182,7 +260,7 @@ class SinkSpool:
         if total is not None:
             log.error("dropped %d records: %s (%d since the last message)", count, why, total)
 
-    def next_chunk(self, limit: int) -> SpoolChunk | None:
+    def _next_chunk(self, limit: int) -> SpoolChunk | None:
         """The next unread records in order (the open segment is closed for it when nothing else
         is left); None when the spool has nothing unread. Raises SpoolReadError when the next
         segment cannot be read now: the caller tries again later (nothing is skipped)."""
@@ -213,14 +291,19 @@ class SinkSpool:
     def read_errors(self) -> int:
         return self._spool.counters.read_errors if self._spool is not None else 0
 
-    def ack(self, segment: int | None, count: int) -> None:
+    def _ack(self, segment: int, count: int) -> None:
         """``count`` records read from ``segment`` left memory for good (delivered or failed)."""
-        if segment is not None and self._spool is not None:
+        if self._spool is not None:
             self._spool.ack(segment, count)
             if self._spool.counters.quarantined_segments:
                 self.log_notes()
 
-    def rotate(self) -> None:
-        """fsync the open segment: what was spooled survives a crash from here on."""
+    def _rotate(self) -> None:
         if self._spool is not None:
             self._spool.rotate()
+
+
+def _log_failure(future: Future[Any]) -> None:
+    """A bug in a spool call must not vanish with its future (the calls never raise on purpose)."""
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        log.error("spool operation failed: %r", exc, exc_info=exc)
