@@ -13,7 +13,7 @@ neither grows the collector's generations nor makes a full collection walk the w
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import islice
 
 import msgspec
@@ -45,6 +45,9 @@ _ENDS_FLOW = TCP_FIN | TCP_RST
 # the oldest flow walks the slots deleted before it, so one eviction per new flow would cost a walk
 # per packet under a flood; a batch pays that walk once.
 EVICTION_BATCH_DIVISOR = 1024
+# Flows looked at per step of a stepped expiry scan (the live worker yields between steps): small
+# enough that one step, records included, takes milliseconds.
+EXPIRY_STEP = 5000
 
 
 class Flow(msgspec.Struct, gc=False):
@@ -226,24 +229,44 @@ class FlowTable:
 
     def expire(self, now: float) -> None:
         """Move flows past their active or inactive timeout to the ended flows."""
+        for _ in self.expire_steps(now, step=max(1, len(self._flows) + len(self._not_kept))):
+            pass
+
+    def expire_steps(self, now: float, step: int = EXPIRY_STEP) -> Iterator[None]:
+        """``expire(now)`` in steps of at most ``step`` flows, yielding after each.
+
+        The live worker lets its event loop run between steps, so a scan of a large table (and
+        the records of a mass expiry after a flood) never stalls the receive path. The keys are
+        taken at the start; a flow that ended or restarted in between is judged as it is then.
+        """
         idle_before = now - self.inactive_timeout_s
         started_before = now - self.active_timeout_s
         flows = self._flows
-        expired = [
-            (key, flow)
-            for key, flow in flows.items()
-            if flow.last <= idle_before or flow.first <= started_before
-        ]
         ended = self._ended
-        for key, flow in expired:
-            del flows[key]
-            ended.append(
-                (key, flow, INACTIVE_TIMEOUT if flow.last <= idle_before else ACTIVE_TIMEOUT)
-            )
+        get = flows.get
+        keys = list(flows)
+        for first in range(0, len(keys), step):
+            for key in keys[first : first + step]:
+                flow = get(key)
+                if flow is None:
+                    continue
+                if flow.last <= idle_before:
+                    del flows[key]
+                    ended.append((key, flow, INACTIVE_TIMEOUT))
+                elif flow.first <= started_before:
+                    del flows[key]
+                    ended.append((key, flow, ACTIVE_TIMEOUT))
+            yield
         # not-kept flows are forgotten after the inactive timeout, so new rules reach them too
         not_kept = self._not_kept
-        for key in [key for key, cached in not_kept.items() if cached.last <= idle_before]:
-            del not_kept[key]
+        get_not_kept = not_kept.get
+        keys = list(not_kept)
+        for first in range(0, len(keys), step):
+            for key in keys[first : first + step]:
+                cached = get_not_kept(key)
+                if cached is not None and cached.last <= idle_before:
+                    del not_kept[key]
+            yield
 
     def flush(self) -> None:
         """End every flow (shutdown, end of a capture)."""

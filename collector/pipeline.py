@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Iterator
 
 from collector.config import Config
 from collector.flows import Account, FlowTable, flow_record
@@ -121,6 +122,11 @@ class Pipeline:
         """Records of the flows that ended by ``now``."""
         self.table.expire(now)
         return self.collect()
+
+    def expire_steps(self, now: float) -> Iterator[list[FlowRecord]]:
+        """``expire(now)`` in steps (see ``FlowTable.expire_steps``): the records of each step."""
+        for _ in self.table.expire_steps(now):
+            yield self.collect()
 
     def flush(self) -> list[FlowRecord]:
         """Records of every flow, ended now with end_reason ``shutdown``."""

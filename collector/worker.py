@@ -161,7 +161,11 @@ class Worker:
             expected = loop.time() + interval
             now = time.time()
             if now >= next_expiry:
-                self.sink.submit(self.pipeline.expire(now))
+                # in steps, letting the receive path run between them: a scan of a large table and
+                # the records of a mass expiry would otherwise stall the loop for their whole time
+                for records in self.pipeline.expire_steps(now):
+                    self.sink.submit(records)
+                    await asyncio.sleep(0)
                 next_expiry = now + self.config.flows.expire_interval_s
             else:
                 self.sink.submit(self.pipeline.collect())  # flows ended by TCP FIN/RST

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from hypothesis import given, settings
@@ -11,7 +12,8 @@ from scapy.layers.inet import IP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP
 
-from collector.flows import FlowTable
+from collector.config import build_config
+from collector.flows import Flow, FlowTable
 from collector.pipeline import Pipeline
 from collector.records import FlowRecord
 from collector.sessions import Session
@@ -466,3 +468,72 @@ def test_rejected_cache_is_bounded_by_max_flows() -> None:
     assert table.not_kept == 3
     assert table.rejected_evictions == 7
     assert [unpack_key(k)[4] for k in table.not_kept_keys()] == [7, 8, 9]
+
+
+def _flood_datagram(buf: bytearray, i: int) -> None:
+    """Patch a new 5-tuple into an IPv4 UDP datagram: source address and port from ``i``."""
+    buf[8 + 14 + 12 : 8 + 14 + 16] = (0x0A000000 + i // 64).to_bytes(4, "big")
+    buf[8 + 14 + 20 : 8 + 14 + 22] = (1024 + i % 64).to_bytes(2, "big")
+
+
+def test_the_table_never_holds_more_than_max_flows_under_a_flood_or_a_smaller_reload() -> None:
+    """A flood of new flows, one packet each: the bound holds after every packet, evicted flows are
+    emitted (none lost), and a reload to a smaller bound evicts the excess at once."""
+    max_flows = 3000  # evicts in batches of max(1, max_flows // 1024)
+    pipeline = make_pipeline({"flows": {"max_flows": max_flows}})
+    buf = bytearray(udp(VNI, A, B, 1, 53))
+    records = []
+    for i in range(20_000):
+        _flood_datagram(buf, i)
+        feed(pipeline, bytes(buf), T0 + i * 1e-4)
+        assert len(pipeline.table) <= max_flows
+        if i % 1000 == 0:
+            records += pipeline.collect()
+    records += pipeline.collect()
+    evicted = pipeline.table.evictions
+    assert evicted == len(records) == 20_000 - len(pipeline.table)
+    assert {r.end_reason for r in records} == {"evicted"}
+    # the oldest go first
+    assert [r.start_ms for r in records] == sorted(r.start_ms for r in records)
+
+    smaller = build_config({"flows": {"max_flows": 500}})
+    pipeline.reconfigure(smaller, pipeline.sessions)
+    assert len(pipeline.table) == 500
+    records += pipeline.collect()
+    records += pipeline.flush()
+    assert sum(r.packets for r in records) == 20_000
+    assert len({(r.src_addr, r.src_port) for r in records}) == 20_000
+
+
+def test_flow_entries_and_keys_are_invisible_to_the_cyclic_garbage_collector() -> None:
+    """What keeps a flood of flows from stalling the loop: a full collection walks tracked objects
+    only, and nothing the table keeps per flow is tracked."""
+    pipeline = make_pipeline()
+    for port in range(100):
+        feed(pipeline, tcp(VNI, A, B, 40000 + port, 443), T0)
+    gc.collect()
+    key = pack_key(VNI, packed(A), packed(B), 6, 40000, 443, -1)
+    flow = pipeline.table.get(key)
+    assert flow is not None
+    assert not gc.is_tracked(flow)
+    assert not gc.is_tracked(key)
+    assert not any(isinstance(o, Flow) for o in gc.get_objects())
+
+
+def test_a_stepped_expiry_ends_what_one_scan_ends_even_with_packets_in_between() -> None:
+    whole, stepped = make_pipeline(), make_pipeline()
+    for pipeline in (whole, stepped):
+        for port in range(40):
+            feed(pipeline, udp(VNI, A, B, port, 53), T0 + port % 4)  # ports % 4 == 3: still active
+    expected = {(r.src_port, r.end_reason) for r in whole.expire(T0 + 17.5)}
+    assert len(expected) == 30
+    steps = stepped.table.expire_steps(T0 + 17.5, step=7)
+    next(steps)
+    # between two steps: a flow the scan has not reached yet gets a packet, and a new flow starts
+    feed(stepped, udp(VNI, A, B, 38, 53), T0 + 17)  # (38 % 4 == 2: due, but now active again)
+    feed(stepped, udp(VNI, A, B, 99, 53), T0 + 17)
+    for _ in steps:
+        pass
+    got = {(r.src_port, r.end_reason) for r in stepped.collect()}
+    assert got == expected - {(38, "inactive_timeout")}
+    assert len(stepped.table) == len(whole.table) + 2
