@@ -329,7 +329,9 @@ class TcpCollector:
         self.close_after: int | None = None  # bytes after which the first connection is closed
 
     async def start(self) -> None:
+        """Listen on ``port``; with 0 the kernel picks a free one and ``port`` tells which."""
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = int(self.server.sockets[0].getsockname()[1])
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         stream = bytearray()
@@ -399,10 +401,10 @@ def flatten(frames: list[dict[str, list[str]]]) -> dict[str, list[str]]:
 async def test_tcp_reconnect_after_the_collector_drops_the_connection_resends_templates(
     reference: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    port = free_port(socket.SOCK_STREAM)
-    collector = TcpCollector(port)
+    collector = TcpCollector(0)
     collector.close_after = 1  # the first connection is closed after its first bytes
     await collector.start()
+    port = collector.port
     config = IpfixConfig(connect_timeout_s=1, reconnect_max_s=0.2)
     sink = IpfixSink("tcp", "127.0.0.1", port, config)
     records = loaded(reference)
