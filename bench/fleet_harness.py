@@ -101,7 +101,6 @@ class Collector:
     name: str
     node: Node
     proc: subprocess.Popen[bytes]
-    log: IO[bytes]
     last: Metrics = field(default_factory=dict)
     gone: bool = False
 
@@ -273,7 +272,7 @@ class Fleet:
             cwd=ROOT, env=env, stdout=self._log(name), stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: a crash kills supervisor and worker
         )  # fmt: skip
-        collector = Collector(name, node, proc, self._log(f"{name}-harness"))
+        collector = Collector(name, node, proc)
         self.collectors[name] = collector
         return collector
 
@@ -288,7 +287,9 @@ class Fleet:
         for collector in new:
             while not collector.healthy():
                 if collector.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"collector {collector.name} did not start; see its log")
+                    log = (self.net.work / f"{collector.name}.log").read_text(errors="replace")
+                    tail = "\n".join(log.splitlines()[-15:])  # the work directory goes at teardown
+                    raise RuntimeError(f"collector {collector.name} did not start:\n{tail}")
                 time.sleep(0.1)
             self.group.register(collector.name, collector.node.address)
             self.mark(f"{collector.name} registered")

@@ -17,7 +17,6 @@ datagram. Every state change is logged with its time.
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import threading
 import time
@@ -184,8 +183,8 @@ class TargetGroup:
             self._terminate(target)
             target.state = "unused" if target.state == "draining" else "unhealthy"
             self._event(target.name, target.state)
-        if ok is None:
-            return
+        if ok is None or target.state in ("draining", "unused"):
+            return  # a deregistered target never comes back (a check may have raced the call)
         target.passes, target.failures = (target.passes + 1, 0) if ok else (0, target.failures + 1)
         if target.state != "healthy" and target.passes >= self.healthy_threshold:
             target.state = "healthy"
@@ -197,17 +196,8 @@ class TargetGroup:
 
     def _terminate(self, target: Target) -> None:
         """Connection termination: its flows are hashed again on their next datagram."""
-        with contextlib.suppress(RuntimeError):
-            run(
-                "conntrack",
-                "-D",
-                "-p",
-                "udp",
-                "--reply-src",
-                target.address,
-                netns=self.lb_netns,
-                check=False,
-            )
+        delete = ("conntrack", "-D", "-p", "udp", "--reply-src", target.address)
+        run(*delete, netns=self.lb_netns, check=False)  # exit 1 when it had no entries
 
     def _apply(self) -> None:
         healthy = sorted(t.address for t in self.targets.values() if t.state == "healthy")
