@@ -1,7 +1,7 @@
 """Records per second one worker publishes to Kafka: the collector's sink against a naive send loop.
 
     python -m bench.kafka_throughput [--records 300000] [--naive-records 100000] [--repeat 3]
-                                     [--bootstrap 127.0.0.1:9092] [--json]
+                                     [--bootstrap 127.0.0.1:9092] [--json] [--wal]
 
 Both sides publish the same realistic flow records (JSON, key = flow_id, a content-type header) to
 a fresh 6-partition topic on the local broker (deploy/kafka/kafkactl; started here when nothing
@@ -118,9 +118,11 @@ async def wait_for_room(sink: KafkaSink, high_water: int) -> None:
     raise RuntimeError("the sink took no records for two minutes")
 
 
-async def run_sink(bootstrap: str, records: list[FlowRecord], spool_dir: str) -> dict[str, float]:
+async def run_sink(
+    bootstrap: str, records: list[FlowRecord], spool_dir: str, *, wal: bool = False
+) -> dict[str, float]:
     topic = await new_topic(bootstrap, "sink")
-    config = KafkaConfig(spool_dir=spool_dir)
+    config = KafkaConfig(spool_dir=spool_dir, wal=wal)
     sink = KafkaSink([bootstrap], topic, config, RecordsConfig())
     await sink.start()
     high_water = config.queue_records // 2
@@ -179,12 +181,21 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     naive_records = records[: args.naive_records]
     with tempfile.TemporaryDirectory() as spool_dir:
         await run_sink(args.bootstrap, records[:20_000], spool_dir)  # warm-up: JIT, connections
-        sink_runs, naive_runs = [], []
+        sink_runs, naive_runs, wal_runs = [], [], []
         for _ in range(args.repeat):
             sink_runs.append(await run_sink(args.bootstrap, records, spool_dir))
             naive_runs.append(await run_naive(args.bootstrap, naive_records))
+            if args.wal:
+                wal_runs.append(await run_sink(args.bootstrap, records, spool_dir, wal=True))
     sink, naive = median_of(sink_runs), median_of(naive_runs)
     ratio = sink["records_per_s"] / naive["records_per_s"]
+    wal: dict[str, Any] = {}
+    if wal_runs:
+        wal_median = median_of(wal_runs)
+        wal = {
+            "sink_wal": {**wal_median, "runs": [round(r["records_per_s"]) for r in wal_runs]},
+            "wal_ratio": wal_median["records_per_s"] / sink["records_per_s"],
+        }
     return {
         "bench": "kafka_throughput",
         "settings": {
@@ -202,6 +213,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "sink": {**sink, "runs": [round(r["records_per_s"]) for r in sink_runs]},
         "naive": {**naive, "runs": [round(r["records_per_s"]) for r in naive_runs]},
         "ratio": ratio,
+        **wal,
         "targets": {"records_per_s": TARGET_RECORDS_PER_S, "ratio": TARGET_RATIO},
         "meets_targets": sink["records_per_s"] >= TARGET_RECORDS_PER_S and ratio >= TARGET_RATIO,
         "cpus": os.cpu_count(),
@@ -215,6 +227,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     parser.add_argument("--json", action="store_true", help="one JSON line instead of the text")
+    parser.add_argument(
+        "--wal", action="store_true", help="also the sink with kafka.wal = true (wal_ratio)"
+    )
     args = parser.parse_args()
     ensure_broker(args.bootstrap)
     result = asyncio.run(measure(args))

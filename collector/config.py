@@ -159,6 +159,11 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """In-memory bytes of records awaiting acknowledgement (keys and values; records not yet
     encoded are estimated from the recent average) before they spill to the spool. Bounds memory
     when records are large, whatever their count."""
+    wal: bool = False
+    """Write-ahead: every record is appended to the spool before it is sent and removed once
+    acknowledged, so a crash of the process (SIGKILL, OOM) loses no record the spool thread has
+    written; a host crash can still lose what was not yet fsynced. Costs throughput (measured in
+    README, "Delivery")."""
     spool_dir: str = "/var/lib/collector/spool"
     """Directory of the disk spool for undelivered records."""
     spool_max_bytes: Count = 1_073_741_824

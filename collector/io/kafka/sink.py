@@ -197,7 +197,8 @@ class KafkaSink:
         self.batch_bytes = opened.batch_bytes
         self.delivery.max_record_bytes = opened.batch_bytes - client.RECORD_BATCH_HEADER_BYTES
         self.delivery.partitions = opened.partitions
-        self.state = State.DIRECT if self._spool.is_empty() else State.REPLAYING
+        direct = self._spool.is_empty() and not c.wal
+        self.state = State.DIRECT if direct else State.REPLAYING
         self._last_ack_s = time.monotonic()
         self._connect_error = ""
         self._wake.set()
@@ -277,7 +278,7 @@ class KafkaSink:
         self._wake.set()
         delivery = self.delivery
         try:
-            while delivery.memory_records() and self.state in (State.DIRECT, State.REPLAYING):
+            while self._undelivered() and self.state in (State.DIRECT, State.REPLAYING):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -333,9 +334,15 @@ class KafkaSink:
             return
         delivery = self._delivery
         delivery.add(records, time.monotonic())
-        if self.state in SPOOLING or self._memory_full():
+        if self.state in SPOOLING or self._memory_full() or self._config.wal:
             self._schedule_spill()
         self._wake.set()
+
+    def _undelivered(self) -> bool:
+        """Records wait for delivery: in memory, or (write-ahead) in the spool."""
+        if self.delivery.memory_records() or self._spool.parking:
+            return True
+        return self._config.wal and not self._spool.is_empty()
 
     def _memory_full(self) -> bool:
         """Memory holds more than kafka.queue_records records or kafka.queue_bytes bytes."""
@@ -350,9 +357,11 @@ class KafkaSink:
             self._spill_handle = self._loop.call_soon(self._spill)
 
     def _spilled(self, _: object) -> None:
-        """A slice reached the spool thread's disk: spill the next (from any thread)."""
+        """A slice reached the spool thread's disk: spill the next, and replay what was written
+        (called from the spool thread)."""
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._schedule_spill)
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     def _spill(self) -> None:
         """Move pending records to the spool, a slice per loop callback."""
@@ -417,7 +426,9 @@ class KafkaSink:
                 batches = await self._from_spool(room)
                 if batches:
                     return batches
-                continue  # drained (now DIRECT), or a read error (wait for _spool_retry_at)
+                if not (self._config.wal and self.state is State.REPLAYING):
+                    continue  # drained (now DIRECT), or a read error (wait for _spool_retry_at)
+                # write-ahead: the log is drained; the next written slice wakes the pump
             elif delivery.pending:
                 linger_s = self._config.linger_ms / 1000
                 oldest = delivery.pending[0][0]
@@ -451,8 +462,9 @@ class KafkaSink:
             self._ratelimited("spool-read", logging.WARNING, "%s; trying again", exc)
             return []
         if chunk is None:
-            self.state = State.DIRECT
-            log.info("spool replay done; publishing directly again")
+            if not self._config.wal:  # write-ahead: every record keeps going through the spool
+                self.state = State.DIRECT
+                log.info("spool replay done; publishing directly again")
             return []
         first_s = time.monotonic() - max(0.0, time.time() - chunk.created_s)
         records = Parked(
@@ -684,6 +696,19 @@ class KafkaSink:
             failures=self._failures,
             latency_observations=observations,
         )
+
+    @property
+    def unwritten_records(self) -> int:
+        """Records submitted that are neither acknowledged nor on disk: what a crash of this
+        process would lose now (with kafka.wal, only those not yet handed to the spool thread's
+        write; what the spool thread wrote is in the kernel's page cache)."""
+        delivery = self.delivery
+        in_memory_only = delivery.pending_count + self._spool.parking
+        if self._config.wal:
+            return in_memory_only
+        spooled = sum(len(b.values) for b in delivery.unacked if b.segment is not None)
+        spooled += sum(len(b.values) for b in delivery.retry if b.segment is not None)
+        return delivery.memory_records() + self._spool.parking - spooled
 
     @property
     def spool_skipped_bytes(self) -> int:
