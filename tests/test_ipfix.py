@@ -90,6 +90,10 @@ class Nfcapd:
                     str(self.dir),
                     "-t",
                     "3600",
+                    # a socket buffer for its own scheduling stalls on a busy 2-core machine
+                    # (the kernel caps it at net.core.rmem_max), as a production nfcapd has
+                    "-B",
+                    str(4 << 20),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -100,9 +104,21 @@ class Nfcapd:
             assert time.monotonic() < deadline, "nfcapd did not bind its port"
             time.sleep(0.05)
 
+    def queued_bytes(self) -> int | None:
+        """Bytes waiting in nfcapd's socket (/proc/net/udp rx_queue); None if not found."""
+        for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1] == f"0100007F:{self.port:04X}":
+                return int(fields[4].split(":")[1], 16)
+        return None
+
     def stop(self) -> str:
-        """Stop it (it writes its file out on SIGTERM) and return its log."""
+        """Stop it once it has read what the kernel holds for it (SIGTERM does not drain the
+        socket; it writes its file out) and return its log."""
         if self.proc.poll() is None:
+            deadline = time.monotonic() + 30
+            while self.queued_bytes() and time.monotonic() < deadline:
+                time.sleep(0.02)
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=30)
         return self.log.read_text()
