@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -175,9 +176,14 @@ class Collector:
             time.sleep(0.1)
 
     def health(self) -> dict[str, object]:
+        """The /healthz body, 503 included (its body says why)."""
         url = f"http://{LOOPBACK}:{self.http}/healthz"
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return dict(json.loads(response.read()))
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return dict(json.loads(response.read()))
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return dict(json.loads(exc.read()))
 
     def metrics(self) -> Metrics:
         return scrape(self.metrics_url)

@@ -31,6 +31,7 @@ for every receiver alike (the raw points are in ``all_points``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -90,6 +91,7 @@ class Point:
     health_not_200: int | None = None
     health_polls: int | None = None
     loop_lag_max_s: float | None = None  # the workers' event-loop lag, as /healthz reported it
+    health_why: list[str] | None = None  # what the non-200 answers said
     worker_shares: list[float] | None = None  # 2 workers: the share of datagrams each took
     attempts: int = 1  # a point whose senders fell short of the offered rate is measured again
 
@@ -177,6 +179,7 @@ class HealthProbe:
     latencies: list[float] = field(default_factory=list)
     not_200: int = 0
     loop_lag_s: float = 0.0
+    why: set[str] = field(default_factory=set)  # what the non-200 answers said
 
     def __post_init__(self) -> None:
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -185,16 +188,29 @@ class HealthProbe:
     def _run(self) -> None:
         while not self.stopping.is_set():
             start = time.perf_counter()
+            body: dict[str, Any] = {}
             try:
                 with urllib.request.urlopen(self.url, timeout=5) as response:
                     ok = response.status == 200
                     body = json.loads(response.read())
-                for worker in body.get("workers", []):
-                    self.loop_lag_s = max(self.loop_lag_s, float(worker.get("loop_lag_s", 0.0)))
+            except urllib.error.HTTPError as exc:  # 503: the body says why
+                ok = False
+                with exc, contextlib.suppress(ValueError):
+                    body = json.loads(exc.read())
             except (urllib.error.URLError, OSError, ValueError):
                 ok = False
             self.latencies.append(time.perf_counter() - start)
             self.not_200 += not ok
+            if not ok:
+                unwell = [
+                    f"worker {w.get('index')}: alive={w.get('alive')} "
+                    f"responsive={w.get('responsive')}"
+                    for w in body.get("workers", [])
+                    if not (w.get("alive") and w.get("responsive"))
+                ]
+                self.why.add(f"{body.get('status', 'no answer')} ({', '.join(unwell)})")
+            for worker in body.get("workers", []):
+                self.loop_lag_s = max(self.loop_lag_s, float(worker.get("loop_lag_s", 0.0)))
             self.stopping.wait(HEALTH_POLL_S)
 
     def stop(self) -> None:
@@ -299,6 +315,7 @@ class Sweep:
             point.health_not_200 = probe.not_200
             point.health_polls = len(probe.latencies)
             point.loop_lag_max_s = round(probe.loop_lag_s, 3)
+            point.health_why = sorted(probe.why) or None
         return point
 
 
@@ -494,6 +511,7 @@ def line(p: Point) -> str:
         + f"  load {p.load_1m:.1f}{health}"
         + (f"  loop lag max {p.loop_lag_max_s:.3f} s" if p.loop_lag_max_s is not None else "")
         + (f"  (attempt {p.attempts})" if p.attempts > 1 else "")
+        + (f"  health said: {'; '.join(p.health_why)}" if p.health_why else "")
     )
 
 
