@@ -8,8 +8,9 @@ does with a batch: JSON and goflow2 encode every record and join them with their
 the file/stdout sinks and the Kafka sink's value encoder do); IPFIX packs the batch into messages
 of one 1500-byte-MTU datagram each, templates included (``MessageEncoder.encode``, what the UDP
 sink sends), with a new encoder per pass, so its tables of addresses and session strings start
-empty (the sink's, kept across batches, are warmer: about 20 % faster here). Times are ``time.process_time``, the median of ``--repeat`` runs; the target (issue
-14) is a ratio to JSON of at most 1.0 for IPFIX and goflow2.
+empty (the sink's, kept across batches, are warmer: about 20 % faster here). Times are
+``time.process_time``, the median of ``--repeat`` runs; the target (issue 14) is a ratio to JSON
+of at most 1.0 for IPFIX and goflow2.
 """
 
 from __future__ import annotations
