@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KAFKACTL = ROOT / "deploy" / "kafka" / "kafkactl"
 TOPIC = "fleet-flows"
 PARTITIONS = 6
-DRAIN_S = 5.0  # > unhealthy threshold x interval + unhealthy draining: the NLB lets go first
+DRAIN_S = 6.0  # > (unhealthy threshold + 1) x interval + unhealthy draining: the NLB lets go first
 SAMPLE_S = 0.5
 
 

@@ -22,6 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from bench.fleet_net import HEALTH_PORT, NLB_ADDRESS, VXLAN_PORT, run
@@ -106,12 +107,14 @@ class TargetGroup:
     """Health checks and the bucket map; runs in a thread of a process inside the LB namespace."""
 
     lb_netns: str
-    interval_s: float = 0.5
-    timeout_s: float = 0.4
+    # AWS's timings scaled down (docs/fleet.md); the timeout is generous for a loaded 2-core
+    # machine, where a false failure would move a healthy target's flows
+    interval_s: float = 1.0
+    timeout_s: float = 0.8
     healthy_threshold: int = 2
     unhealthy_threshold: int = 2
-    unhealthy_draining_s: float = 2.0
-    deregistration_delay_s: float = 2.0
+    unhealthy_draining_s: float = 1.5
+    deregistration_delay_s: float = 1.5
     targets: dict[str, Target] = field(default_factory=dict)
     events: list[tuple[float, str, str]] = field(default_factory=list)
     mapped: tuple[str, ...] = ()
@@ -166,16 +169,23 @@ class TargetGroup:
             return False
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            began = time.monotonic()
-            with self._lock:
-                targets = [t for t in self.targets.values() if t.state != "unused"]
-            results = {t.name: self._check(t) for t in targets if t.state != "draining"}
-            with self._lock:
-                for target in targets:
-                    self._step(target, results.get(target.name))
-                self._apply()
-            self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - began)))
+        # one check per target at once, as the NLB checks each target on its own: a target that
+        # times out does not delay the others' verdicts
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="health-check") as pool:
+            while not self._stop.is_set():
+                began = time.monotonic()
+                self._round(pool)
+                self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - began)))
+
+    def _round(self, pool: ThreadPoolExecutor) -> None:
+        with self._lock:
+            targets = [t for t in self.targets.values() if t.state != "unused"]
+        checked = [t for t in targets if t.state != "draining"]
+        results = dict(zip((t.name for t in checked), pool.map(self._check, checked), strict=True))
+        with self._lock:
+            for target in targets:
+                self._step(target, results.get(target.name))
+            self._apply()
 
     def _step(self, target: Target, ok: bool | None) -> None:
         now = time.monotonic()
