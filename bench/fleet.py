@@ -17,6 +17,7 @@ import argparse
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ TOTALS = ("sent", "counted", "explained_loss", "unexplained_loss", "split_flows"
 
 def run(names: list[str]) -> tuple[dict[str, Any], Fleet]:
     """Build a fleet, run the scenarios on it, tear it down; the report and the (closed) fleet."""
+    began = time.monotonic()
     with Fleet() as fleet:
         results = [SCENARIOS[name](fleet) for name in names]
     for result in results:
@@ -37,6 +39,7 @@ def run(names: list[str]) -> tuple[dict[str, Any], Fleet]:
     for key in TOTALS:
         report[key] = sum(int(r[key]) for r in results)
     report["events"] = [[round(t, 3), what] for t, what in fleet.marks]
+    report["seconds"] = round(time.monotonic() - began, 1)  # build, scenarios and teardown
     return report, fleet
 
 
@@ -59,6 +62,7 @@ def text(report: dict[str, Any]) -> str:
         if extra:
             lines.append(f"    {json.dumps(extra, sort_keys=True)}")
     lines.append("total      " + "  ".join(f"{k} {report[k]}" for k in TOTALS))
+    lines.append(f"{report['seconds']} s with the fleet's build and teardown")
     return "\n".join(lines)
 
 

@@ -160,6 +160,11 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     encoded are estimated from the recent average) before they spill to the spool. Bounds memory
     when records are large, whatever their count."""
     wal: bool = False
+    end_markers: bool = False
+    """When a worker that did not shut down cleanly is replaced, publish an end marker naming its
+    exporter and last sequence (content type application/vnd.vpc-mirror-collector.exporter-end+json)
+    so ``collector tail`` reports its lost tail. Off: consumers that read every message as a record
+    need no change."""
     """Write-ahead: every record is appended to the spool before it is sent and removed once
     acknowledged, so a crash of the process (SIGKILL, OOM) loses no record the spool thread has
     written; a host crash can still lose what was not yet fsynced. Costs throughput (measured in
