@@ -28,6 +28,7 @@ import msgspec
 
 from collector.config import Config, KafkaConfig
 from collector.errors import ConfigError
+from collector.io.exporter_end import END_MARKER, decode_end
 from collector.records import CONTENT_TYPES, FlowRecord, decode
 from collector.wire.l4 import TCP_FLAG_NAMES
 
@@ -73,6 +74,9 @@ class SequenceTracker:
     ends: list[int] = field(default_factory=list)
     records: int = 0
     duplicates: int = 0
+    end: int = 0
+    """The exporter's last sequence, from an end marker (0: unknown); a missing tail up to it is
+    lost, not late."""
 
     def add(self, sequence: int) -> bool:
         """Record one sequence number; False when it was seen before."""
@@ -105,14 +109,17 @@ class SequenceTracker:
 
     @property
     def lost(self) -> int:
-        """Sequence numbers missing between the first and the last one seen."""
-        return sum(self.starts[i + 1] - self.ends[i] - 1 for i in range(len(self.starts) - 1))
+        """Sequence numbers missing between the first and the last one seen, and after the last
+        one up to the end an end marker named."""
+        inner = sum(self.starts[i + 1] - self.ends[i] - 1 for i in range(len(self.starts) - 1))
+        return inner + max(0, self.end - self.last)
 
     def gaps(self, limit: int = 3) -> list[tuple[int, int]]:
-        """The first ``limit`` missing ranges (inclusive)."""
-        return [(self.ends[i] + 1, self.starts[i + 1] - 1) for i in range(len(self.starts) - 1)][
-            :limit
-        ]
+        """The first ``limit`` missing ranges (inclusive), the lost tail included."""
+        out = [(self.ends[i] + 1, self.starts[i + 1] - 1) for i in range(len(self.starts) - 1)]
+        if self.end > self.last:
+            out.append((self.last + 1, self.end))
+        return out[:limit]
 
 
 @dataclass
@@ -123,12 +130,22 @@ class TailStats:
     records: int = 0
     flow_log_lines: int = 0
     undecodable: int = 0
+    end_markers: int = 0
 
     def track(self, exporter: str, sequence: int) -> None:
+        self._tracker(exporter).add(sequence)
+
+    def mark_end(self, exporter: str, last_sequence: int) -> None:
+        """An end marker: ``exporter`` emitted nothing after ``last_sequence``."""
+        self.end_markers += 1
+        tracker = self._tracker(exporter)
+        tracker.end = max(tracker.end, last_sequence)
+
+    def _tracker(self, exporter: str) -> SequenceTracker:
         tracker = self.exporters.get(exporter)
         if tracker is None:
             tracker = self.exporters[exporter] = SequenceTracker()
-        tracker.add(sequence)
+        return tracker
 
     def summary(self) -> str:
         lines = [
@@ -139,6 +156,7 @@ class TailStats:
                 else ""
             )
             + (f", {self.undecodable} undecodable" if self.undecodable else "")
+            + (f", {self.end_markers} end markers" if self.end_markers else "")
         ]
         if self.exporters:
             width = max(len("exporter"), *(len(e) for e in self.exporters))
@@ -364,6 +382,14 @@ async def tail(
 def _render(message: Any, show: Callable[[FlowRecord], str], stats: TailStats) -> list[str]:
     value = message.value or b""
     ctype = content_type(message.headers)
+    if ctype == END_MARKER:  # not a record: where a dead worker's exporter ended
+        try:
+            end = decode_end(value)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            stats.undecodable += 1
+            return []
+        stats.mark_end(end.exporter, end.last_sequence)
+        return []
     try:
         item = decode_value(value, ctype)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:

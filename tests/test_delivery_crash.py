@@ -6,6 +6,7 @@ to the spool thread, without it everything held only in memory."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -106,3 +107,82 @@ async def test_a_killed_collector_loses_only_its_stated_crash_window(
     assert not missing, (
         f"{len(missing)} records reported written were lost, first {sorted(missing)[:5]}"
     )
+
+
+@pytest.mark.kafka
+async def test_the_restarted_worker_tells_consumers_where_the_dead_exporter_ended(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """After a SIGKILL under load, the sink that claims the dead worker's spool slot publishes an
+    end marker (kafka.end_markers) with the dead exporter's last sequence, and ``collector tail``
+    reports the records that never reached the topic as that exporter's lost tail: every emitted
+    sequence is either read back or reported lost, exactly."""
+    topic = unique_topic("kill-marker")
+    spool_dir = tmp_path / "spool"
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        LOADED_COLLECTOR,
+        str(ROOT),
+        str(spool_dir),
+        kafka_broker.bootstrap,
+        topic,
+        "memory",
+        stdout=subprocess.PIPE,
+    )
+    assert child.stdout is not None
+    emitted = delivered = 0
+    try:
+        while delivered < 10_000:
+            line = await asyncio.wait_for(child.stdout.readline(), 120)
+            _, emitted, delivered = map(int, line.split()[1:])
+    finally:
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
+
+    config = KafkaConfig(spool_dir=str(spool_dir), end_markers=True)
+    after = KafkaSink([kafka_broker.bootstrap], topic, config, RecordsConfig())
+    await after.start()
+    end = after._spool.previous_end
+    assert end is not None
+    assert end.exporter == "crash/w0/1"
+    assert end.last_sequence >= emitted  # the state file is written before submit returns
+    await wait_until(lambda: after._spool.previous_end is None, 60, "the end marker published")
+    await wait_until(
+        lambda: after.status().spool_bytes == 0 and after.status().queue_records == 0,
+        120,
+        "the dead collector's spool delivered",
+    )
+    await after.close()
+
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "collector",
+            "tail",
+            f"kafka://{kafka_broker.bootstrap}/{topic}",
+            "--from-beginning",
+            "--format",
+            "json",
+            "--timeout-s",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "1 end markers" in done.stderr
+    row = next(line for line in done.stderr.splitlines() if line.strip().startswith("crash/w0/1"))
+    records, first, last, lost = map(int, row.split()[1:5])
+    read = {int(json.loads(line)["sequence"]) for line in done.stdout.splitlines()}
+    assert (first, last) == (1, max(read))
+    assert lost == end.last_sequence - len(read)  # every emitted record: read back or lost
+    assert records >= len(read)
+    if end.last_sequence > last:  # the dead worker's lost tail, named as such
+        tail = f"{last + 1}-{end.last_sequence}" if end.last_sequence > last + 1 else f"{last + 1}"
+        assert tail in row.split("missing:")[1]

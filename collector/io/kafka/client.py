@@ -46,6 +46,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 
 from collector.config import KafkaConfig
 from collector.errors import ConfigError, SinkError
+from collector.io.exporter_end import END_MARKER, ExporterEnd, encode_end
 from collector.records import encoder_for
 
 log = logging.getLogger(__name__)
@@ -496,3 +497,26 @@ async def open_producer(
             ) from exc
         raise
     return OpenProducer(producer, sorted(partitions), batch_bytes)
+
+
+async def publish_end_marker(producer: Any, topic: str, end: ExporterEnd) -> bool:
+    """Publish an exporter's end marker (see collector.io.exporter_end); False when the broker did
+    not take it (the caller tries again at the next connect)."""
+    headers = [
+        ("content-type", END_MARKER.encode()),
+        ("exporter", end.exporter.encode()),
+        ("sequence", b"%d" % end.last_sequence),
+    ]
+    try:
+        await producer.send_and_wait(
+            topic, encode_end(end), key=end.exporter.encode(), headers=headers
+        )
+    except (KafkaError, OSError) as exc:
+        log.warning("end marker for %s not published yet: %s", end.exporter, describe(exc))
+        return False
+    log.warning(
+        "%s ended without a clean shutdown at sequence %d; published its end marker",
+        end.exporter,
+        end.last_sequence,
+    )
+    return True

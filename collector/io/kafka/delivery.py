@@ -14,6 +14,7 @@ without one. The sink (``sink.py``) decides when to call what.
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections import deque
 from collections.abc import Callable
@@ -416,3 +417,9 @@ class Delivery:
 
 def _parked(batch: Batch) -> Parked:
     return Parked(batch.content_type, batch.keys, batch.values, batch.exporters, batch.sequences)
+
+
+def wall_ms(monotonic_s: float) -> int:
+    """The wall-clock time (Unix ms) of a monotonic instant: a record's Kafka timestamp is when it
+    was submitted (for spooled records: when their segment was started), not when it was sent."""
+    return int((time.time() - (time.monotonic() - monotonic_s)) * 1000)

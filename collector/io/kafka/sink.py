@@ -34,19 +34,18 @@ import contextlib
 import logging
 import time
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from collector.config import KafkaConfig, RecordsConfig
 from collector.errors import SinkError
 from collector.io.kafka import client, workarounds
-from collector.io.kafka.delivery import Batch, Delivery, Parked
-from collector.io.kafka.spooling import SinkSpool
-from collector.io.kafka.state import CONNECTED, SPOOLING, State
+from collector.io.kafka.delivery import Batch, Delivery, Parked, wall_ms
+from collector.io.kafka.spooling import RateLimitedLog, SinkSpool
+from collector.io.kafka.state import CONNECTED, SPOOLING, Health, State, health
 from collector.io.sink import SinkStatus
 from collector.io.spool import SpoolReadError
-from collector.logs import RateLimiter
 from collector.records import CONTENT_TYPES, FlowRecord, encoder_for
 
 log = logging.getLogger(__name__)
@@ -70,18 +69,6 @@ RECENT_S = 60.0
 """A drop or a permanent failure keeps the sink 'failed' in status() for this long."""
 WATCH_INTERVAL_S = 0.5
 CLOSE_TIMEOUT_S = 5.0
-
-
-class _RateLimited:
-    """Log a recurring condition at most every LOG_EVERY_S, with how often it happened meanwhile."""
-
-    def __init__(self) -> None:
-        self._limiter = RateLimiter(LOG_EVERY_S)
-
-    def __call__(self, key: str, level: int, message: str, *args: object, count: int = 1) -> None:
-        total = self._limiter.check(key, time.monotonic(), count)
-        if total is not None:
-            log.log(level, message + " (%d since the last message)", *args, total)
 
 
 class KafkaSink:
@@ -128,11 +115,11 @@ class KafkaSink:
         self._last_error = ""
         self._error = ""
         self._error_s = -RECENT_S
-        self._dead_letter_reasons: set[str] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._connect_task: asyncio.Task[None] | None = None
-        self._ratelimited = _RateLimited()
+        self._end_marker_task: asyncio.Task[None] | None = None
+        self._ratelimited = RateLimitedLog(log, LOG_EVERY_S)
 
     def __repr__(self) -> str:
         return f"KafkaSink({self.name!r}, spool={str(self._spool.path)!r})"
@@ -202,6 +189,8 @@ class KafkaSink:
         self._last_ack_s = time.monotonic()
         self._connect_error = ""
         self._wake.set()
+        if self._spool.previous_end is not None and c.end_markers:
+            self._end_marker_task = asyncio.create_task(self._publish_end_marker())
         log.info(
             "publishing to %s (%d partitions, acks=%s, %s)",
             self.name,
@@ -209,6 +198,13 @@ class KafkaSink:
             c.acks,
             c.compression,
         )
+
+    async def _publish_end_marker(self) -> None:
+        """Tell consumers where the slot's previous exporter ended (see exporter_end); kept for
+        the next connect when the broker does not take it."""
+        end = self._spool.previous_end
+        if end is not None and await client.publish_end_marker(self._producer, self._topic, end):
+            self._spool.previous_end = None
 
     async def _connect_loop(self) -> None:
         backoff = BACKOFF_MIN_S
@@ -228,22 +224,7 @@ class KafkaSink:
                 log.info("Kafka answers again after: %s", outage)
 
     async def _stop_producer(self, producer: Any, *, graceful: bool = True) -> None:
-        """Stop a producer within a bound: graceful is aiokafka's stop(), which waits for the
-        batches it holds (acked or failed, each reaches our callbacks); with the broker gone that
-        never ends, so then, or after CLOSE_TIMEOUT_S, the producer is dropped instead (see
-        workarounds.drop_producer); the batches it still held are taken back by the caller."""
-        if graceful:
-            try:
-                async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                    await producer.stop()
-            except TimeoutError:
-                reason = f"no answer within {CLOSE_TIMEOUT_S:g} s"
-            except Exception as exc:  # a broken sender raises on the way out
-                reason = client.describe(exc)
-            else:
-                return
-            log.warning("the Kafka producer did not stop cleanly (%s); dropping it", reason)
-        await workarounds.drop_producer(producer, CLOSE_TIMEOUT_S)
+        await workarounds.stop_producer(producer, graceful=graceful, timeout_s=CLOSE_TIMEOUT_S)
 
     def _reset_producer(self, reason: str, *, graceful: bool = True) -> None:
         """Replace the producer: its session broke (fenced, sequence error; graceful) or the
@@ -334,6 +315,13 @@ class KafkaSink:
             return
         delivery = self._delivery
         delivery.add(records, time.monotonic())
+        state = self._spool.exporter_state
+        if state is not None:
+            last = records[-1]
+            try:
+                state.note(last.exporter, last.sequence)
+            except OSError as exc:  # only the end marker of a later crash depends on it
+                self._ratelimited("exporter-state", logging.WARNING, "%s: %s", state.path, exc)
         if self.state in SPOOLING or self._memory_full() or self._config.wal:
             self._schedule_spill()
         self._wake.set()
@@ -416,7 +404,7 @@ class KafkaSink:
                 if now < self._retry_after:
                     wait_s = self._retry_after - now
                 else:
-                    created_ms = _wall_ms(delivery.retry[0].first_s)
+                    created_ms = wall_ms(delivery.retry[0].first_s)
                     return self._built(delivery.rebuild_retries(max(room, 1), created_ms))
             elif state is State.STALLED or room <= 0:
                 wait_s = WATCH_INTERVAL_S if state is State.STALLED else None
@@ -437,7 +425,7 @@ class KafkaSink:
                     or self._flush_deadline is not None
                     or now - oldest >= linger_s
                 ):
-                    created_ms = _wall_ms(oldest)
+                    created_ms = wall_ms(oldest)
                     return self._built(delivery.from_pending(min(room, CYCLE_RECORDS), created_ms))
                 wait_s = oldest + linger_s - now
             if wait_s is None:
@@ -590,22 +578,14 @@ class KafkaSink:
         """Records the broker refuses for a reason waiting does not fix (authorization, policy,
         timestamp) go to the dead-letter spool, so the rest keep flowing behind them."""
         count = self.delivery.dead_letter(batch)
-        reason = type(exc).__name__
         self._spool.dead_letter(
-            Parked(batch.content_type, batch.keys, batch.values, batch.exporters, batch.sequences)
+            Parked(batch.content_type, batch.keys, batch.values, batch.exporters, batch.sequences),
+            type(exc).__name__,
+            self._last_error,
         )
         self._spool.ack(batch.segment, count)
-        self._set_error(
-            f"{count} records dead-lettered to {self._spool.dead_letter_path}: {reason}"
-        )
-        if reason not in self._dead_letter_reasons:  # once per reason: the counter tells the rest
-            self._dead_letter_reasons.add(reason)
-            log.error(
-                "the broker refuses records for good (%s); they go to %s (counted as"
-                " dead-lettered), the rest keep flowing",
-                self._last_error,
-                self._spool.dead_letter_path,
-            )
+        where = self._spool.dead_letter_path
+        self._set_error(f"{count} records dead-lettered to {where}: {type(exc).__name__}")
 
     async def _watch(self) -> None:
         """Notice a broker that stopped acknowledging (aiokafka retries in-flight batches of an
@@ -660,25 +640,19 @@ class KafkaSink:
         now = time.monotonic()
         spool_bytes = self._spool.size_bytes
         delivery = self._delivery
-        state: Literal["ok", "degraded", "failed"] = "ok"
-        detail = ""
-        if now - self._spool.write_error_s < RECENT_S:
+        recent = now - RECENT_S
+        state: Health
+        if self._spool.write_error_s > recent:
             state, detail = "failed", f"dropping records: {self._spool.write_error}"
-        elif now - self._spool.dropped_s < RECENT_S:
+        elif self._spool.dropped_s > recent:
             state, detail = "failed", f"dropping records: spool full ({spool_bytes} bytes)"
-        elif self._error and now - self._error_s < RECENT_S:
+        elif self._error and self._error_s > recent:
             state, detail = "failed", self._error
-        elif self.state is State.OFFLINE:
-            state = "degraded"
-            detail = f"{self._connect_error or 'not connected'}; spooling ({spool_bytes} bytes)"
-        elif self.state is State.STALLED:
-            state = "degraded"
-            detail = f"Kafka is not acknowledging; spooling ({spool_bytes} bytes)"
-        elif self.state is State.REPLAYING or spool_bytes:
-            state, detail = "degraded", f"replaying the spool ({spool_bytes} bytes)"
-        elif delivery is not None and delivery.retry:
-            state = "degraded"
-            detail = f"retrying {delivery.retry_count} records: {self._last_error}"
+        else:
+            retrying = delivery.retry_count if delivery is not None else 0
+            state, detail = health(
+                self.state, spool_bytes, self._connect_error, retrying, self._last_error
+            )
         if delivery is None:
             return SinkStatus(state=state, detail=detail, dropped=self._spool.dropped)
         observations, delivery.latencies = delivery.latencies, []
@@ -719,9 +693,3 @@ class KafkaSink:
     def spool_corrupt_segments(self) -> int:
         """Spool segments found torn or corrupt since start."""
         return self._spool.corrupt_segments
-
-
-def _wall_ms(monotonic_s: float) -> int:
-    """The wall-clock time (Unix ms) of a monotonic instant: a record's Kafka timestamp is when it
-    was submitted (for spooled records: when their segment was started), not when it was sent."""
-    return int((time.time() - (time.monotonic() - monotonic_s)) * 1000)

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from collector.config import KafkaConfig
 from collector.errors import ConfigError
+from collector.io.exporter_end import ExporterEnd, ExporterState
 from collector.io.kafka.delivery import Parked
 from collector.io.spool import Spool, SpoolChunk, SpoolError, SpoolLockedError
 from collector.logs import RateLimiter
@@ -34,6 +35,20 @@ LOG_EVERY_S = 10.0
 """Drops are logged at most this often, with a count."""
 THREAD_NAME = "kafka-spool"
 T = TypeVar("T")
+
+
+class RateLimitedLog:
+    """Log a recurring condition at most every ``every_s``, with how often it happened meanwhile
+    (one limiter per key: a bounded set of the sink's own keys)."""
+
+    def __init__(self, logger: logging.Logger, every_s: float) -> None:
+        self._logger = logger
+        self._limiter = RateLimiter(every_s)
+
+    def __call__(self, key: str, level: int, message: str, *args: object, count: int = 1) -> None:
+        total = self._limiter.check(key, time.monotonic(), count)
+        if total is not None:
+            self._logger.log(level, message + " (%d since the last message)", *args, total)
 
 
 class SinkSpool:
@@ -51,9 +66,15 @@ class SinkSpool:
         self.dropped_s = float("-inf")
         self.write_error = ""
         self.write_error_s = float("-inf")
-        self._limiter = RateLimiter(LOG_EVERY_S)
+        self._ratelimited = RateLimitedLog(log, LOG_EVERY_S)
         self._notes_logged = 0
         self._dead: Spool | None = None
+        self._dead_letter_reasons: set[str] = set()
+        self.exporter_state: ExporterState | None = None
+        """Where this sink's exporter got to (written on the event loop: one small pwrite per
+        submitted batch, so a kill cannot leave it behind)."""
+        self.previous_end: ExporterEnd | None = None
+        """The slot's previous exporter, when it did not close cleanly (see exporter_end)."""
         self.dead_lettered = 0
         self._parked_in = 0  # written by the event loop only
         self._parked_out = 0  # written by the spool thread only
@@ -106,8 +127,17 @@ class SinkSpool:
         if segment is not None:
             self._submit(self._ack, segment, count)
 
-    def dead_letter(self, parked: Parked) -> None:
-        """See _dead_letter; in the spool thread."""
+    def dead_letter(self, parked: Parked, reason: str, error: str) -> None:
+        """See _dead_letter; in the spool thread. Logged once per ``reason`` (the counter tells
+        the rest)."""
+        if reason not in self._dead_letter_reasons:
+            self._dead_letter_reasons.add(reason)
+            log.error(
+                "the broker refuses records for good (%s); they go to %s (counted as"
+                " dead-lettered), the rest keep flowing",
+                error,
+                self.dead_letter_path,
+            )
         self._submit(self._dead_letter, parked)
 
     async def next_chunk(self, limit: int) -> SpoolChunk | None:
@@ -155,6 +185,13 @@ class SinkSpool:
                 raise ConfigError("kafka.spool_dir", str(exc)) from exc
             self.path = path
             self._spool = spool
+            try:
+                self.exporter_state, self.previous_end = ExporterState.open(path)
+            except OSError as exc:
+                spool.close()
+                raise ConfigError(
+                    "kafka.spool_dir", f"cannot write {path / 'EXPORTER'}: {exc.strerror}"
+                ) from exc
             self.log_notes()
             if not spool.is_empty():
                 log.info(
@@ -169,6 +206,9 @@ class SinkSpool:
         )
 
     def _close(self) -> None:
+        if self.exporter_state is not None:
+            self.exporter_state.close(clean=True)
+            self.exporter_state = None
         if self._spool is not None:
             self._spool.close()
         if self._dead is not None:
@@ -255,10 +295,8 @@ class SinkSpool:
 
     def drop(self, count: int, why: str) -> None:
         self.dropped += count
-        self.dropped_s = now = time.monotonic()
-        total = self._limiter.check("drop", now, count)
-        if total is not None:
-            log.error("dropped %d records: %s (%d since the last message)", count, why, total)
+        self.dropped_s = time.monotonic()
+        self._ratelimited("drop", logging.ERROR, "dropped %d records: %s", count, why, count=count)
 
     def _next_chunk(self, limit: int) -> SpoolChunk | None:
         """The next unread records in order (the open segment is closed for it when nothing else

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from typing import Literal
 
 
 class State(enum.Enum):
@@ -34,3 +35,21 @@ CONNECTED = (State.REPLAYING, State.DIRECT, State.STALLED)
 """A producer exists (it may be stalled)."""
 SPOOLING = (State.OFFLINE, State.REPLAYING, State.STALLED)
 """New records go to the spool, not to the broker."""
+
+
+Health = Literal["ok", "degraded", "failed"]
+
+
+def health(
+    state: State, spool_bytes: int, connect_error: str, retrying: int, last_error: str
+) -> tuple[Health, str]:
+    """What /healthz says of a sink in ``state`` that lost nothing lately."""
+    if state is State.OFFLINE:
+        return "degraded", f"{connect_error or 'not connected'}; spooling ({spool_bytes} bytes)"
+    if state is State.STALLED:
+        return "degraded", f"Kafka is not acknowledging; spooling ({spool_bytes} bytes)"
+    if state is State.REPLAYING or spool_bytes:
+        return "degraded", f"replaying the spool ({spool_bytes} bytes)"
+    if retrying:
+        return "degraded", f"retrying {retrying} records: {last_error}"
+    return "ok", ""

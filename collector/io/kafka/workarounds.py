@@ -15,6 +15,8 @@ from typing import Any
 
 from collector.logs import RateLimiter
 
+log = logging.getLogger(__name__)
+
 LZ4_LEVEL = 0
 """lz4 frame level: 0 is lz4's fast mode (see use_fast_lz4)."""
 LOG_EVERY_S = 10.0
@@ -121,3 +123,22 @@ async def drop_producer(producer: Any, timeout_s: float) -> None:
         async with asyncio.timeout(timeout_s):
             await producer.client.close()
     producer._closed = True  # see the docstring
+
+
+async def stop_producer(producer: Any, *, graceful: bool, timeout_s: float) -> None:
+    """Stop a producer within a bound: graceful is aiokafka's stop(), which waits for the batches
+    it holds (acked or failed, each reaches the sink's callbacks); with the broker gone that never
+    ends (aio-libs/aiokafka issue 1101), so then, or after ``timeout_s``, the producer is dropped
+    instead (drop_producer); the caller takes back the batches it still held."""
+    if graceful:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await producer.stop()
+        except TimeoutError:
+            reason = f"no answer within {timeout_s:g} s"
+        except Exception as exc:  # a broken sender raises on the way out
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            return
+        log.warning("the Kafka producer did not stop cleanly (%s); dropping it", reason)
+    await drop_producer(producer, timeout_s)

@@ -1,0 +1,99 @@
+"""Where an exporter's sequence ended, so a consumer can tell a dead worker's lost tail from records
+that are merely late.
+
+Each Kafka sink keeps the last sequence it was given, with its exporter name, in a small file of its
+spool slot (``wN/EXPORTER``): one ``pwrite`` per submitted batch, into the page cache, so it
+survives the process being killed. A clean close marks it ended. The next sink that claims the slot
+(the restarted worker) finds an exporter that did not end cleanly and, with ``kafka.end_markers``
+on, publishes an *end marker* to the topic: a message whose ``content-type`` is ``END_MARKER`` and
+whose ``exporter`` and ``sequence`` headers name the exporter and its last sequence. ``collector
+tail`` then counts the sequences between the last one it read and that one as lost (the dead
+worker's missing tail); without the marker they would be invisible.
+
+No aiokafka here: ``collector tail`` reads markers without importing the sink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+END_MARKER = "application/vnd.vpc-mirror-collector.exporter-end+json"
+"""Content type of an end marker (its value is ``ExporterEnd`` as JSON)."""
+STATE_FILE = "EXPORTER"
+_NAME_BYTES = 400
+_LINE = _NAME_BYTES + 1 + 20 + 1 + 1 + 1  # name, tab, sequence, tab, clean flag, newline
+
+
+class ExporterEnd(msgspec.Struct, frozen=True):
+    """The value of an end marker."""
+
+    exporter: str
+    last_sequence: int
+    """The last sequence the exporter's sink was given; records up to it that never reached the
+    topic were lost with the process."""
+    reason: str = "the worker ended without a clean shutdown"
+
+
+def encode_end(end: ExporterEnd) -> bytes:
+    return msgspec.json.encode(end)
+
+
+def decode_end(value: bytes) -> ExporterEnd:
+    """Raises msgspec.DecodeError / ValidationError for a malformed marker."""
+    return msgspec.json.decode(value, type=ExporterEnd)
+
+
+@dataclass(slots=True)
+class ExporterState:
+    """The ``EXPORTER`` file of one spool slot, kept open while the sink lives."""
+
+    path: Path
+    fd: int = -1
+    exporter: str = ""
+    last_sequence: int = 0
+
+    @classmethod
+    def open(cls, directory: Path) -> tuple[ExporterState, ExporterEnd | None]:
+        """Open (create) the file; returns it and the previous exporter's end when that one did
+        not close cleanly. Raises OSError."""
+        path = directory / STATE_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        previous = _parse(os.pread(fd, _LINE, 0))
+        return cls(path, fd), previous
+
+    def note(self, exporter: str, sequence: int) -> None:
+        """The sink was given records up to ``sequence`` (one fixed-size pwrite, no fsync)."""
+        if sequence <= self.last_sequence and exporter == self.exporter:
+            return
+        self.exporter, self.last_sequence = exporter, sequence
+        self._write(clean=False)
+
+    def close(self, *, clean: bool) -> None:
+        if self.fd < 0:
+            return
+        if self.exporter:
+            with contextlib.suppress(OSError):
+                self._write(clean=clean)
+        os.close(self.fd)
+        self.fd = -1
+
+    def _write(self, *, clean: bool) -> None:
+        name = self.exporter.encode()[:_NAME_BYTES].ljust(_NAME_BYTES)
+        line = b"%s\t%20d\t%s\n" % (name, self.last_sequence, b"1" if clean else b"0")
+        os.pwrite(self.fd, line, 0)
+
+
+def _parse(data: bytes) -> ExporterEnd | None:
+    if len(data) != _LINE:
+        return None
+    name, _, rest = data.partition(b"\t")
+    sequence, _, flag = rest.partition(b"\t")
+    exporter = name.decode("utf-8", "replace").rstrip()
+    if not exporter or not sequence.strip().isdigit() or flag != b"0\n":
+        return None
+    return ExporterEnd(exporter, int(sequence))
