@@ -53,8 +53,8 @@ def text(report: dict[str, Any]) -> str:
         )
         for name, c in r["collectors"].items():
             lines.append(
-                f"    {name:<4} datagrams {c['datagrams']:>6}  packets on topic "
-                f"{c['packets_on_topic']:>6}  flows {c['flows']:>3}"
+                f"    {name:<4} datagrams {c['datagrams']:>6} (LB forwarded {c['lb_forwarded']:>6})"
+                f"  packets on topic {c['packets_on_topic']:>6}  flows {c['flows']:>3}"
             )
         extra = {k: r[k] for k in ("crash", "checks") if r[k]}
         if r["probes_sent"]:

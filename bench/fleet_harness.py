@@ -25,7 +25,7 @@ from typing import IO, Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.fleet_lb import TargetGroup, install
+from bench.fleet_lb import TargetGroup, count_forwarded, install
 from bench.fleet_net import HEALTH_PORT, KAFKA_PORT, VXLAN_PORT, Node, Topology, entered
 from bench.harness import Metrics, parse_metrics
 
@@ -291,6 +291,7 @@ class Fleet:
                     tail = "\n".join(log.splitlines()[-15:])  # the work directory goes at teardown
                     raise RuntimeError(f"collector {collector.name} did not start:\n{tail}")
                 time.sleep(0.1)
+            count_forwarded(self.net.lb, collector.name, collector.node.address)
             self.group.register(collector.name, collector.node.address)
             self.mark(f"{collector.name} registered")
         for collector in new:

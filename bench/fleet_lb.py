@@ -17,6 +17,7 @@ datagram. Every state change is logged with its time.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
@@ -40,6 +41,9 @@ table ip {TABLE} {{
         type nat hook prerouting priority dstnat; policy accept;
         {_TO_NLB} dnat to {_HASH} map @buckets
         {_TO_NLB} counter name unrouted drop
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
     }}
 }}
 """
@@ -88,6 +92,36 @@ def outer_flows_to(lb_netns: str, address: str) -> set[tuple[str, int]]:
         if "src" in fields and "sport" in fields:
             flows.add((fields["src"], int(fields["sport"])))
     return flows
+
+
+def count_forwarded(lb_netns: str, name: str, address: str) -> None:
+    """Count the VXLAN datagrams the NLB stand-in forwards to ``address`` (rule comment ``name``):
+    the kernel's own per-target count, to hold against what the collector says it received."""
+    rule = (
+        "ip",
+        "daddr",
+        address,
+        "udp",
+        "dport",
+        str(VXLAN_PORT),
+        "counter",
+        "comment",
+        f'"{name}"',
+    )
+    run("nft", "add", "rule", "ip", TABLE, "forward", *rule, netns=lb_netns)
+
+
+def forwarded(lb_netns: str) -> dict[str, int]:
+    """Datagrams forwarded per target (by the name given to ``count_forwarded``)."""
+    listing = json.loads(run("nft", "-j", "list", "chain", "ip", TABLE, "forward", netns=lb_netns))
+    out = {}
+    for item in listing["nftables"]:
+        rule = item.get("rule")
+        if rule and "comment" in rule:
+            for expr in rule["expr"]:
+                if "counter" in expr:
+                    out[str(rule["comment"])] = int(expr["counter"]["packets"])
+    return out
 
 
 @dataclass

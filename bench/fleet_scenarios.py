@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.fleet_harness import SESSIONS, Collector, Fleet, Session
-from bench.fleet_lb import outer_flows_to, unrouted
+from bench.fleet_lb import forwarded, outer_flows_to, unrouted
 from bench.fleet_source import outer_port
 from bench.harness import Metrics
 
@@ -96,6 +96,7 @@ class Run:
         self.base: dict[str, Metrics] = {c.name: dict(c.metrics()) for c in fleet.live()}
         self.base_sent = self._pause()
         self.base_unrouted = unrouted(fleet.net.lb)
+        self.base_forwarded = forwarded(fleet.net.lb)
         self.flows: dict[str, Flow] = {}
         self.moved_from: set[str] = set()  # collectors whose flows had to move (scale events)
         self.crash: dict[str, float] = {}
@@ -218,6 +219,10 @@ class Run:
             crash_loss = int(self.crash["collector_kept"]) - per_collector_packets[victim]
             self.crash["lost"] = crash_loss
         lb_unrouted = unrouted(self.fleet.net.lb) - self.base_unrouted  # the NLB had no target
+        lb_forwarded = {
+            name: n - self.base_forwarded.get(name, 0)
+            for name, n in forwarded(self.fleet.net.lb).items()
+        }
         explained = int(kernel_drops) + crash_loss + lb_unrouted
         split = [f.id for f in kept if len(on[f.id]) > 1 and not on[f.id] & self.moved_from]
         exact = [f.id for f in kept if packets[f.id] == sent_of[f.id]]
@@ -234,6 +239,7 @@ class Run:
             "collectors": {
                 n: {
                     "datagrams": int(d[RECEIVED]),
+                    "lb_forwarded": lb_forwarded.get(n, 0),
                     "packets_on_topic": per_collector_packets[n],
                     "flows": _flows_on(on, n),
                 }

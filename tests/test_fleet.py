@@ -50,6 +50,8 @@ def assert_all_accounted(result: dict[str, Any]) -> None:
     assert result["unknown_records"] == 0
     assert result["kernel_drops"] == 0  # modest rates: a drop here would be worth a look
     assert result["lb_unrouted"] == 0  # the NLB stand-in always had a target
+    for name, c in result["collectors"].items():  # the kernel's count of what it sent each one
+        assert c["datagrams"] == c["lb_forwarded"], (name, c)
 
 
 def assert_lossless(result: dict[str, Any]) -> None:
