@@ -66,6 +66,11 @@ _NO_PORTS_KEY_V4 = flowkey.COPIED_NO_PORTS_V4.pack
 _KEY_V6 = flowkey.COPIED_PORTS_V6.pack
 _ICMP_KEY_V6 = flowkey.COPIED_ICMP_V6.pack
 _NO_PORTS_KEY_V6 = flowkey.COPIED_NO_PORTS_V6.pack
+# the walk's keys of the common layouts, without pack_key's branches (it has the rare ones)
+_WALK_PORTS_V4 = flowkey.PORTS_KEY_V4.pack
+_WALK_ICMP_V4 = flowkey.ICMP_KEY_V4.pack
+_WALK_PORTS_V6 = flowkey.PORTS_KEY_V6.pack
+_WALK_ICMP_V6 = flowkey.ICMP_KEY_V6.pack
 
 # offsets relative to the start of the datagram
 _ETH = vxlan.VXLAN_HEADER_LEN
@@ -171,6 +176,7 @@ def decode_walk(buf: bytes | bytearray | memoryview, n: int) -> Decoded | int:
         if frag & _IPV4_FRAGMENT:  # not the first fragment: no transport header here
             return pack_key(vni, src, dst, proto, 0, 0, -1), ip_len, 0
         off += ihl
+        ports_key, icmp_key = _WALK_PORTS_V4, _WALK_ICMP_V4
     elif etype == _ETHERTYPE_IPV6:
         if n < off + _IPV6_LEN:
             return _IPV6_SHORT
@@ -179,6 +185,7 @@ def decode_walk(buf: bytes | bytearray | memoryview, n: int) -> Decoded | int:
             return _IP_VERSION
         ip_len = plen + _IPV6_LEN
         off += _IPV6_LEN
+        ports_key, icmp_key = _WALK_PORTS_V6, _WALK_ICMP_V6
         if proto in _IPV6_EXT:
             hops = 0
             while proto in _IPV6_EXT:
@@ -203,17 +210,17 @@ def decode_walk(buf: bytes | bytearray | memoryview, n: int) -> Decoded | int:
     if proto == _TCP_PROTO:
         if n >= off + _TCP_HEADER:
             sport, dport, tflags = _TCP.unpack_from(buf, off)
-            return pack_key(vni, src, dst, proto, sport, dport, -1), ip_len, tflags
+            return ports_key(vni << 8 | proto, src, dst, sport, dport), ip_len, tflags
         if n >= off + _PORTS_LEN:  # truncated after the ports: count them, flags unknown
             sport, dport = _PORTS.unpack_from(buf, off)
-            return pack_key(vni, src, dst, proto, sport, dport, -1), ip_len, 0
+            return ports_key(vni << 8 | proto, src, dst, sport, dport), ip_len, 0
     elif proto == _UDP_PROTO:
         if n >= off + _PORTS_LEN:
             sport, dport = _PORTS.unpack_from(buf, off)
-            return pack_key(vni, src, dst, proto, sport, dport, -1), ip_len, 0
+            return ports_key(vni << 8 | proto, src, dst, sport, dport), ip_len, 0
     elif proto in _ICMP_PROTOS and n >= off + _ICMP_LEN:
         itype, icode = _ICMP.unpack_from(buf, off)
-        return pack_key(vni, src, dst, proto, 0, 0, itype << 8 | icode), ip_len, 0
+        return icmp_key(vni << 8 | proto, src, dst, itype << 8 | icode), ip_len, 0
     return pack_key(vni, src, dst, proto, 0, 0, -1), ip_len, 0
 
 
