@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+import msgspec
+
 from collector.config import Config
 from collector.io.pcap import CaptureStats, read_vxlan
 from collector.io.sink import SinkStatus
@@ -121,7 +123,7 @@ def _replay_to_sink(path: str, config: Config, spec: str) -> int:
             while sink.status().queue_records > SINK_BACKLOG_RECORDS:  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
         await reader
-        await sink.flush(config.kafka.flush_timeout_s)
+        await sink.flush(msgspec.structs.replace(config, sink=spec).sink_flush_timeout_s)
         await sink.close()
         return sink.status()
 

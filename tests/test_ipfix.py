@@ -521,7 +521,7 @@ def test_unreachable_tcp_collector_makes_replay_exit_1_with_the_loss_counted(
 ) -> None:
     config = write_config(
         tmp_path / "fast.toml",
-        "\n[ipfix]\nconnect_timeout_s = 0.2\n\n[kafka]\nflush_timeout_s = 0.5\n",
+        "\n[ipfix]\nconnect_timeout_s = 0.2\nflush_timeout_s = 0.5\n",
     )
     port = free_port(socket.SOCK_STREAM)
     done = replay(capture[0], config, "--sink", f"ipfix+tcp://127.0.0.1:{port}", check=False)
