@@ -1,7 +1,8 @@
 """Datagram -> flow counts -> records: the glue shared by the live service and pcap replay.
 
-``feed`` is the per-datagram hot path: decode, one dict lookup, a few integer updates. Everything
-else (filter decisions, record building, encoding) happens once per flow or in batches.
+``feed``/``account`` is the per-datagram hot path: the flow table's packet path (decode, one dict
+lookup, a few integer updates). What happens once per flow lives here: the decision on a new flow
+(session, direction, filter) and numbering the records of ended flows. Encoding is the sink's.
 """
 
 from __future__ import annotations

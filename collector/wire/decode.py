@@ -4,7 +4,7 @@ The layers live in their own modules (vxlan, ethernet, ip, l4) as layouts and co
 them is one function on purpose: it runs once per datagram, and a Python call per layer would cost
 more than the parsing itself. An offset moves over the buffer, fields are read in place with
 precompiled ``Struct.unpack_from``, every read is preceded by a length check, and only the flow key
-(addresses as small ``bytes``) outlives the datagram.
+(one small ``bytes`` object, laid out by ``flowkey``) outlives the datagram.
 
 ``decode`` first tries one precompiled read that covers the whole common case (VXLAN, an untagged
 Ethernet header, IPv4 without options or IPv6 without extension headers, and 14 octets of the
