@@ -1,7 +1,8 @@
 """Network namespaces and veth links of the fleet on one machine (iproute2, run as root).
 
-Every namespace is named ``vmcf<PID>-<role>`` after the process that made it, so a later run can
-tell its own namespaces from the leftovers of a run that died (its PID is gone) and remove those.
+Every namespace is named ``vmcf<PID>-<N>-<role>`` after the process that made it, so a later run
+can tell its own namespaces from the leftovers of a run that died (its PID is gone) and remove
+those.
 Both ends of every veth pair live in namespaces made here: the machine's own network namespace
 never gets an interface, an address or a route.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import os
 import re
 import shutil
@@ -33,6 +35,7 @@ VXLAN_PORT = 4789  # RFC 7348 section 5
 HEALTH_PORT = 8080
 KAFKA_PORT = 9092
 _LEFTOVER = re.compile(rf"^{PREFIX}(\d+)-")
+_SERIAL = itertools.count(1)
 
 
 class FleetError(Exception):
@@ -133,7 +136,7 @@ class Topology:
     """The namespaces of one fleet; ``close`` removes them all, also after a failed build."""
 
     def __init__(self) -> None:
-        self.tag = f"{PREFIX}{os.getpid()}"
+        self.tag = f"{PREFIX}{os.getpid()}-{next(_SERIAL)}"  # two fleets of one process differ
         self.lb = f"{self.tag}-lb"
         self.nodes: dict[str, Node] = {}
         self.created: list[str] = []

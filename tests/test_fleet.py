@@ -39,7 +39,7 @@ def namespaces() -> list[str]:
 def fleet() -> Iterator[Fleet]:
     with Fleet() as built:
         yield built
-    assert not [n for n in namespaces() if n.startswith(built.net.tag)]  # nothing left behind
+    assert not [n for n in namespaces() if n.startswith(f"{built.net.tag}-")]  # nothing left
     assert not built.net.work.exists()
 
 
@@ -165,6 +165,21 @@ def test_with_no_healthy_target_the_nlb_fails_open_and_takes_them_back(fleet: Fl
     for collector in live:
         group.wait_state(collector.name, ("healthy",))
     assert group.mapped == addresses
+
+
+def test_a_fleet_that_fails_to_build_leaves_nothing_behind(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its broker cannot start (no Java): the error says why and every namespace it had made and
+    its work directory are gone; the fleet already running is untouched."""
+    monkeypatch.setenv("JAVA", "/bin/false")
+    broken = Fleet()
+    with pytest.raises(RuntimeError, match="kafkactl start"):
+        broken.__enter__()
+    assert not [n for n in namespaces() if n.startswith(f"{broken.net.tag}-")]
+    assert not broken.net.work.exists()
+    assert fleet.net.work.exists()
+    assert len([n for n in namespaces() if n.startswith(f"{fleet.net.tag}-")]) >= 4
 
 
 def test_leftovers_of_a_crashed_run_are_removed() -> None:
