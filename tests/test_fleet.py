@@ -10,10 +10,12 @@ The shared broker on 127.0.0.1:9092 is not used.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +28,7 @@ from bench.fleet_net import NLB_ADDRESS, PREFIX, namespaces_supported, remove_le
 from bench.fleet_scenarios import SCENARIOS, Run, make_flows
 from bench.fleet_source import outer_port
 
+ROOT = Path(__file__).resolve().parent.parent
 REFUSED = namespaces_supported()
 pytestmark = pytest.mark.skipif(bool(REFUSED), reason=f"no fleet on this machine: {REFUSED}")
 
@@ -180,6 +183,25 @@ def test_a_fleet_that_fails_to_build_leaves_nothing_behind(
     assert not broken.net.work.exists()
     assert fleet.net.work.exists()
     assert len([n for n in namespaces() if n.startswith(f"{fleet.net.tag}-")]) >= 4
+
+
+def test_the_benchmark_command_prints_the_figures_as_json_and_draws_the_plot(
+    tmp_path: Path,
+) -> None:
+    """``python -m bench.fleet --json`` (one scenario here): its contract is the last line."""
+    plot = tmp_path / "load.png"
+    command = [sys.executable, "-m", "bench.fleet", "--json", "--scenario", "steady"]
+    done = subprocess.run(
+        [*command, "--plot", str(plot)],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["sent"] == report["counted"] > 0
+    assert report["explained_loss"] == report["unexplained_loss"] == report["split_flows"] == 0
+    (steady,) = report["scenarios"]
+    assert sum(c["datagrams"] for c in steady["collectors"].values()) == report["sent"]
+    assert plot.read_bytes().startswith(b"\x89PNG")
 
 
 def test_leftovers_of_a_crashed_run_are_removed() -> None:
