@@ -13,7 +13,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,6 +128,16 @@ def proxied_kafka_broker(
             broker.reset()
         finally:
             proxy.stop()
+
+
+async def wait_until(predicate: Callable[[], bool], deadline_s: float, what: str) -> None:
+    """Poll ``predicate`` until it holds; fail naming ``what`` after ``deadline_s`` (a guard
+    against hanging, not an assertion about time)."""
+    deadline = time.monotonic() + deadline_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        await asyncio.sleep(0.05)
 
 
 def unique_topic(prefix: str) -> str:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,14 @@ import msgspec
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from kafka_fixtures import KafkaBroker, make_records, read_topic, unique_topic, unused_port
+from kafka_fixtures import (
+    KafkaBroker,
+    make_records,
+    read_topic,
+    unique_topic,
+    unused_port,
+    wait_until,
+)
 
 from collector.config import KafkaConfig, RecordsConfig
 from collector.io.kafka import KafkaSink
@@ -24,14 +29,6 @@ from collector.io.kafka.sink import CYCLE_RECORDS
 from collector.io.spool import Spool
 
 JSON = RecordsConfig()
-
-
-async def wait_until(predicate: Callable[[], bool], deadline_s: float, what: str) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def admin_for(bootstrap: str) -> AIOKafkaAdminClient:

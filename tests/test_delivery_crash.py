@@ -11,12 +11,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from kafka_fixtures import ROOT, KafkaBroker, read_topic, unique_topic
+from kafka_fixtures import ROOT, KafkaBroker, read_topic, unique_topic, wait_until
 
 from collector.config import KafkaConfig, RecordsConfig
 from collector.io.kafka import KafkaSink
@@ -48,12 +46,21 @@ LOADED_COLLECTOR = textwrap.dedent(
 )
 
 
-async def wait_until(predicate: Callable[[], bool], deadline_s: float, what: str) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.05)
+async def start_loaded_collector(
+    spool_dir: Path, bootstrap: str, topic: str, mode: str
+) -> asyncio.subprocess.Process:
+    """A collector process flooding its sink (``mode``: "wal" or "memory") and reporting progress."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        LOADED_COLLECTOR,
+        str(ROOT),
+        str(spool_dir),
+        bootstrap,
+        topic,
+        mode,
+        stdout=subprocess.PIPE,
+    )
 
 
 @pytest.mark.kafka
@@ -63,17 +70,7 @@ async def test_a_killed_collector_loses_only_its_stated_crash_window(
 ) -> None:
     topic = unique_topic(f"kill-{mode}")
     spool_dir = tmp_path / "spool"
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        LOADED_COLLECTOR,
-        str(ROOT),
-        str(spool_dir),
-        kafka_broker.bootstrap,
-        topic,
-        mode,
-        stdout=subprocess.PIPE,
-    )
+    child = await start_loaded_collector(spool_dir, kafka_broker.bootstrap, topic, mode)
     assert child.stdout is not None
     safe = emitted = delivered = 0
     try:
@@ -119,17 +116,7 @@ async def test_the_restarted_worker_tells_consumers_where_the_dead_exporter_ende
     sequence is either read back or reported lost, exactly."""
     topic = unique_topic("kill-marker")
     spool_dir = tmp_path / "spool"
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        LOADED_COLLECTOR,
-        str(ROOT),
-        str(spool_dir),
-        kafka_broker.bootstrap,
-        topic,
-        "memory",
-        stdout=subprocess.PIPE,
-    )
+    child = await start_loaded_collector(spool_dir, kafka_broker.bootstrap, topic, "memory")
     assert child.stdout is not None
     emitted = delivered = 0
     try:

@@ -4,11 +4,8 @@ delivered + dropped, and exactly the dropped ones are missing from the topic."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,7 @@ from kafka_fixtures import (  # noqa: F401 - kafka_broker is a fixture
     read_topic,
     unique_topic,
     unused_port,
+    wait_until,
 )
 from tmpfs import resize, small_tmpfs
 
@@ -27,14 +25,6 @@ from collector.config import KafkaConfig, RecordsConfig
 from collector.io.kafka import KafkaSink
 
 JSON = RecordsConfig()
-
-
-async def wait_until(predicate: Callable[[], bool], deadline_s: float, what: str) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def sequences_of(messages: list[Any]) -> list[int]:

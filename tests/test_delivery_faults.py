@@ -7,9 +7,8 @@ the ones counted as dropped), in order per exporter per partition.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from kafka_fixtures import (  # noqa: F401 - proxied_kafka_broker is a fixture
     proxied_kafka_broker,
     read_topic,
     unique_topic,
+    wait_until,
 )
 
 from collector.config import KafkaConfig, RecordsConfig
@@ -34,14 +34,6 @@ def kafka_config(tmp_path: Path, **overrides: Any) -> KafkaConfig:
     settings: dict[str, Any] = {"spool_dir": str(tmp_path / "spool"), "linger_ms": 5}
     settings.update(overrides)
     return KafkaConfig(**settings)
-
-
-async def wait_until(predicate: Callable[[], bool], deadline_s: float, what: str) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def check_delivery(messages: list[Any], exporter: str, emitted: int) -> Counter[int]:

@@ -14,7 +14,6 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from kafka_fixtures import (
     read_topic,
     unique_topic,
     unused_port,
+    wait_until,
 )
 
 from collector.config import KafkaConfig, RecordsConfig, build_config
@@ -47,14 +47,6 @@ def kafka_config(tmp_path: Path, **overrides: Any) -> KafkaConfig:
     }
     settings.update(overrides)
     return KafkaConfig(**settings)
-
-
-async def wait_until(predicate: Callable[[], bool], deadline_s: float, what: str) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def check_complete(messages: list[Any], exporter: str, count: int) -> Counter[int]:
