@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from disk_faults import no_free_descriptors, resize, small_tmpfs
 from kafka_fixtures import (  # noqa: F401 - kafka_broker is a fixture
     KafkaBroker,
     kafka_broker,
@@ -19,7 +20,6 @@ from kafka_fixtures import (  # noqa: F401 - kafka_broker is a fixture
     unused_port,
     wait_until,
 )
-from tmpfs import resize, small_tmpfs
 
 from collector.config import KafkaConfig, RecordsConfig
 from collector.io.kafka import KafkaSink
@@ -129,3 +129,32 @@ async def test_spool_files_are_written_and_read_off_the_event_loop(
     assert loop_thread not in writes_and_reads
     assert all(name.startswith("kafka-spool") for name in writes_and_reads), writes_and_reads
     assert sink.status().spool_bytes == 0
+
+
+@pytest.mark.kafka
+async def test_read_errors_while_replaying_delay_the_spool_and_lose_nothing(
+    kafka_broker: KafkaBroker,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The replay hits EMFILE (every descriptor taken) for a while: the segment is kept, read
+    again later, and every record is delivered; nothing is counted as damaged or dropped."""
+    topic = unique_topic("read-errors")
+    config = KafkaConfig(spool_dir=str(tmp_path / "spool"), connect_timeout_s=2.0, linger_ms=5)
+    away = KafkaSink([f"127.0.0.1:{unused_port()}"], topic, config, JSON)
+    await away.start()
+    away.submit(make_records(1000, "read-errors/w0/1"))
+    await away.flush(5)
+    await away.close()
+
+    sink = KafkaSink([kafka_broker.bootstrap], topic, config, JSON)
+    await sink.start()  # connected; the pump has not read the spool yet
+    with no_free_descriptors():
+        await wait_until(lambda: sink._spool.read_errors > 0, 30, "a failed segment read")
+        assert sink.status().delivered == 0
+    await wait_until(lambda: sink.status().delivered >= 1000, 60, "the spool read again")
+    await sink.close()
+    status = sink.status()
+    assert (status.delivered, status.dropped, status.failed, status.spool_bytes) == (1000, 0, 0, 0)
+    assert sink.spool_corrupt_segments == 0
+    messages = await read_topic(kafka_broker.bootstrap, topic, 1000)
+    assert sorted(sequences_of(messages)) == list(range(1, 1001))

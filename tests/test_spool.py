@@ -3,17 +3,14 @@ modes, transient read errors (a real EMFILE), quarantine, and a real full file s
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-import resource
 import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tmpfs import resize, small_tmpfs
+from disk_faults import no_free_descriptors, resize, small_tmpfs
 
 from collector.io.spool import Spool, SpoolError, SpoolReadError
 
@@ -182,27 +179,6 @@ def test_a_damaged_segment_is_quarantined_never_deleted(tmp_path: Path) -> None:
     assert spool.is_empty()
     assert not list(tmp_path.glob("*.seg"))
     spool.close()
-
-
-@contextlib.contextmanager
-def no_free_descriptors() -> Iterator[None]:
-    """Every file descriptor below a lowered RLIMIT_NOFILE is taken: the next open() fails with
-    EMFILE, a real transient read error. Restored (and the fillers closed) whatever happens."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    fillers: list[int] = []
-    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 16, hard))
-    try:
-        while True:
-            try:
-                fillers.append(os.open(os.devnull, os.O_RDONLY))
-            except OSError as exc:
-                assert exc.errno == errno.EMFILE
-                break
-        yield
-    finally:
-        for fd in fillers:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_transient_read_errors_keep_the_segment_and_are_retried(tmp_path: Path) -> None:
