@@ -126,28 +126,19 @@ def test_flow_timeouts_change_on_reload(tmp_path: Path) -> None:
     assert len(c.records()) == 1
 
 
-CONFIG_V1 = """
-[[sessions]]
-vni = 100
-name = "source-a"
-addresses = ["10.0.0.5"]
-"""
-
-CONFIG_V2 = (
-    CONFIG_V1
-    + """
+SOURCE_B = """
 [[sessions]]
 vni = 200
 name = "source-b"
 interface_id = "eni-0bbbbbbbbbbbbbbbb"
 addresses = ["10.0.0.6"]
 """
-)
 
 
 def test_a_worker_restarted_after_a_reload_runs_the_new_config(tmp_path: Path) -> None:
-    with Collector(tmp_path, "--log-format", "json", config=CONFIG_V1) as c:
-        reload(c, CONFIG_V2)
+    config = SESSION + keep_egress(17)
+    with Collector(tmp_path, "--log-format", "json", config=config) as c:
+        reload(c, config + SOURCE_B)
         (victim,) = c.worker_pids().values()
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: c.metric("collector_worker_restarts_total") == 1, "a restart")
