@@ -1,6 +1,6 @@
 """Memory and stalls of the flow table under a flood of new flows, and RSS over a long churning run.
 
-    python -m bench.memory [--flows 400000,1000000] [--churn-packets 4000000] [--json]
+    python -m bench.memory [--flows 400000,1000000] [--churn-packets 8000000] [--json]
 
 Every figure comes from a fresh child process, so resident memory (RSS, from /proc/self/statm: the
 allocator's arenas included, not only what tracemalloc sees) belongs to that measurement alone.
@@ -308,7 +308,7 @@ def run(sizes: list[int], churn_packets: int, churn_live: int) -> dict[str, Any]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--flows", default="400000,1000000", help="comma-separated sizes")
-    parser.add_argument("--churn-packets", type=int, default=12_000_000)
+    parser.add_argument("--churn-packets", type=int, default=8_000_000)
     parser.add_argument("--churn-live", type=int, default=200_000, help="flows alive in churn")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
