@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from collector.io.udp import udp_socket_rows
+
 LOOPBACK = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
 KAFKACTL = ROOT / "deploy" / "kafka" / "kafkactl"
@@ -41,18 +43,12 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
 
 def udp_sockets(port: int) -> list[tuple[int, int]]:
     """(inode, kernel drops) of every UDP socket bound to ``port`` (/proc/net/udp and udp6)."""
-    found = []
     suffix = f":{port:04X}"
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) >= 13 and fields[1].endswith(suffix):
-                found.append((int(fields[9]), int(fields[12])))
-    return found
+    return [
+        (int(fields[9]), int(fields[12]))
+        for fields in udp_socket_rows()
+        if fields[1].endswith(suffix)
+    ]
 
 
 def port_drops(port: int) -> int:

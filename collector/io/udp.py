@@ -21,7 +21,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -177,9 +177,9 @@ class ProtocolIngest(asyncio.DatagramProtocol):
         return 0
 
 
-def socket_drops(sock: socket.socket) -> int | None:
-    """Datagrams the kernel dropped on this socket (the ``drops`` column of /proc/net/udp{,6})."""
-    inode = str(os.fstat(sock.fileno()).st_ino)
+def udp_socket_rows() -> Iterator[list[str]]:
+    """The fields of every row of /proc/net/udp and /proc/net/udp6 (local address at 1, inode at
+    9, drops at 12)."""
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -187,8 +187,16 @@ def socket_drops(sock: socket.socket) -> int | None:
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) >= 13 and fields[9] == inode:
-                return int(fields[12])
+            if len(fields) >= 13:
+                yield fields
+
+
+def socket_drops(sock: socket.socket) -> int | None:
+    """Datagrams the kernel dropped on this socket (the ``drops`` column of /proc/net/udp{,6})."""
+    inode = str(os.fstat(sock.fileno()).st_ino)
+    for fields in udp_socket_rows():
+        if fields[9] == inode:
+            return int(fields[12])
     return None
 
 
