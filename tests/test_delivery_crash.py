@@ -130,11 +130,11 @@ async def test_the_restarted_worker_tells_consumers_where_the_dead_exporter_ende
     config = KafkaConfig(spool_dir=str(spool_dir), end_markers=True)
     after = KafkaSink([kafka_broker.bootstrap], topic, config, RecordsConfig())
     await after.start()
-    end = after._spool.previous_end
+    end = after.spool.previous_end
     assert end is not None
     assert end.exporter == "crash/w0/1"
     assert end.last_sequence >= emitted  # the state file is written before submit returns
-    await wait_until(lambda: after._spool.previous_end is None, 60, "the end marker published")
+    await wait_until(lambda: after.spool.previous_end is None, 60, "the end marker published")
     await wait_until(
         lambda: after.status().spool_bytes == 0 and after.status().queue_records == 0,
         120,

@@ -78,7 +78,7 @@ async def test_a_full_disk_while_spooling_loses_exactly_what_it_counts(
         status = sink.status()
     assert status.delivered == emitted - dropped  # the books: emitted == delivered + dropped
     assert (status.failed, status.dropped, status.spool_bytes) == (0, 0, 0)
-    assert sink.spool_corrupt_segments == 0  # no torn entry was left behind
+    assert sink.spool.corrupt_segments == 0  # no torn entry was left behind
     messages = await read_topic(kafka_broker.bootstrap, topic, emitted - dropped)
     delivered = sequences_of(messages)
     assert len(delivered) == len(set(delivered)) == emitted - dropped
@@ -149,12 +149,12 @@ async def test_read_errors_while_replaying_delay_the_spool_and_lose_nothing(
     sink = KafkaSink([kafka_broker.bootstrap], topic, config, JSON)
     await sink.start()  # connected; the pump has not read the spool yet
     with no_free_descriptors():
-        await wait_until(lambda: sink._spool.read_errors > 0, 30, "a failed segment read")
+        await wait_until(lambda: sink.spool.read_errors > 0, 30, "a failed segment read")
         assert sink.status().delivered == 0
     await wait_until(lambda: sink.status().delivered >= 1000, 60, "the spool read again")
     await sink.close()
     status = sink.status()
     assert (status.delivered, status.dropped, status.failed, status.spool_bytes) == (1000, 0, 0, 0)
-    assert sink.spool_corrupt_segments == 0
+    assert sink.spool.corrupt_segments == 0
     messages = await read_topic(kafka_broker.bootstrap, topic, 1000)
     assert sorted(sequences_of(messages)) == list(range(1, 1001))

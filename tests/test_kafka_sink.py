@@ -639,7 +639,7 @@ async def test_a_torn_spool_tail_is_skipped_and_counted(
     await sink.start()
     await wait_until(lambda: sink.status().delivered >= 100, 60, "the intact records")
     await sink.close()
-    assert sink.spool_corrupt_segments == 1
-    assert sink.spool_skipped_bytes == 6
+    assert sink.spool.corrupt_segments == 1
+    assert sink.spool.skipped_bytes == 6
     messages = await read_topic(kafka_broker.bootstrap, topic, 100)
     check_complete(messages, "torn/w0/1", 100)

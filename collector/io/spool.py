@@ -208,6 +208,15 @@ class Spool:
         """Nothing on disk waiting for delivery or acknowledgement."""
         return self._writer_entries == 0 and not self._segments
 
+    @property
+    def last_segment(self) -> int:
+        """The id of the newest segment so far (0: none yet)."""
+        return self._next_id - 1
+
+    def holds_through(self, ident: int) -> bool:
+        """Some segment up to ``ident`` still waits for delivery or acknowledgement."""
+        return any(s.ident <= ident for s in self._segments)
+
     # -- writing -------------------------------------------------------------------------------
 
     def append(

@@ -90,7 +90,8 @@ class KafkaSink:
         self._topic = topic
         self._config = config
         self._records = records
-        self._spool = SinkSpool(config, topic, spool_name)
+        self.spool = SinkSpool(config, topic, spool_name)
+        """The sink's spool slot: its counters (skipped, corrupt, quarantined, read errors)."""
         self._content_type = CONTENT_TYPES.get(records.format, "application/octet-stream")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._delivery: Delivery | None = None
@@ -122,7 +123,7 @@ class KafkaSink:
         self._ratelimited = RateLimitedLog(log, LOG_EVERY_S)
 
     def __repr__(self) -> str:
-        return f"KafkaSink({self.name!r}, spool={str(self._spool.path)!r})"
+        return f"KafkaSink({self.name!r}, spool={str(self.spool.path)!r})"
 
     @property
     def delivery(self) -> Delivery:
@@ -148,7 +149,7 @@ class KafkaSink:
         self._producer_kwargs = client.producer_kwargs(c, self._servers, self._client)
         encode = encoder_for(self._records.format, self._records.vpc_flow_log_format)
         self._delivery = Delivery(self._new_builder, encode, self._content_type)
-        spool = self._spool
+        spool = self.spool
         await spool.open()
         try:
             await self._connect()
@@ -184,13 +185,11 @@ class KafkaSink:
         self.batch_bytes = opened.batch_bytes
         self.delivery.max_record_bytes = opened.batch_bytes - client.RECORD_BATCH_HEADER_BYTES
         self.delivery.partitions = opened.partitions
-        direct = self._spool.is_empty() and not c.wal
+        direct = self.spool.is_empty() and not c.wal
         self.state = State.DIRECT if direct else State.REPLAYING
         self._last_ack_s = time.monotonic()
         self._connect_error = ""
         self._wake.set()
-        if self._spool.previous_end is not None and c.end_markers:
-            self._end_marker_task = asyncio.create_task(self._publish_end_marker())
         log.info(
             "publishing to %s (%d partitions, acks=%s, %s)",
             self.name,
@@ -199,12 +198,22 @@ class KafkaSink:
             c.compression,
         )
 
+    def _end_marker_due(self) -> bool:
+        """The slot's previous exporter died (see exporter_end) and the records it left in the
+        spool are delivered (so they are not taken for lost): time to say where it ended."""
+        return (
+            self._config.end_markers
+            and self.spool.previous_end is not None
+            and self.state in CONNECTED
+            and (self._end_marker_task is None or self._end_marker_task.done())
+            and not self.spool.holds_inherited()
+        )
+
     async def _publish_end_marker(self) -> None:
-        """Tell consumers where the slot's previous exporter ended (see exporter_end); kept for
-        the next connect when the broker does not take it."""
-        end = self._spool.previous_end
+        """Kept for a later try when the broker does not take it."""
+        end = self.spool.previous_end
         if end is not None and await client.publish_end_marker(self._producer, self._topic, end):
-            self._spool.previous_end = None
+            self.spool.previous_end = None
 
     async def _connect_loop(self) -> None:
         backoff = BACKOFF_MIN_S
@@ -269,7 +278,7 @@ class KafkaSink:
                         await self._wake.wait()
             if delivery.memory_records():
                 self._spool_memory()
-            await self._spool.rotate()
+            await self.spool.rotate()
         finally:
             self._flush_deadline = None
 
@@ -281,7 +290,8 @@ class KafkaSink:
             self._spool_memory()
         graceful = self.state in (State.DIRECT, State.REPLAYING)
         self.state = State.CLOSED
-        tasks = [*self._tasks, *([self._connect_task] if self._connect_task else [])]
+        extra = (self._connect_task, self._end_marker_task)
+        tasks = [*self._tasks, *(task for task in extra if task is not None)]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -293,15 +303,15 @@ class KafkaSink:
         if self._producer is not None:
             producer, self._producer = self._producer, None
             await self._stop_producer(producer, graceful=graceful)
-        await self._spool.close()
-        self._spool.shutdown()
+        await self.spool.close()
+        self.spool.shutdown()
         log.info(
             "closed %s: %d delivered, %d dropped, %d failed, %d bytes left in the spool",
             self.name,
             self._delivery.delivered if self._delivery else 0,
-            self._spool.dropped,
+            self.spool.dropped,
             self._delivery.failed if self._delivery else 0,
-            self._spool.size_bytes,
+            self.spool.size_bytes,
         )
 
     # -- intake --------------------------------------------------------------------------------
@@ -311,11 +321,11 @@ class KafkaSink:
         if not records:
             return
         if self.state is State.CLOSED or self._delivery is None:
-            self._spool.drop_later(len(records), "the sink is closed")
+            self.spool.drop_later(len(records), "the sink is closed")
             return
         delivery = self._delivery
         delivery.add(records, time.monotonic())
-        state = self._spool.exporter_state
+        state = self.spool.exporter_state
         if state is not None:
             last = records[-1]
             try:
@@ -328,9 +338,9 @@ class KafkaSink:
 
     def _undelivered(self) -> bool:
         """Records wait for delivery: in memory, or (write-ahead) in the spool."""
-        if self.delivery.memory_records() or self._spool.parking:
+        if self.delivery.memory_records() or self.spool.parking:
             return True
-        return self._config.wal and not self._spool.is_empty()
+        return self._config.wal and not self.spool.is_empty()
 
     def _memory_full(self) -> bool:
         """Memory holds more than kafka.queue_records records or kafka.queue_bytes bytes."""
@@ -359,17 +369,17 @@ class KafkaSink:
             return
         if self.state is State.DIRECT:  # memory is full: what follows queues behind the spool
             self.state = State.REPLAYING
-        if self._spool.parking >= MAX_PARKING_RECORDS:
+        if self.spool.parking >= MAX_PARKING_RECORDS:
             return  # the spool thread is behind: the next slice follows when it caught up
-        written = self._spool.park(delivery.encode_pending(SPILL_SLICE_RECORDS))
+        written = self.spool.park(delivery.encode_pending(SPILL_SLICE_RECORDS))
         if written is not None:
             written.add_done_callback(self._spilled)
-        if delivery.pending and self._spool.parking < MAX_PARKING_RECORDS:
+        if delivery.pending and self.spool.parking < MAX_PARKING_RECORDS:
             self._schedule_spill()
 
     def _spool_memory(self) -> None:
         for parked in self.delivery.park_memory(SPILL_SLICE_RECORDS):
-            self._spool.park(parked)
+            self.spool.park(parked)
 
     # -- delivery ------------------------------------------------------------------------------
 
@@ -440,10 +450,10 @@ class KafkaSink:
         (what is in flight from it is acknowledged or retried as usual)."""
         delivery = self.delivery
         while delivery.pending:  # pending records are newer than the spool: they queue behind it
-            self._spool.park(delivery.encode_pending(SPILL_SLICE_RECORDS))
+            self.spool.park(delivery.encode_pending(SPILL_SLICE_RECORDS))
         limit = min(room, CYCLE_RECORDS)
         try:
-            chunk = await self._spool.next_chunk(limit)
+            chunk = await self.spool.next_chunk(limit)
         except SpoolReadError as exc:  # transient: the same segment is read again, nothing skipped
             self._failures += 1
             self._spool_retry_at = time.monotonic() + BACKOFF_MAX_S
@@ -465,7 +475,7 @@ class KafkaSink:
         """Account for the records the core refused to batch as too large for the topic."""
         oversized, self.delivery.oversized = self.delivery.oversized, []
         for segment, size in oversized:
-            self._spool.ack(segment, 1)
+            self.spool.ack(segment, 1)
             self._set_error(f"a record of {size} bytes is larger than the topic takes")
             self._ratelimited(
                 "oversized",
@@ -518,7 +528,7 @@ class KafkaSink:
         if self.state is State.STALLED:
             self.state = State.REPLAYING
             log.info("Kafka acknowledges again")
-        self._spool.ack(batch.segment, count)
+        self.spool.ack(batch.segment, count)
         self._backoff_s = BACKOFF_MIN_S
         self._wake.set()
 
@@ -550,7 +560,7 @@ class KafkaSink:
                 self.batch_bytes,
                 self._last_error,
             )
-            self._spool.ack(batch.segment, count)
+            self.spool.ack(batch.segment, count)
         else:
             count = delivery.to_retry(batch)
             now = time.monotonic()
@@ -578,13 +588,13 @@ class KafkaSink:
         """Records the broker refuses for a reason waiting does not fix (authorization, policy,
         timestamp) go to the dead-letter spool, so the rest keep flowing behind them."""
         count = self.delivery.dead_letter(batch)
-        self._spool.dead_letter(
+        self.spool.dead_letter(
             Parked(batch.content_type, batch.keys, batch.values, batch.exporters, batch.sequences),
             type(exc).__name__,
             self._last_error,
         )
-        self._spool.ack(batch.segment, count)
-        where = self._spool.dead_letter_path
+        self.spool.ack(batch.segment, count)
+        where = self.spool.dead_letter_path
         self._set_error(f"{count} records dead-lettered to {where}: {type(exc).__name__}")
 
     async def _watch(self) -> None:
@@ -596,6 +606,8 @@ class KafkaSink:
         probed_s = 0.0
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
+            if self._end_marker_due():
+                self._end_marker_task = asyncio.create_task(self._publish_end_marker())
             now = time.monotonic()
             if not self.delivery.waiting():
                 busy = False
@@ -609,7 +621,7 @@ class KafkaSink:
                 log.warning(
                     "Kafka has not acknowledged anything for %.0f s; spooling new records to %s",
                     quiet_s,
-                    self._spool.path,
+                    self.spool.path,
                 )
             if self.state is State.STALLED and now - probed_s > STALL_S:
                 probed_s = now
@@ -638,13 +650,13 @@ class KafkaSink:
     def status(self) -> SinkStatus:
         """State, detail and counters; hands over (and forgets) the latency observations."""
         now = time.monotonic()
-        spool_bytes = self._spool.size_bytes
+        spool_bytes = self.spool.size_bytes
         delivery = self._delivery
         recent = now - RECENT_S
         state: Health
-        if self._spool.write_error_s > recent:
-            state, detail = "failed", f"dropping records: {self._spool.write_error}"
-        elif self._spool.dropped_s > recent:
+        if self.spool.write_error_s > recent:
+            state, detail = "failed", f"dropping records: {self.spool.write_error}"
+        elif self.spool.dropped_s > recent:
             state, detail = "failed", f"dropping records: spool full ({spool_bytes} bytes)"
         elif self._error and self._error_s > recent:
             state, detail = "failed", self._error
@@ -654,19 +666,19 @@ class KafkaSink:
                 self.state, spool_bytes, self._connect_error, retrying, self._last_error
             )
         if delivery is None:
-            return SinkStatus(state=state, detail=detail, dropped=self._spool.dropped)
+            return SinkStatus(state=state, detail=detail, dropped=self.spool.dropped)
         observations, delivery.latencies = delivery.latencies, []
         return SinkStatus(
             state=state,
             detail=detail,
-            queue_records=delivery.memory_records() + self._spool.parking,
+            queue_records=delivery.memory_records() + self.spool.parking,
             spool_bytes=spool_bytes,
             delivered=delivery.delivered,
             retried=delivery.retried,
             failed=delivery.failed,
-            dropped=self._spool.dropped,
-            dead_lettered=self._spool.dead_lettered,
-            quarantined_segments=self._spool.quarantined_segments,
+            dropped=self.spool.dropped,
+            dead_lettered=self.spool.dead_lettered,
+            quarantined_segments=self.spool.quarantined_segments,
             failures=self._failures,
             latency_observations=observations,
         )
@@ -677,19 +689,9 @@ class KafkaSink:
         process would lose now (with kafka.wal, only those not yet handed to the spool thread's
         write; what the spool thread wrote is in the kernel's page cache)."""
         delivery = self.delivery
-        in_memory_only = delivery.pending_count + self._spool.parking
+        in_memory_only = delivery.pending_count + self.spool.parking
         if self._config.wal:
             return in_memory_only
         spooled = sum(len(b.values) for b in delivery.unacked if b.segment is not None)
         spooled += sum(len(b.values) for b in delivery.retry if b.segment is not None)
-        return delivery.memory_records() + self._spool.parking - spooled
-
-    @property
-    def spool_skipped_bytes(self) -> int:
-        """Bytes of torn or corrupt spool data skipped since start (crash leftovers)."""
-        return self._spool.skipped_bytes
-
-    @property
-    def spool_corrupt_segments(self) -> int:
-        """Spool segments found torn or corrupt since start."""
-        return self._spool.corrupt_segments
+        return delivery.memory_records() + self.spool.parking - spooled

@@ -70,6 +70,7 @@ class SinkSpool:
         self._notes_logged = 0
         self._dead: Spool | None = None
         self._dead_letter_reasons: set[str] = set()
+        self._inherited = 0
         self.exporter_state: ExporterState | None = None
         """Where this sink's exporter got to (written on the event loop: one small pwrite per
         submitted batch, so a kill cannot leave it behind)."""
@@ -185,6 +186,7 @@ class SinkSpool:
                 raise ConfigError("kafka.spool_dir", str(exc)) from exc
             self.path = path
             self._spool = spool
+            self._inherited = spool.last_segment
             try:
                 self.exporter_state, self.previous_end = ExporterState.open(path)
             except OSError as exc:
@@ -320,6 +322,10 @@ class SinkSpool:
         for note in notes[self._notes_logged :]:
             log.warning("spool %s: %s", self.path, note)
         self._notes_logged = len(notes)
+
+    def holds_inherited(self) -> bool:
+        """Segments an earlier process left here still wait for delivery."""
+        return self._spool is not None and self._spool.holds_through(self._inherited)
 
     @property
     def quarantined_segments(self) -> int:
