@@ -5,7 +5,8 @@ Each Kafka sink keeps the last sequence it was given, with its exporter name, in
 spool slot (``wN/EXPORTER``): one ``pwrite`` per submitted batch, into the page cache, so it
 survives the process being killed. A clean close marks it ended. The next sink that claims the slot
 (the restarted worker) finds an exporter that did not end cleanly and, with ``kafka.end_markers``
-on, publishes an *end marker* to the topic: a message whose ``content-type`` is ``END_MARKER`` and
+on, once the records that exporter left in the spool are delivered (they were late, not lost),
+publishes an *end marker* to the topic: a message whose ``content-type`` is ``END_MARKER`` and
 whose ``exporter`` and ``sequence`` headers name the exporter and its last sequence. ``collector
 tail`` then counts the sequences between the last one it read and that one as lost (the dead
 worker's missing tail); without the marker they would be invisible.
