@@ -34,12 +34,13 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 from scapy.utils import wrpcap
 
+from tests.packets import ENI_MAC, GATEWAY_MAC
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "tests" / "data" / "demo.pcap"
 T0 = 1_764_100_000  # capture start, whole seconds
 COLLECTOR_IP, COLLECTOR_IP6 = "10.0.100.5", "2001:db8:100::5"
 COLLECTOR_MAC, ROUTER_MAC = "02:00:00:00:c0:01", "02:00:00:00:0f:01"
-ENI_MAC, GATEWAY_MAC = "06:00:00:00:0a:0a", "06:00:00:00:01:01"
 KEY_FIELDS = ("vni", "src_addr", "dst_addr", "protocol", "src_port", "dst_port")
 KEY_FIELDS += ("icmp_type", "icmp_code")
 FlowKey = tuple[Any, ...]
