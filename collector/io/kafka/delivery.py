@@ -155,7 +155,7 @@ class Delivery:
             self.content_type,
             [r.flow_id.encode() for r in records],
             [encode(r) for r in records],
-            [r.exporter.encode() for r in records],
+            _exporter_bytes(records),
             [r.sequence for r in records],
         )
 
@@ -183,7 +183,7 @@ class Delivery:
                 self.content_type,
                 keys,
                 values,
-                [r.exporter.encode() for r in records],
+                _exporter_bytes(records),
                 [r.sequence for r in records],
             ),
             chosen,
@@ -240,55 +240,78 @@ class Delivery:
         segment: int | None,
         timestamp_ms: int,
     ) -> list[Batch]:
-        """Append records to one BatchBuilder per partition (a new one when it is full). Every
-        message carries ``content-type``, and ``exporter`` and ``sequence`` (decimal) when known:
-        consumers spot duplicates and gaps whatever the value format."""
-        open_batches: dict[int, Batch] = {}
-        out: list[Batch] = []
-        new_builder = self.new_builder
-        content_type = records.content_type
-        type_header = ("content-type", content_type.encode())
-        exporters = records.exporters
-        sequences = records.sequences
-        plain = [type_header]
-        exporter = b""
-        sequence = 0
-        for i, (key, value, partition) in enumerate(
-            zip(records.keys, records.values, chosen, strict=True)
-        ):
-            if exporters:
-                exporter = exporters[i]
-                sequence = sequences[i]
-                headers = [type_header, ("exporter", exporter), ("sequence", b"%d" % sequence)]
-            else:
-                headers = plain
-            size = len(key) + len(value) + RECORD_OVERHEAD_BYTES
-            if size > self.max_record_bytes:  # no batch the broker takes can hold it
+        """Append records to one BatchBuilder per partition (a new one when it is full), in order
+        within each partition. Every message carries ``content-type``, and ``exporter`` and
+        ``sequence`` (decimal) when known: consumers spot duplicates and gaps whatever the value
+        format. (Grouped by partition first: per-record work stays in comprehensions.)"""
+        keys, values = records.keys, records.values
+        type_header = ("content-type", records.content_type.encode())
+        if records.exporters:
+            # one exporter per worker: its header tuple is built once, not per record
+            named = {e: ("exporter", e) for e in set(records.exporters)}
+            headers = [
+                [type_header, named[e], ("sequence", b"%d" % q)]
+                for e, q in zip(records.exporters, records.sequences, strict=True)
+            ]
+        else:
+            headers = [[type_header]] * len(keys)
+        sizes = [len(k) + len(v) for k, v in zip(keys, values, strict=True)]
+        limit = self.max_record_bytes - RECORD_OVERHEAD_BYTES
+        by_partition: dict[int, list[int]] = {}
+        for i, partition in enumerate(chosen):
+            if sizes[i] > limit:  # no batch the broker takes can hold it
                 self.failed += 1
-                self.oversized.append((segment, size))
+                self.oversized.append((segment, sizes[i] + RECORD_OVERHEAD_BYTES))
                 continue
-            batch = open_batches.get(partition)
-            if batch is None:
-                batch = open_batches[partition] = Batch(
-                    partition, content_type, first_s, segment, builder=new_builder()
+            by_partition.setdefault(partition, []).append(i)
+        out: list[Batch] = []
+        for partition, indices in by_partition.items():
+            builder = self.new_builder()
+            start = 0
+            for j, i in enumerate(indices):
+                key, value, header = keys[i], values[i], headers[i]
+                appended = builder.append(
+                    timestamp=timestamp_ms, key=key, value=value, headers=header
                 )
-                out.append(batch)
-            if (
-                batch.builder.append(timestamp=timestamp_ms, key=key, value=value, headers=headers)
-                is None
-            ):
-                batch = open_batches[partition] = Batch(
-                    partition, content_type, first_s, segment, builder=new_builder()
+                if appended is not None:
+                    continue
+                out.append(
+                    self._batch(
+                        records, partition, first_s, segment, builder, indices[start:j], sizes
+                    )
                 )
-                out.append(batch)
-                batch.builder.append(timestamp=timestamp_ms, key=key, value=value, headers=headers)
-            batch.keys.append(key)
-            batch.values.append(value)
-            batch.size += len(key) + len(value)
-            if exporters:
-                batch.exporters.append(exporter)
-                batch.sequences.append(sequence)
+                builder = self.new_builder()
+                builder.append(timestamp=timestamp_ms, key=key, value=value, headers=header)
+                start = j
+            out.append(
+                self._batch(records, partition, first_s, segment, builder, indices[start:], sizes)
+            )
         return out
+
+    @staticmethod
+    def _batch(
+        records: Parked,
+        partition: int,
+        first_s: float,
+        segment: int | None,
+        builder: Any,
+        indices: list[int],
+        sizes: list[int],
+    ) -> Batch:
+        keys, values = records.keys, records.values
+        exporters, sequences = records.exporters, records.sequences
+        return Batch(
+            partition,
+            records.content_type,
+            first_s,
+            segment,
+            keys=[keys[i] for i in indices],
+            values=[values[i] for i in indices],
+            exporters=[exporters[i] for i in indices] if exporters else [],
+            sequences=[sequences[i] for i in indices] if exporters else [],
+            size=sum([sizes[i] for i in indices]),
+            builder=builder,
+        )
 
     def track(self, batches: list[Batch]) -> list[Batch]:
         for batch in batches:
@@ -423,3 +446,16 @@ def wall_ms(monotonic_s: float) -> int:
     """The wall-clock time (Unix ms) of a monotonic instant: a record's Kafka timestamp is when it
     was submitted (for spooled records: when their segment was started), not when it was sent."""
     return int((time.time() - (time.monotonic() - monotonic_s)) * 1000)
+
+
+def _exporter_bytes(records: list[FlowRecord]) -> list[bytes]:
+    """Each record's exporter, encoded once per distinct name (a worker has one)."""
+    encoded: dict[str, bytes] = {}
+    out = []
+    for record in records:
+        name = record.exporter
+        value = encoded.get(name)
+        if value is None:
+            value = encoded[name] = name.encode()
+        out.append(value)
+    return out
