@@ -20,7 +20,7 @@ import msgspec
 
 from collector.config import FlowsConfig
 from collector.records import FlowRecord, address_text, flow_id
-from collector.sessions import Session
+from collector.sessions import OptionalFields, Session
 from collector.terms import (
     ACTIVE_TIMEOUT,
     EVICTED,
@@ -291,6 +291,12 @@ def flow_record(
     """The record of an ended flow."""
     vni, src, dst, proto, sport, dport, icmp = unpack_key(key)
     session = flow.session
+    # optional fields are passed only when set: every keyword left to its default saves time
+    optional: OptionalFields = session.record_context
+    if icmp != NO_ICMP:
+        optional = {**optional, "icmp_type": icmp >> 8, "icmp_code": icmp & 0xFF}
+    if session.tags:
+        optional = {**optional, "tags": dict(session.tags)}
     return FlowRecord(
         flow_id=flow_id(proto, src, sport, dst, dport),
         exporter=exporter,
@@ -305,19 +311,11 @@ def flow_record(
         dst_addr=address_text(dst),
         src_port=sport,
         dst_port=dport,
-        icmp_type=None if icmp == NO_ICMP else icmp >> 8,
-        icmp_code=None if icmp == NO_ICMP else icmp & 0xFF,
         packets=flow.packets,
         bytes=flow.bytes,
         tcp_flags=flow.tcp_flags,
         start_ms=int(flow.first * 1000),
         end_ms=int(flow.last * 1000),
         end_reason=reason,
-        instance_id=session.instance_id,
-        subnet_id=session.subnet_id,
-        vpc_id=session.vpc_id,
-        az_id=session.az_id,
-        account_id=session.account_id,
-        region=session.region,
-        tags=dict(session.tags),
+        **optional,
     )

@@ -192,14 +192,18 @@ def address_text(packed: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
 
 
+# set up once (digest size, personalisation); each id copies it: cheaper than a new hash object
+_FLOW_ID_HASH = hashlib.blake2b(digest_size=8, person=b"flow-id/v1")
+_PROTOCOL_BYTE = tuple(bytes((p,)) for p in range(256))
+
+
 def flow_id(protocol: int, src: bytes, src_port: int, dst: bytes, dst_port: int) -> str:
     """Direction-free connection id: both directions of one connection hash alike."""
     a = src + src_port.to_bytes(2, "big")
     b = dst + dst_port.to_bytes(2, "big")
-    low, high = (a, b) if a <= b else (b, a)
-    return hashlib.blake2b(
-        bytes((protocol,)) + low + high, digest_size=8, person=b"flow-id/v1"
-    ).hexdigest()
+    h = _FLOW_ID_HASH.copy()
+    h.update(_PROTOCOL_BYTE[protocol] + (a + b if a <= b else b + a))
+    return h.hexdigest()
 
 
 _json_encoder = msgspec.json.Encoder()

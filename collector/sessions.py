@@ -6,11 +6,27 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from collector.config import Config
 from collector.errors import ConfigError
 from collector.filter import MirrorFilter, load_filter
 from collector.terms import EGRESS, INGRESS, UNKNOWN, Direction
+
+
+class OptionalFields(TypedDict, total=False):
+    """FlowRecord fields with defaults: a session's AWS context, and per flow ICMP and tags."""
+
+    instance_id: str
+    subnet_id: str
+    vpc_id: str
+    az_id: str
+    account_id: str
+    region: str
+    icmp_type: int
+    icmp_code: int
+    tags: dict[str, str]
+
 
 Network = tuple[int, int, int]  # (network as int, mask as int, family 4|6)
 # Sessions made up for VNIs no session names (zero-config or accept_unknown_vni) are cached; VNIs
@@ -52,6 +68,25 @@ class Session:
     account_id: str | None = None
     region: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    record_context: OptionalFields = field(init=False, repr=False, compare=False)
+    """The AWS context fields records of this session carry, the unset ones left out: a record is
+    built once per flow, and every keyword left to its default makes that cheaper."""
+
+    def __post_init__(self) -> None:
+        context: OptionalFields = {}
+        if self.instance_id is not None:
+            context["instance_id"] = self.instance_id
+        if self.subnet_id is not None:
+            context["subnet_id"] = self.subnet_id
+        if self.vpc_id is not None:
+            context["vpc_id"] = self.vpc_id
+        if self.az_id is not None:
+            context["az_id"] = self.az_id
+        if self.account_id is not None:
+            context["account_id"] = self.account_id
+        if self.region is not None:
+            context["region"] = self.region
+        object.__setattr__(self, "record_context", context)  # frozen: set once, here
 
     def direction(self, src: bytes, dst: bytes, outer_src: bytes | None) -> Direction:
         """Egress when the inner source is the ENI, ingress when the destination is, else unknown.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import msgspec
@@ -137,3 +138,19 @@ def test_flow_id_separates_connections() -> None:
 @pytest.mark.parametrize("address", [A, B, A6, B6, "::", "0.0.0.0", "::ffff:10.0.0.1"])
 def test_address_text(address: str) -> None:
     assert address_text(packed(address)) == address
+
+
+@pytest.mark.parametrize(
+    ("protocol", "a", "a_port", "b", "b_port"),
+    [(6, A, 40000, B, 443), (17, "2001:db8::1", 53, "2001:db8::2", 5353), (1, B, 0, A, 0)],
+)
+def test_flow_id_is_the_documented_hash_across_versions(
+    protocol: int, a: str, a_port: int, b: str, b_port: int
+) -> None:
+    """BLAKE2b-64, personalised ``flow-id/v1``, over the protocol octet and both endpoints
+    (address + port) in ascending order: collectors of every version give a connection one id."""
+    ends = sorted((packed(a) + a_port.to_bytes(2, "big"), packed(b) + b_port.to_bytes(2, "big")))
+    expected = hashlib.blake2b(
+        bytes([protocol]) + ends[0] + ends[1], digest_size=8, person=b"flow-id/v1"
+    ).hexdigest()
+    assert flow_id(protocol, packed(a), a_port, packed(b), b_port) == expected
