@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterable
-from operator import attrgetter
-from typing import TYPE_CHECKING, Any, NamedTuple
+from binascii import unhexlify
+from bisect import bisect_right
+from collections.abc import Callable, Iterable
+from itertools import accumulate
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from collector.records import FlowRecord
@@ -148,28 +150,37 @@ def _string(value: str | None) -> bytes:
     return bytes((len(data),)) + data
 
 
-# flowStart, flowEnd, octets, packets, sport, dport, proto, flags: one struct, one attrgetter
-_HEAD = struct.Struct(">QQQQHHBH")
-_head = attrgetter(
-    "start_ms", "end_ms", "bytes", "packets", "src_port", "dst_port", "protocol", "tcp_flags"
-)
-# icmpTypeCode, flowEndReason, flowDirection and the segment type byte of layer2SegmentId come
-# from a small table keyed by these (few distinct combinations)
-_kind = attrgetter("ip_version", "icmp_type", "icmp_code", "end_reason", "direction")
-# the low 32 bits of layer2SegmentId (the VNI), ingress/egressInterface, then exporterSequence
-# when enterprise IEs are on
-_TAIL = struct.Struct(">III")
-_TAIL_ENTERPRISE = struct.Struct(">IIIQ")
-_context = attrgetter(
-    "interface_id", "session", "instance_id", "subnet_id", "vpc_id", "az_id", "account_id", "region"
-)
-_CACHE_MAX = 65_536  # entries of each lookup table; bounded (cleared when full)
+# The longest record: fixed part, two IPv6 addresses, the ids, every string at its bound.
+_HEAD_BYTES = 8 * 4 + 2 + 2 + 1 + 2  # flowStart, flowEnd, octets, packets, ports, proto, flags
+_KIND_BYTES = 2 + 1 + 1 + 8 + 4 + 4  # icmpTypeCode, end reason, direction, segment, interfaces
+_LONGEST_RECORD = _HEAD_BYTES + _KIND_BYTES + 8 + 16 + 16 + 8 + 8 * (1 + MAX_STRING_BYTES)
+# A record kind is what records share when they share their ip_version, ICMP type/code, end
+# reason, direction, VNI and session strings: the struct of the whole record, the packed fixed
+# fields, the encoded strings, built once. ICMP type/code come from the sender: the table of kinds
+# holds _CACHE_MAX entries and is cleared when full.
+_CACHE_MAX = 65_536
+# (address family, pack of the record's struct, fixed bytes, strings, append to its family's list)
+_Kind = tuple[int, Callable[..., bytes], bytes, bytes, Callable[[bytes], None]]
+_KindKey = tuple[int | str | None, ...]
+# (IPv4?, enterprise elements?, bytes of the strings) -> struct; bounded by the string bound
+_record_structs: dict[tuple[bool, bool, int], struct.Struct] = {}
+_FIRST_SET = struct.Struct(">HHIIIHH")  # a message header and the header of its only set
+_BEYOND = 1 << 62  # more bytes than any message holds
 
 
-def _bounded_put(cache: dict[Any, Any], key: Any, value: Any) -> None:
-    if len(cache) >= _CACHE_MAX:
-        cache.clear()
-    cache[key] = value
+def _record_struct(v4: bool, enterprise: bool, context_bytes: int) -> struct.Struct:
+    """One struct for a whole data record of a template: the head, the kind's bytes (icmp type
+    and code, end reason, direction, layer2SegmentId, interfaces), exporterSequence, the
+    addresses, connectionId and the strings (pre-encoded) in template order."""
+    key = (v4, enterprise, context_bytes)
+    found = _record_structs.get(key)
+    if found is None:
+        address = "4s" if v4 else "16s"
+        ids = "Q" if enterprise else ""
+        connection = "8s" if enterprise else ""
+        fmt = f">QQQQHHBH{_KIND_BYTES}s{ids}{address}{address}{connection}{context_bytes}s"
+        found = _record_structs[key] = struct.Struct(fmt)
+    return found
 
 
 class MessageEncoder:
@@ -198,14 +209,18 @@ class MessageEncoder:
             for tid, fields in self._templates.items()
         )
         self.template_set = _set(TEMPLATE_SET_ID, body)
-        self._contexts: dict[tuple[str | None, ...], bytes] = {}
-        self._addresses: dict[str, bytes] = {}
-        self._kinds: dict[tuple[Any, ...], tuple[int, bytes]] = {}
-        # the longest record: fixed part, two ids, every string at its bound
-        longest = _HEAD.size + 4 + _TAIL_ENTERPRISE.size + 16 + 16 + 8 + 8 * (1 + MAX_STRING_BYTES)
-        floor = (
-            HEADER.size + SET_HEADER.size + longest
-        )  # templates may go in a message of their own
+        self._kinds: dict[_KindKey, _Kind] = {}
+        # each kind appends its records to the list of its family: no test per record
+        self._v4: list[bytes] = []
+        self._v6: list[bytes] = []
+        # the most records of each template a message can hold (each string at least its length
+        # byte): bounds the search for where a message ends
+        strings = 1 + len(ENTERPRISE_ELEMENTS[2:]) if self.enterprise else 1  # interfaceName first
+        self._span = {
+            tid: self.max_message_bytes // _record_struct(v4, self.enterprise, strings).size + 1
+            for tid, v4 in ((TEMPLATE_V4, True), (TEMPLATE_V6, False))
+        }
+        floor = HEADER.size + SET_HEADER.size + _LONGEST_RECORD  # templates may go on their own
         if self.max_message_bytes < floor:
             raise ValueError(f"messages of {self.max_message_bytes} bytes cannot hold a record")
 
@@ -218,54 +233,159 @@ class MessageEncoder:
         """Template id -> its fields."""
         return dict(self._templates)
 
-    def _new_context(self, r: FlowRecord) -> bytes:
-        """The variable-length part; sessions repeat it for every record, so it is built once."""
-        key = _context(r)
-        strings = key if self.enterprise else key[:1]
-        encoded = b"".join([_string(s) for s in strings])
-        _bounded_put(self._contexts, key, encoded)
-        return encoded
+    def clear_caches(self) -> None:
+        """Forget the cached kinds (benchmarks start each pass from empty caches)."""
+        self._kinds.clear()
 
-    def _new_address(self, text: str) -> bytes:
-        packed = socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
-        _bounded_put(self._addresses, text, packed)
-        return packed
-
-    def _new_kind(self, r: FlowRecord) -> tuple[int, bytes]:
-        key = _kind(r)
-        version, icmp_type, icmp_code, end_reason, direction = key
-        icmp = 0 if icmp_type is None else (icmp_type << 8) | (icmp_code or 0)
-        packed = struct.pack(
-            ">HBBB3x", icmp, END_REASONS[end_reason], DIRECTIONS[direction], SEGMENT_TYPE_VXLAN
+    def _new_kind(self, key: _KindKey) -> _Kind:
+        version, icmp_type, icmp_code, end_reason, direction, vni = key[:6]
+        assert isinstance(vni, int) and isinstance(end_reason, str) and isinstance(direction, str)
+        icmp = 0 if icmp_type is None else (int(icmp_type) << 8) | int(icmp_code or 0)
+        in_if = vni if direction == "egress" else 0
+        out_if = vni if direction == "ingress" else 0
+        fixed = struct.pack(
+            ">HBBB3xIII",
+            icmp,
+            END_REASONS[end_reason],
+            DIRECTIONS[direction],
+            SEGMENT_TYPE_VXLAN,
+            vni,
+            in_if,
+            out_if,
         )
-        kind = (TEMPLATE_V4 if version == 4 else TEMPLATE_V6), packed
-        _bounded_put(self._kinds, key, kind)
+        strings = key[6:] if self.enterprise else key[6:7]
+        context = b"".join([_string(s if isinstance(s, str) else None) for s in strings])
+        v4 = version == 4
+        family = socket.AF_INET if v4 else socket.AF_INET6
+        record = _record_struct(v4, self.enterprise, len(context))
+        add = self._v4.append if v4 else self._v6.append
+        kind = family, record.pack, fixed, context, add
+        if len(self._kinds) >= _CACHE_MAX:
+            self._kinds.clear()
+        self._kinds[key] = kind
         return kind
 
     def data_records(self, records: Iterable[FlowRecord]) -> tuple[list[bytes], list[bytes]]:
-        """The encoded data records, (IPv4 ones, IPv6 ones), each list in the records' order."""
-        kinds, addresses, contexts = self._kinds, self._addresses, self._contexts
-        head, get_head, get_kind, get_context = _HEAD.pack, _head, _kind, _context
-        v4: list[bytes] = []
-        v6: list[bytes] = []
+        """The encoded data records, (IPv4 ones, IPv6 ones), each list in the records' order.
+
+        Equal byte for byte to ``reference_data_record`` of each (tests/test_encode_paths.py).
+        """
+        kinds = self._kinds
+        new_kind, pton = self._new_kind, socket.inet_pton
         enterprise = self.enterprise
-        for r in records:
-            tid, kind = kinds.get(get_kind(r)) or self._new_kind(r)
-            src = addresses.get(r.src_addr) or self._new_address(r.src_addr)
-            dst = addresses.get(r.dst_addr) or self._new_address(r.dst_addr)
-            context = contexts.get(get_context(r)) or self._new_context(r)
-            vni, direction = r.vni, r.direction
-            in_if = vni if direction == "egress" else 0
-            out_if = vni if direction == "ingress" else 0
-            if enterprise:
-                tail = _TAIL_ENTERPRISE.pack(vni, in_if, out_if, r.sequence)
-                ident = bytes.fromhex(r.flow_id)
-                data = b"".join((head(*get_head(r)), kind, tail, src, dst, ident, context))
-            else:
-                tail = _TAIL.pack(vni, in_if, out_if)
-                data = b"".join((head(*get_head(r)), kind, tail, src, dst, context))
-            (v4 if tid == TEMPLATE_V4 else v6).append(data)
+        self._v4.clear()  # what a call that raised left there
+        self._v6.clear()
+        # addresses: inet_pton costs about what a lookup in a table of recent addresses does, and
+        # leaves no table for senders to churn; the family is the record's ip_version, as the
+        # template's
+        if enterprise:
+            for r in records:
+                key = (
+                    r.ip_version,
+                    r.icmp_type,
+                    r.icmp_code,
+                    r.end_reason,
+                    r.direction,
+                    r.vni,
+                    r.interface_id,
+                    r.session,
+                    r.instance_id,
+                    r.subnet_id,
+                    r.vpc_id,
+                    r.az_id,
+                    r.account_id,
+                    r.region,
+                )
+                family, pack, fixed, context, add = kinds.get(key) or new_kind(key)
+                add(
+                    pack(
+                        r.start_ms,
+                        r.end_ms,
+                        r.bytes,
+                        r.packets,
+                        r.src_port,
+                        r.dst_port,
+                        r.protocol,
+                        r.tcp_flags,
+                        fixed,
+                        r.sequence,
+                        pton(family, r.src_addr),
+                        pton(family, r.dst_addr),
+                        unhexlify(r.flow_id),
+                        context,
+                    )
+                )
+        else:
+            for r in records:
+                short: _KindKey = (  # without enterprise elements the ENI is the only string
+                    r.ip_version,
+                    r.icmp_type,
+                    r.icmp_code,
+                    r.end_reason,
+                    r.direction,
+                    r.vni,
+                    r.interface_id,
+                )
+                family, pack, fixed, context, add = kinds.get(short) or new_kind(short)
+                add(
+                    pack(
+                        r.start_ms,
+                        r.end_ms,
+                        r.bytes,
+                        r.packets,
+                        r.src_port,
+                        r.dst_port,
+                        r.protocol,
+                        r.tcp_flags,
+                        fixed,
+                        pton(family, r.src_addr),
+                        pton(family, r.dst_addr),
+                        context,
+                    )
+                )
+        v4, v6 = self._v4.copy(), self._v6.copy()
+        self._v4.clear()
+        self._v6.clear()
         return v4, v6
+
+    def reference_data_record(self, r: FlowRecord) -> bytes:
+        """One data record written field by field in template order: the readable definition
+        of ``data_records``."""
+        values: dict[Element, bytes] = {}
+        put = values.__setitem__
+        put(FLOW_START_MS, struct.pack(">Q", r.start_ms))
+        put(FLOW_END_MS, struct.pack(">Q", r.end_ms))
+        put(OCTETS, struct.pack(">Q", r.bytes))
+        put(PACKETS, struct.pack(">Q", r.packets))
+        put(SRC_PORT, struct.pack(">H", r.src_port))
+        put(DST_PORT, struct.pack(">H", r.dst_port))
+        put(PROTOCOL, struct.pack(">B", r.protocol))
+        put(TCP_FLAGS, struct.pack(">H", r.tcp_flags))
+        icmp = 0 if r.icmp_type is None else (r.icmp_type << 8) | (r.icmp_code or 0)
+        put(ICMP_V4 if r.ip_version == 4 else ICMP_V6, struct.pack(">H", icmp))
+        put(END_REASON, struct.pack(">B", END_REASONS[r.end_reason]))
+        put(DIRECTION, struct.pack(">B", DIRECTIONS[r.direction]))
+        put(SEGMENT, struct.pack(">Q", (SEGMENT_TYPE_VXLAN << 56) | r.vni))
+        put(INGRESS_IF, struct.pack(">I", r.vni if r.direction == "egress" else 0))
+        put(EGRESS_IF, struct.pack(">I", r.vni if r.direction == "ingress" else 0))
+        put(EXPORTER_SEQUENCE, struct.pack(">Q", r.sequence))
+        for v4_element, v6_element, text in (
+            (SRC_V4, SRC_V6, r.src_addr),
+            (DST_V4, DST_V6, r.dst_addr),
+        ):
+            packed = socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+            put(v4_element if r.ip_version == 4 else v6_element, packed)
+        put(CONNECTION_ID, bytes.fromhex(r.flow_id))
+        put(INTERFACE_NAME, _string(r.interface_id))
+        put(SESSION_NAME, _string(r.session))
+        put(INSTANCE_ID, _string(r.instance_id))
+        put(SUBNET_ID, _string(r.subnet_id))
+        put(VPC_ID, _string(r.vpc_id))
+        put(AZ_ID, _string(r.az_id))
+        put(ACCOUNT_ID, _string(r.account_id))
+        put(REGION, _string(r.region))
+        tid = TEMPLATE_V4 if r.ip_version == 4 else TEMPLATE_V6
+        return b"".join(values[element] for element in self._templates[tid])
 
     def templates_due(self, now: float, refresh_s: float | None) -> bool:
         """True before the first data of a session and, with ``refresh_s``, every refresh_s."""
@@ -288,38 +408,68 @@ class MessageEncoder:
         family in the records' order.
         """
         export_time = int(now)
+        domain = self.observation_domain_id
+        sequence = self.sequence
         messages: list[tuple[bytes, int]] = []
-        limit = self.max_message_bytes
-        parts: list[bytes] = []
+        limit = self.max_message_bytes - SET_HEADER.size
+        parts: list[bytes] = [b""]  # parts[0] becomes the message header once its length is known
         size = HEADER.size
         count = 0
         if self.templates_due(now, refresh_s):
             parts.append(self.template_set)
             size += len(self.template_set)
             self.templates_sent_at = now
+        join, header, set_header, first = b"".join, HEADER.pack, SET_HEADER.pack, _FIRST_SET.pack
+        fresh = limit - HEADER.size  # room for records in a message of one set
         for set_id, items in zip(
             (TEMPLATE_V4, TEMPLATE_V6), self.data_records(records), strict=True
         ):
-            start = 0
-            while start < len(items):
-                room = limit - size - SET_HEADER.size
-                end, used = start, 0
-                while end < len(items) and used + len(items[end]) <= room:
-                    used += len(items[end])
-                    end += 1
-                if end == start:  # not even one more record fits: send this message first
-                    messages.append((self._header(size, export_time) + b"".join(parts), count))
-                    self.sequence += count
-                    parts, size, count = [], HEADER.size, 0
-                    continue
-                parts.append(SET_HEADER.pack(set_id, SET_HEADER.size + used))
-                parts.extend(items[start:end])
-                size += SET_HEADER.size + used
-                count += end - start
-                start = end
-        if parts:
-            messages.append((self._header(size, export_time) + b"".join(parts), count))
-            self.sequence += count
+            # ends[i]: bytes of items[: i + 1]; where a message ends is found by bisection among
+            # the next ``span`` records (the sentinels keep that window inside the list)
+            total, span = len(items), self._span[set_id]
+            ends = list(accumulate(map(len, items)))
+            ends += [_BEYOND] * span
+            start, done = 0, 0  # done: bytes of items[:start]
+            while start < total:
+                end = bisect_right(ends, done + limit - size, start, start + span)
+                if end > start:
+                    used = ends[end - 1] - done
+                    parts.append(set_header(set_id, SET_HEADER.size + used))
+                    parts += items[start:end]
+                    size += SET_HEADER.size + used
+                    count += end - start
+                    start, done = end, ends[end - 1]
+                    if end == total:  # the next family's records may still join this message
+                        break
+                # this message is full: items[end] did not fit in this set, so it cannot fit in
+                # what is left after another set header either
+                parts[0] = header(VERSION, size, export_time, sequence & 0xFFFFFFFF, domain)
+                messages.append((join(parts), count))
+                sequence += count
+                parts, size, count = [b""], HEADER.size, 0
+                # the same, shorter, for the messages of one full set that usually follow
+                while True:
+                    end = bisect_right(ends, done + fresh, start, start + span)
+                    if end >= total:  # the rest fits in one message that may take more
+                        break
+                    used = SET_HEADER.size + ends[end - 1] - done
+                    head = first(
+                        VERSION,
+                        HEADER.size + used,
+                        export_time,
+                        sequence & 0xFFFFFFFF,
+                        domain,
+                        set_id,
+                        used,
+                    )
+                    messages.append((join((head, *items[start:end])), end - start))
+                    sequence += end - start
+                    start, done = end, ends[end - 1]
+        if len(parts) > 1:
+            parts[0] = header(VERSION, size, export_time, sequence & 0xFFFFFFFF, domain)
+            messages.append((join(parts), count))
+            sequence += count
+        self.sequence = sequence
         return messages
 
     def withdrawal(self, now: float) -> bytes:

@@ -1,0 +1,280 @@
+"""The fast goflow2 and IPFIX encoders write exactly what their readable reference paths write.
+
+``goflow2.encode`` (tables, caches, few operations per field) against ``goflow2.reference_message``
+(field by field with ``varint``); ``MessageEncoder.data_records`` (one struct per record kind)
+against ``MessageEncoder.reference_data_record`` (element by element in template order); and
+``MessageEncoder.encode`` (messages cut by bisection) against the plain loop below that adds
+records while they fit. The readers in test_goflow2.py (protobuf), test_ipfix.py (nfcapd, tshark)
+and test_clickhouse.py check the reference meaning; these tests keep the fast paths equal to it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from typing import Any
+
+import msgspec
+import pytest
+from flow_samples import make_record
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench.encode import make_records
+from collector import goflow2, ipfix_elements
+from collector.ipfix_elements import (
+    HEADER,
+    SET_HEADER,
+    TEMPLATE_V4,
+    TEMPLATE_V6,
+    VERSION,
+    MessageEncoder,
+    max_message_bytes,
+)
+from collector.records import FlowRecord
+
+EDGE_VALUES = (0, 1, 127, 128, 16383, 16384, 2**21, 2**28 - 1, 2**28, 2**32 - 1, 2**32, 2**63 - 1)
+
+
+def edge_records() -> list[FlowRecord]:
+    """Each field at the sizes where its encoding changes, on IPv4 and IPv6 records."""
+    out = []
+    base = (
+        make_record(),
+        make_record(
+            ip_version=6,
+            protocol=58,
+            src_addr="2600:1f18:abcd::7",
+            dst_addr="::ffff:10.0.0.1",
+            src_port=0,
+            dst_port=0,
+            icmp_type=128,
+            icmp_code=0,
+            direction="egress",
+        ),
+    )
+    for r in base:
+        fields = msgspec.structs.asdict(r)
+        variants: list[dict[str, Any]] = [
+            *({"sequence": v} for v in EDGE_VALUES),
+            *({"bytes": v, "packets": v} for v in EDGE_VALUES),
+            *({"vni": v} for v in (0, 1, 127, 128, 16383, 16384, 2**24 - 1)),
+            *({"start_ms": v, "end_ms": v} for v in (0, 1, 268, 269, 10**6, 4_398_047, 2**44)),
+            *({"src_port": v, "dst_port": 65535 - v} for v in (0, 1, 127, 128, 16383, 16384)),
+            *({"tcp_flags": v, "protocol": p} for v, p in ((0, 0), (1, 6), (255, 255))),
+            *({"icmp_type": t, "icmp_code": c} for t in (None, 0, 3, 255) for c in (None, 0, 255)),
+            *({"direction": d} for d in ("ingress", "egress", "unknown")),
+            *({"end_reason": e} for e in ("shutdown", "evicted", "tcp_rst", "tcp_fin")),
+            {"session": None, "interface_id": None, "instance_id": "", "region": None},
+            {"session": "s" * 300, "region": "é" * 100, "az_id": "x" * 128},
+        ]
+        out += [FlowRecord(**{**fields, **variant}) for variant in variants]
+    return out
+
+
+def sample_records() -> list[FlowRecord]:
+    return make_records(2000, seed=1) + make_records(500, seed=99) + edge_records()
+
+
+@st.composite
+def records(draw: st.DrawFn) -> FlowRecord:
+    v6 = draw(st.booleans())
+    address = st.ip_addresses(v=6 if v6 else 4).map(str)
+    text = st.none() | st.text(max_size=140)
+    counter = st.integers(min_value=0, max_value=2**63 - 1)
+    start = draw(st.integers(min_value=0, max_value=2**44))
+    return make_record(
+        sequence=draw(st.integers(min_value=0, max_value=2**40)),
+        vni=draw(st.integers(min_value=0, max_value=2**24 - 1)),
+        session=draw(text),
+        interface_id=draw(text),
+        instance_id=draw(text),
+        region=draw(text),
+        direction=draw(st.sampled_from(("ingress", "egress", "unknown"))),
+        ip_version=6 if v6 else 4,
+        protocol=draw(st.integers(min_value=0, max_value=255)),
+        src_addr=draw(address),
+        dst_addr=draw(address),
+        src_port=draw(st.integers(min_value=0, max_value=65535)),
+        dst_port=draw(st.integers(min_value=0, max_value=65535)),
+        icmp_type=draw(st.none() | st.integers(min_value=0, max_value=255)),
+        icmp_code=draw(st.none() | st.integers(min_value=0, max_value=255)),
+        packets=draw(counter),
+        bytes=draw(counter),
+        tcp_flags=draw(st.integers(min_value=0, max_value=255)),
+        start_ms=start,
+        end_ms=start + draw(st.integers(min_value=0, max_value=2**32)),
+        end_reason=draw(
+            st.sampled_from(("active_timeout", "inactive_timeout", "tcp_fin", "shutdown"))
+        ),
+    )
+
+
+# ---- goflow2 ------------------------------------------------------------------------------------
+
+
+def delimited(message: bytes) -> bytes:
+    return goflow2.varint(len(message)) + message
+
+
+def test_goflow2_fast_path_equals_the_reference_on_every_sample() -> None:
+    for r in sample_records():
+        assert goflow2.encode(r) == delimited(goflow2.reference_message(r)), r
+        assert goflow2.flow_message(r) == goflow2.reference_message(r)
+
+
+@settings(max_examples=400, deadline=None)
+@given(r=records())
+def test_goflow2_fast_path_equals_the_reference(r: FlowRecord) -> None:
+    assert goflow2.encode(r) == delimited(goflow2.reference_message(r))
+
+
+def test_goflow2_caches_are_bounded_and_change_no_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(goflow2, "_KIND_CACHE_MAX", 8)
+    monkeypatch.setattr(goflow2, "_TOP_CACHE_MAX", 2)
+    goflow2.clear_caches()
+    for icmp_type, ms in itertools.product(range(40), (1, 2**42, 2**43, 3 * 2**42)):
+        r = make_record(protocol=1, src_port=0, dst_port=0, icmp_type=icmp_type, icmp_code=0)
+        r = FlowRecord(**{**msgspec.structs.asdict(r), "start_ms": ms // 10**6, "end_ms": ms})
+        assert goflow2.encode(r) == delimited(goflow2.reference_message(r))
+        assert len(goflow2._kinds) <= 8
+        assert len(goflow2._tops) <= 2
+    goflow2.clear_caches()
+
+
+# ---- IPFIX --------------------------------------------------------------------------------------
+
+
+ENCODERS = [
+    pytest.param(1500, False, 32473, id="udp-1500-enterprise"),
+    pytest.param(1280, True, 32473, id="udp-1280-v6-enterprise"),
+    pytest.param(1500, False, 0, id="udp-1500-iana-only"),
+    pytest.param(None, False, 32473, id="tcp-65535"),
+]
+
+
+def new_encoder(mtu: int | None, ipv6: bool, pen: int) -> MessageEncoder:
+    size = 65535 if mtu is None else max_message_bytes(mtu, ipv6=ipv6)
+    return MessageEncoder(7, size, pen)
+
+
+def reference_encode(
+    encoder: MessageEncoder, records: list[FlowRecord], now: float, templates: bool
+) -> list[tuple[bytes, int]]:
+    """Messages as RFC 7011 lays them out, record by record: templates first when due, then the
+    IPv4 records in sets of their template and the IPv6 ones in sets of theirs, each record in
+    the current message while it fits, else in a new one."""
+    messages: list[tuple[bytes, int]] = []
+    body: list[bytes] = [encoder.template_set] if templates else []
+    count = 0
+    sequence = encoder.sequence
+
+    def send() -> None:
+        nonlocal body, count, sequence
+        length = HEADER.size + sum(map(len, body))
+        head = HEADER.pack(VERSION, length, int(now), sequence & 0xFFFFFFFF, 7)
+        messages.append((head + b"".join(body), count))
+        sequence += count
+        body, count = [], 0
+
+    for set_id in (TEMPLATE_V4, TEMPLATE_V6):
+        data = [
+            encoder.reference_data_record(r)
+            for r in records
+            if (r.ip_version == 4) == (set_id == TEMPLATE_V4)
+        ]
+        current: list[bytes] = []
+        for record in data:
+            used = HEADER.size + sum(map(len, body)) + SET_HEADER.size + sum(map(len, current))
+            if used + len(record) > encoder.max_message_bytes:
+                if current:
+                    body.append(SET_HEADER.pack(set_id, SET_HEADER.size + sum(map(len, current))))
+                    body += current
+                    count += len(current)
+                    current = []
+                send()
+            current.append(record)
+        if current:
+            body.append(SET_HEADER.pack(set_id, SET_HEADER.size + sum(map(len, current))))
+            body += current
+            count += len(current)
+    if body:
+        send()
+    return messages
+
+
+@pytest.mark.parametrize(("mtu", "ipv6", "pen"), ENCODERS)
+def test_ipfix_data_records_equal_the_reference(mtu: int | None, ipv6: bool, pen: int) -> None:
+    encoder = new_encoder(mtu, ipv6, pen)
+    samples = sample_records()
+    v4, v6 = encoder.data_records(samples)
+    assert v4 == [encoder.reference_data_record(r) for r in samples if r.ip_version == 4]
+    assert v6 == [encoder.reference_data_record(r) for r in samples if r.ip_version == 6]
+    templates = encoder.templates()
+    for r, data in zip([r for r in samples if r.ip_version == 4], v4, strict=True):
+        fixed = sum(e.length for e in templates[TEMPLATE_V4] if e.length != 65535)
+        assert len(data) > fixed, r  # the fixed fields, then a length byte per string
+
+
+@pytest.mark.parametrize(("mtu", "ipv6", "pen"), ENCODERS)
+def test_ipfix_messages_equal_the_record_by_record_layout(
+    mtu: int | None, ipv6: bool, pen: int
+) -> None:
+    encoder = new_encoder(mtu, ipv6, pen)
+    reference = new_encoder(mtu, ipv6, pen)
+    samples = sample_records()
+    # batches of every size the sinks hand over, in a row: sequence numbers carry on
+    for batch in (samples[:1], samples[1:900], samples[900:901], samples[901:], [], samples):
+        due = reference.templates_due(1_764_100_000.0, 60.0)
+        expected = reference_encode(reference, batch, 1_764_100_000.0, due)
+        if due:
+            reference.templates_sent_at = 1_764_100_000.0
+        reference.sequence += sum(n for _, n in expected)
+        assert encoder.encode(batch, 1_764_100_000.0, 60.0) == expected
+        assert encoder.sequence == reference.sequence
+    for message, count in encoder.encode(samples, 1_764_100_100.0, 60.0):
+        assert len(message) <= encoder.max_message_bytes
+        version, length = struct.unpack_from(">HH", message)
+        assert (version, length) == (VERSION, len(message))
+        assert count > 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(batch=st.lists(records(), max_size=40))
+def test_ipfix_fast_paths_equal_the_reference(batch: list[FlowRecord]) -> None:
+    encoder = new_encoder(1280, False, 32473)
+    expected = reference_encode(encoder, batch, 1_764_100_000.0, templates=True)
+    assert encoder.encode(batch, 1_764_100_000.0) == expected
+
+
+def test_ipfix_kind_table_is_bounded_and_changes_no_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ipfix_elements, "_CACHE_MAX", 8)
+    encoder = new_encoder(1500, False, 32473)
+    batch = [
+        make_record(protocol=1, src_port=0, dst_port=0, icmp_type=t, icmp_code=c)
+        for t in range(20)
+        for c in range(3)
+    ]
+    v4, _ = encoder.data_records(batch)
+    assert v4 == [encoder.reference_data_record(r) for r in batch]
+    assert len(encoder._kinds) <= 8
+
+
+def test_a_message_size_too_small_for_the_longest_record_is_refused() -> None:
+    longest = make_record(
+        ip_version=6,
+        src_addr="2600:1f18::1",
+        dst_addr="2600:1f18::2",
+        **dict.fromkeys(("session", "interface_id", "instance_id", "subnet_id"), "x" * 200),
+        **dict.fromkeys(("vpc_id", "az_id", "account_id", "region"), "y" * 200),
+    )
+    size = (
+        HEADER.size
+        + SET_HEADER.size
+        + len(new_encoder(None, False, 32473).reference_data_record(longest))
+    )
+    encoder = MessageEncoder(1, size, 32473)  # the smallest size that must work
+    ((message, count),) = encoder.encode([longest], 1.0, None)[1:]
+    assert (len(message), count) == (size, 1)
+    with pytest.raises(ValueError, match="cannot hold a record"):
+        MessageEncoder(1, size - 1, 32473)
