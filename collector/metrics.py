@@ -130,7 +130,8 @@ class Totals:
             self.records[reason] = self.records.get(reason, 0) + n
         if not snap.stopping:
             self.lost_flows += snap.flows_active
-            self.lost_queued += snap.sink.queue_records
+            held = snap.sink.unwritten_records  # only in memory: on disk is not lost
+            self.lost_queued += held if held >= 0 else snap.sink.queue_records
 
 
 # ---- process metrics ---------------------------------------------------------------------------
@@ -395,8 +396,8 @@ class Aggregate(Collector):
             "collector_worker_exit_lost",
             "Lost when a worker exited without flushing (crash, kill), from its last snapshot:"
             " kind=flows, flows in its flow table (never emitted); kind=records, records its sink"
-            " held unacknowledged in memory (at most: those read back from the spool are still on"
-            " disk and are sent again by the next worker).",
+            " held only in memory, neither acknowledged nor on disk (a sink that cannot tell counts"
+            " everything it held unacknowledged).",
             labels=["kind"],
         )
         lost.add_metric(["flows"], self.retired.lost_flows)

@@ -19,6 +19,8 @@ from kafka_fixtures import ROOT, KafkaBroker, read_topic, unique_topic, wait_unt
 from collector.config import KafkaConfig, RecordsConfig
 from collector.io.kafka import KafkaSink
 from collector.io.kafka.sink import MAX_PARKING_RECORDS, SPILL_SLICE_RECORDS
+from collector.io.sink import SinkStatus
+from collector.metrics import Totals, WorkerSnapshot
 
 LOADED_COLLECTOR = textwrap.dedent(
     """
@@ -173,3 +175,19 @@ async def test_the_restarted_worker_tells_consumers_where_the_dead_exporter_ende
     if end.last_sequence > last:  # the dead worker's lost tail, named as such
         tail = f"{last + 1}-{end.last_sequence}" if end.last_sequence > last + 1 else f"{last + 1}"
         assert tail in row.split("missing:")[1]
+
+
+def test_the_supervisor_counts_only_what_the_dead_worker_held_in_memory_alone() -> None:
+    """A worker's last snapshot says how many of its queued records were only in memory (the
+    rest were on disk, replayed by the next worker): that many are counted lost when it dies;
+    a sink that cannot tell falls back to everything it had queued."""
+    totals = Totals()
+    kafka = SinkStatus(queue_records=900, unwritten_records=120)
+    totals.add(WorkerSnapshot(index=0, pid=101, started=1.0, sink=kafka))
+    assert totals.lost_queued == 120
+    other = SinkStatus(queue_records=40)  # unwritten_records unknown (-1)
+    totals.add(WorkerSnapshot(index=1, pid=102, started=1.0, sink=other))
+    assert totals.lost_queued == 160
+    clean = SinkStatus(queue_records=5, unwritten_records=5)
+    totals.add(WorkerSnapshot(index=2, pid=103, started=1.0, sink=clean, stopping=True))
+    assert totals.lost_queued == 160  # a worker that was stopping flushed: nothing lost

@@ -680,6 +680,7 @@ class KafkaSink:
             dead_lettered=self.spool.dead_lettered,
             quarantined_segments=self.spool.quarantined_segments,
             failures=self._failures,
+            unwritten_records=self.unwritten_records,
             latency_observations=observations,
         )
 
