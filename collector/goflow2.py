@@ -200,7 +200,10 @@ def encode(r: FlowRecord) -> bytes:
     else:
         packets = p0 = p1 = b""
     key = (r.vni, r.direction, r.protocol, r.tcp_flags, r.ip_version, r.icmp_type, r.icmp_code)
-    head, middle, family, src_tag, dst_tag = _kinds.get(key) or _kind(key)
+    try:
+        head, middle, family, src_tag, dst_tag = _kinds[key]
+    except KeyError:
+        head, middle, family, src_tag, dst_tag = _kind(key)
     # a time in ns: its low 42 bits as three 14-bit groups from the table, the rest (which changes
     # every 73 minutes) cached; in the first 73 minutes of 1970 the encoding of earlier versions
     ns = r.end_ms * NS_PER_MS

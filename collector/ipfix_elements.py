@@ -296,7 +296,10 @@ class MessageEncoder:
                     r.account_id,
                     r.region,
                 )
-                family, pack, fixed, context, add = kinds.get(key) or new_kind(key)
+                try:
+                    family, pack, fixed, context, add = kinds[key]
+                except KeyError:
+                    family, pack, fixed, context, add = new_kind(key)
                 add(
                     pack(
                         r.start_ms,
@@ -326,7 +329,10 @@ class MessageEncoder:
                     r.vni,
                     r.interface_id,
                 )
-                family, pack, fixed, context, add = kinds.get(short) or new_kind(short)
+                try:
+                    family, pack, fixed, context, add = kinds[short]
+                except KeyError:
+                    family, pack, fixed, context, add = new_kind(short)
                 add(
                     pack(
                         r.start_ms,
