@@ -116,6 +116,7 @@ class Totals:
         # what a worker held when it exited without flushing (crash, kill): lost for good
         self.lost_flows = 0
         self.lost_queued = 0
+        self.lost_datagrams = 0  # queued on a dead worker's socket, counted by the supervisor
 
     def add(self, snap: WorkerSnapshot) -> None:
         """Fold an exited worker's last snapshot in."""
@@ -397,11 +398,13 @@ class Aggregate(Collector):
             "Lost when a worker exited without flushing (crash, kill), from its last snapshot:"
             " kind=flows, flows in its flow table (never emitted); kind=records, records its sink"
             " held only in memory, neither acknowledged nor on disk (a sink that cannot tell counts"
-            " everything it held unacknowledged).",
+            " everything it held unacknowledged); kind=datagrams, datagrams still queued on its"
+            " socket, never read (counted exactly by the supervisor as it closes the socket).",
             labels=["kind"],
         )
         lost.add_metric(["flows"], self.retired.lost_flows)
         lost.add_metric(["records"], self.retired.lost_queued)
+        lost.add_metric(["datagrams"], self.retired.lost_datagrams)
         yield lost
 
     def _worker_families(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:

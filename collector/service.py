@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -29,7 +30,7 @@ from collector.checks import validate
 from collector.config import Config, load_config, parse_hostport
 from collector.errors import CollectorError, ConfigError
 from collector.io.http import HealthServer
-from collector.io.udp import open_socket
+from collector.io.udp import open_socket, retire_socket
 from collector.logs import setup_logging
 from collector.messages import MessageError, Reload, Snapshot, Stop, decode_from_worker, encode
 from collector.metrics import Aggregate, WorkerView
@@ -53,6 +54,9 @@ class Slot:
         self.started = 0.0
         self.failures = 0
         self.restart_handle: asyncio.TimerHandle | None = None
+        # the supervisor's reference to the worker's socket: when the worker dies, what was queued
+        # on it is counted (retire_socket) instead of vanishing with the worker's file descriptor
+        self.sock: socket.socket | None = None
 
 
 class Supervisor:
@@ -135,13 +139,15 @@ class Supervisor:
     def spawn(self, slot: Slot) -> None:
         loop = asyncio.get_running_loop()
         parent, child = self.ctx.Pipe()
+        sock = open_socket(self.config.listen, self.config.recv_buffer_bytes)
         process = self.ctx.Process(
             target=worker_main,
-            args=(slot.index, msgspec.msgpack.encode(self.config), child),
+            args=(slot.index, msgspec.msgpack.encode(self.config), child, sock),
             name=f"collector-worker-{slot.index}",
         )
         process.start()
         child.close()
+        slot.sock = sock
         slot.process, slot.conn, slot.started = process, parent, time.time()
         view = self.aggregate.workers.setdefault(slot.index, WorkerView(index=slot.index))
         view.alive, view.responsive, view.snapshot = True, False, None
@@ -202,9 +208,13 @@ class Supervisor:
             slot.conn = None
         view = self.aggregate.workers[slot.index]
         view.alive = view.responsive = False
+        queued, drops = self._retire_socket(slot)
         if view.snapshot is not None:
+            if drops is not None:  # the socket's own final count, newer than the last snapshot
+                view.snapshot.kernel_drops = drops
             self.aggregate.retired.add(view.snapshot)
             view.snapshot = None
+        self.aggregate.retired.lost_datagrams += queued
         slot.process = None
         code = process.exitcode
         if self.stopping:
@@ -224,10 +234,29 @@ class Supervisor:
         view.restarts += 1
         slot.restart_handle = loop.call_later(delay, self._restart, slot)
 
+    def _retire_socket(self, slot: Slot) -> tuple[int, int | None]:
+        """Count and close what a dead worker's socket still holds."""
+        if slot.sock is None:
+            return 0, None
+        sock, slot.sock = slot.sock, None
+        queued, drops = retire_socket(sock)
+        if queued:
+            log.error(
+                "datagrams queued for a dead worker are lost",
+                extra={"worker": slot.index, "datagrams": queued},
+            )
+        return queued, drops
+
     def _restart(self, slot: Slot) -> None:
         slot.restart_handle = None
-        if not self.stopping:
+        if self.stopping:
+            return
+        try:
             self.spawn(slot)
+        except ConfigError as exc:  # e.g. the socket cannot be opened again: try again later
+            log.error("worker cannot restart", extra={"worker": slot.index, "error": str(exc)})
+            delay = RESTART_BACKOFF_MAX_S
+            slot.restart_handle = asyncio.get_running_loop().call_later(delay, self._restart, slot)
 
     async def _monitor(self) -> None:
         while not self.done.is_set():
@@ -256,6 +285,10 @@ class Supervisor:
             if slot.restart_handle is not None:
                 slot.restart_handle.cancel()
                 slot.restart_handle = None
+            if slot.sock is not None:
+                # the worker's final drain must be the last reader of its socket: close ours first
+                slot.sock.close()
+                slot.sock = None
             if slot.conn is not None:
                 # a worker already gone is accounted for by _on_exit
                 with contextlib.suppress(OSError):

@@ -55,8 +55,11 @@ def exporter_name(config: Config, index: int, started: float) -> str:
 class Worker:
     """The asyncio side of a worker process."""
 
-    def __init__(self, index: int, config: Config, conn: Connection) -> None:
+    def __init__(
+        self, index: int, config: Config, conn: Connection, sock: socket.socket | None = None
+    ) -> None:
         self.index = index
+        self.given_sock = sock  # opened by the supervisor, which keeps a reference (see service)
         self.config = config
         self.conn = conn
         self.started = time.time()
@@ -192,7 +195,9 @@ class Worker:
             if self.config.aws.enrich:
                 self.enricher = Enricher(self.config.aws)
             await self.sink.start()
-            self.sock = open_socket(self.config.listen, self.config.recv_buffer_bytes)
+            self.sock = self.given_sock or open_socket(
+                self.config.listen, self.config.recv_buffer_bytes
+            )
         except ConfigError as exc:
             self.send(Fatal(f"config error: {exc}", ConfigError.exit_status))
             return 2
@@ -243,14 +248,16 @@ class Worker:
         return 0
 
 
-def worker_main(index: int, config_raw: bytes, conn: Connection) -> None:
+def worker_main(
+    index: int, config_raw: bytes, conn: Connection, sock: socket.socket | None = None
+) -> None:
     """Process entry point (spawned by the supervisor)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = msgspec.msgpack.decode(config_raw, type=Config)
     setup_logging(config.log_format, config.log_level)
-    status = uvloop.run(Worker(index, config, conn).run())
+    status = uvloop.run(Worker(index, config, conn, sock).run())
     conn.close()
     raise SystemExit(status)
 

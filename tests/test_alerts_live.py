@@ -61,7 +61,7 @@ def test_records_lost_fires_on_a_real_collectors_metrics_when_a_worker_dies_hold
         after = loss_samples(c.get("/metrics")[1].decode())
         assert c.stop() == 0
     assert before.keys() == after.keys()
-    assert len(before) == 4  # dropped, failed, and worker_exit_lost for flows and records
+    assert len(before) == 5  # dropped, failed, and worker_exit_lost for flows, records, datagrams
     lost = sum(after.values()) - sum(before.values())
     assert lost == table[victim][0] > 0
 

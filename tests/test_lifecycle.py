@@ -77,6 +77,46 @@ def test_a_worker_killed_holding_flows_loses_exactly_those_and_reports_them(
     assert packets == expected
 
 
+def test_datagrams_queued_for_a_killed_worker_are_counted_lost_and_the_rest_rehashed(
+    tmp_path: Path,
+) -> None:
+    with Collector(tmp_path, config=LONG_FLOWS, workers=2) as c:
+        senders, landed = c.senders_by_worker(probes(30000))
+        sent = len(landed)
+        c.wait_received(sent)
+        victim, survivor = 1, 0
+        pid = c.worker_pids()[victim]
+        os.kill(pid, signal.SIGSTOP)  # everything sent to it now waits on its socket
+        queued = 0
+        for port in range(41000, 41100):
+            senders[victim].sendto(udp(7, "10.0.0.5", "10.9.9.9", port, 53, 20), c.address)
+            queued += 1
+        sent += queued
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: c.metric("collector_worker_restarts_total") == 1, "a restart")
+        lost = 'collector_worker_exit_lost_total{kind="datagrams"}'
+        assert c.metrics()[lost] == queued  # counted exactly, none read, none dropped
+        # the dead socket left the SO_REUSEPORT group: the victim's sender reaches a live worker
+        for port in range(42000, 42010):
+            senders[victim].sendto(udp(7, "10.0.0.5", "10.9.9.9", port, 53, 20), c.address)
+            senders[survivor].sendto(udp(7, "10.0.0.5", "10.9.9.9", port, 54, 20), c.address)
+        sent += 20
+        for sender in senders.values():
+            sender.close()
+
+        def accounted() -> bool:
+            m = c.metrics()
+            seen = m.get("collector_datagrams_received_total", 0)
+            return seen + m.get("collector_kernel_drops_total", 0) + m[lost] == sent
+
+        wait_for(accounted, "received + kernel drops + lost with the worker == sent")
+        assert c.metric("collector_kernel_drops_total") == 0
+        assert c.stop() == 0
+    ports = {r["src_port"] for r in c.records()}
+    assert ports.isdisjoint(range(41000, 41100))
+    assert set(range(42000, 42010)) <= ports
+
+
 def test_drain_zero_still_accounts_what_the_kernel_had_queued(tmp_path: Path) -> None:
     with Collector(tmp_path, "--drain-s", "0", config=LONG_FLOWS) as c:
         first = c.send(udp(7, "10.0.0.5", "10.9.9.9", 7000 + i % 10, 53) for i in range(50))
