@@ -157,6 +157,19 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     fmt(size.get("ratio_vs_legacy", size.get("ratio_vs_dict")), "x", 2),
                 )
             )
+    encode = result_of(results, "encode")
+    if encode:
+        ns = encode.get("ns_per_record") or {}
+        for fmt_name in ("ipfix", "goflow2"):
+            ratio = (encode.get("ratio_to_json") or {}).get(fmt_name)
+            rows.append(
+                (
+                    f"Encoding: {fmt_name} per record",
+                    fmt(ns.get(fmt_name), " ns/record", 0),
+                    "JSON (msgspec) " + fmt(ns.get("json"), " ns/record", 0),
+                    fmt(ratio, "x JSON", 2),
+                )
+            )
     for name, entry in results.items():
         if entry.get("status") != "ok":
             error = entry.get("error", "").split(" | ")[-1].strip()

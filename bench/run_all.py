@@ -5,7 +5,8 @@
 Runs parse (decapsulation against dpkt, and the replay pipeline per core), ingest (the rate sweep:
 a recvmmsg counting loop, bare uvloop and the collector with 1 and 2 workers, for the mixed and
 new-flows profiles), kafka (records/s against a naive send loop, on the local broker, started with
-deploy/kafka/kafkactl when it is not running) and memory (bytes per flow), each with ``--json`` and
+deploy/kafka/kafkactl when it is not running), memory (bytes per flow) and encode (IPFIX and goflow2
+encoding cost per record against JSON), each with ``--json`` and
 a timeout. A benchmark whose file is absent is reported as missing, one that fails or times out as
 such; the others still run. Writes ``<out>/<YYYY-MM-DD>-<host>.json`` (machine, commands, every
 figure), PNG plots (bench/plots.py) and ``<out>/latest.md``, the table for the README
@@ -68,6 +69,7 @@ SUITE = (
         "records/s with acks=all + lz4 against a naive awaited send loop (local broker)",
     ),
     Bench("memory", "bench.memory", (), 900, "RSS per active flow at 400k and 1M flows"),
+    Bench("encode", "bench.encode", (), 240, "IPFIX and goflow2 encoding per record against JSON"),
 )
 
 
