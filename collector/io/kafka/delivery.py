@@ -246,9 +246,15 @@ class Delivery:
         format. (Grouped by partition first: per-record work stays in comprehensions.)"""
         keys, values = records.keys, records.values
         type_header = ("content-type", records.content_type.encode())
-        if records.exporters:
-            # one exporter per worker: its header tuple is built once, not per record
-            named = {e: ("exporter", e) for e in set(records.exporters)}
+        distinct = set(records.exporters)
+        if len(distinct) == 1:  # the common case: one worker's records, one exporter tuple
+            exporter = ("exporter", distinct.pop())
+            headers = [
+                [type_header, exporter, ("sequence", q)]
+                for q in map(b"%d".__mod__, records.sequences)
+            ]
+        elif distinct:
+            named = {e: ("exporter", e) for e in distinct}
             headers = [
                 [type_header, named[e], ("sequence", b"%d" % q)]
                 for e, q in zip(records.exporters, records.sequences, strict=True)
