@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 from disk_faults import no_free_descriptors, resize, small_tmpfs
-from kafka_fixtures import (  # noqa: F401 - kafka_broker is a fixture
+from kafka_fixtures import (
     KafkaBroker,
-    kafka_broker,
     make_records,
     read_topic,
     unique_topic,
@@ -33,7 +32,7 @@ def sequences_of(messages: list[Any]) -> list[int]:
 
 @pytest.mark.kafka
 async def test_a_full_disk_while_spooling_loses_exactly_what_it_counts(
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
     tmp_path: Path,
 ) -> None:
     """The broker is away and the spool's file system fills up: the records that did not reach
@@ -101,7 +100,7 @@ sys.addaudithook(_watch_segment_opens)  # inert unless a test collects (hooks ca
 
 @pytest.mark.kafka
 async def test_spool_files_are_written_and_read_off_the_event_loop(
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
     tmp_path: Path,
 ) -> None:
     """Spilling, fsyncing and replaying touch segment files only from the spool thread, never
@@ -133,7 +132,7 @@ async def test_spool_files_are_written_and_read_off_the_event_loop(
 
 @pytest.mark.kafka
 async def test_read_errors_while_replaying_delay_the_spool_and_lose_nothing(
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
     tmp_path: Path,
 ) -> None:
     """The replay hits EMFILE (every descriptor taken) for a while: the segment is kept, read

@@ -14,10 +14,9 @@ from typing import Any
 
 import pytest
 from fault_proxy import FaultProxy
-from kafka_fixtures import (  # noqa: F401 - proxied_kafka_broker is a fixture
+from kafka_fixtures import (
     KafkaBroker,
     make_records,
-    proxied_kafka_broker,
     read_topic,
     unique_topic,
     wait_until,
@@ -92,7 +91,7 @@ async def test_a_hung_first_bootstrap_address_does_not_hide_the_live_broker(
 
 @pytest.mark.kafka
 async def test_resets_delays_and_a_blackhole_mid_flood_lose_nothing_and_keep_order(
-    proxied_kafka_broker: tuple[KafkaBroker, FaultProxy],  # noqa: F811
+    proxied_kafka_broker: tuple[KafkaBroker, FaultProxy],
     tmp_path: Path,
 ) -> None:
     """Records keep coming while the network between the sink and the broker resets every
