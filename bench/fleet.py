@@ -2,11 +2,13 @@
 + a health checker), three or four collectors and a Kafka broker, each in a network namespace of its
 own, through steady state, scale-out, scale-in, a crash and two sessions with a filter.
 
-    python -m bench.fleet [--json] [--scenario NAME ...] [--plot PATH]
+    python -m bench.fleet [--json] [--scenario NAME ...] [--profile NAME] [--plot PATH]
 
 Needs root (namespaces, nftables). Prints per scenario and collector the datagrams received and
 overall ``sent``, ``counted``, ``explained_loss``, ``unexplained_loss`` and ``split_flows``
 (bench/fleet_scenarios.py says how each is measured); with ``--json`` one JSON object last.
+The sources mirror flows in the mix of a bench/traffic.py profile (``--profile``, default
+``mixed``); per flow, packets and bytes on the topic are held against what was sent.
 ``--plot`` draws the datagrams per second each collector received over the run.
 Design and where the stand-in differs from an NLB: docs/fleet.md.
 """
@@ -24,20 +26,23 @@ from typing import Any
 from bench.fleet_harness import SAMPLE_S, Fleet
 from bench.fleet_net import namespaces_supported
 from bench.fleet_scenarios import SCENARIOS
+from bench.traffic import PROFILES, Profile
 
 TOTALS = ("sent", "counted", "explained_loss", "unexplained_loss", "split_flows")
+BYTES = ("bytes_sent", "bytes_counted")
 
 
-def run(names: list[str]) -> tuple[dict[str, Any], Fleet]:
+def run(names: list[str], profile: Profile = PROFILES["mixed"]) -> tuple[dict[str, Any], Fleet]:
     """Build a fleet, run the scenarios on it, tear it down; the report and the (closed) fleet."""
     began = time.monotonic()
-    with Fleet() as fleet:
+    with Fleet(profile) as fleet:
         results = [SCENARIOS[name](fleet) for name in names]
     for result in results:
         result.pop("_on", None)
-    report: dict[str, Any] = {"scenarios": results}
-    for key in TOTALS:
+    report: dict[str, Any] = {"scenarios": results, "profile": profile.name}
+    for key in (*TOTALS, *BYTES):
         report[key] = sum(int(r[key]) for r in results)
+    report["packet_length"] = fleet.packet_length
     report["events"] = [[round(t, 3), what] for t, what in fleet.marks]
     report["seconds"] = round(time.monotonic() - began, 1)  # build, scenarios and teardown
     return report, fleet
@@ -50,18 +55,23 @@ def text(report: dict[str, Any]) -> str:
             f"{r['scenario']:<10} sent {r['sent']:>6}  counted {r['counted']:>6}  "
             f"explained_loss {r['explained_loss']:>4}  unexplained_loss {r['unexplained_loss']:>3}"
             f"  split_flows {r['split_flows']}  flows {r['flows_exact']}/{r['flows']} exact"
+            f" (bytes {r['flows_bytes_exact']}/{r['flows']})"
         )
         for name, c in r["collectors"].items():
             lines.append(
                 f"    {name:<4} datagrams {c['datagrams']:>6} (LB forwarded {c['lb_forwarded']:>6})"
                 f"  packets on topic {c['packets_on_topic']:>6}  flows {c['flows']:>3}"
             )
-        extra = {k: r[k] for k in ("crash", "checks") if r[k]}
+        extra = {k: r[k] for k in ("crash", "checks", "mix") if r[k]}
         if r["probes_sent"]:
             extra["filter"] = {"probes_sent": r["probes_sent"], "rejected": r["filter_rejected"]}
         if extra:
             lines.append(f"    {json.dumps(extra, sort_keys=True)}")
     lines.append("total      " + "  ".join(f"{k} {report[k]}" for k in TOTALS))
+    lines.append(
+        f"profile {report['profile']}: bytes_sent {report['bytes_sent']}  bytes_counted "
+        f"{report['bytes_counted']}  PacketLength per session {report['packet_length']}"
+    )
     lines.append(f"{report['seconds']} s with the fleet's build and teardown")
     return "\n".join(lines)
 
@@ -104,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     parser.add_argument("--scenario", action="append", choices=list(SCENARIOS), default=None)
     parser.add_argument("--plot", type=Path, help="write the per-collector load plot (PNG)")
+    parser.add_argument(
+        "--profile", choices=list(PROFILES), default="mixed", help="traffic mix (bench/traffic.py)"
+    )
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the fleet is torn down (a SIGKILLed run's namespaces are
     # removed by the next run: they are named after its pid)
@@ -112,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if refused:
         print(f"bench.fleet: {refused}", file=sys.stderr)
         return 2
-    report, fleet = run(args.scenario or list(SCENARIOS))
+    report, fleet = run(args.scenario or list(SCENARIOS), PROFILES[args.profile])
     print(text(report))
     if args.plot:
         plot(fleet, args.plot)

@@ -28,6 +28,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from bench.fleet_lb import TargetGroup, count_forwarded, install
 from bench.fleet_net import HEALTH_PORT, KAFKA_PORT, VXLAN_PORT, Node, Topology, entered
 from bench.harness import Metrics, parse_metrics
+from bench.traffic import PROFILES, Profile
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKACTL = ROOT / "deploy" / "kafka" / "kafkactl"
@@ -39,19 +40,33 @@ SAMPLE_S = 0.5
 
 @dataclass(frozen=True)
 class Session:
-    """A mirror source and its session: the ENI's inner address and the outer source address."""
+    """A mirror source and its session: the ENI's inner addresses (IPv4 and IPv6) and the subnet
+    of the source namespace (its address is the outer source)."""
 
     name: str
     vni: int
     eni: str
     inner_address: str
+    inner_address6: str
     subnet: int
 
 
 SESSIONS = (
-    Session("source-a", 1001, "eni-0a0a0a0a0a0a0a0a0", "172.31.1.25", 1),
-    Session("source-b", 1002, "eni-0b0b0b0b0b0b0b0b0", "172.31.2.25", 2),
+    Session("source-a", 1001, "eni-0a0a0a0a0a0a0a0a0", "172.31.1.25", "2001:db8:31:1::25", 1),
+    Session("source-b", 1002, "eni-0b0b0b0b0b0b0b0b0", "172.31.2.25", "2001:db8:31:2::25", 2),
 )
+
+
+def packet_lengths(profile: Profile) -> dict[str, int]:
+    """The sessions' PacketLength (0: whole packets). PacketLength is a session's setting, so the
+    profile's truncate_share applies to the sessions: that share of them, rounded (the last ones),
+    truncate every frame to ``profile.truncate_to`` bytes after the VXLAN header."""
+    truncated = round(profile.truncate_share * len(SESSIONS))
+    return {
+        s.name: profile.truncate_to if i >= len(SESSIONS) - truncated else 0
+        for i, s in enumerate(SESSIONS)
+    }
+
 
 CONFIG = """\
 [flows]
@@ -67,31 +82,33 @@ topic_partitions = {partitions}
 linger_ms = 10
 
 {sessions}
-# ingress UDP to port 53 is not kept (the README's example rule); everything else is
+# ingress UDP to port 53 is not kept (the README's example rule); everything else is, IPv4 and
+# IPv6 (a rule matches one address family), every protocol (ICMP included)
 [filters.filter-a]
-[[filters.filter-a.rules]]
-direction = "ingress"
-rule_number = 100
-action = "reject"
-protocol = 17
-source_cidr = "0.0.0.0/0"
-destination_cidr = "0.0.0.0/0"
-destination_ports = "53"
+{rules}"""
 
-[[filters.filter-a.rules]]
-direction = "ingress"
-rule_number = 200
-action = "accept"
-source_cidr = "0.0.0.0/0"
-destination_cidr = "0.0.0.0/0"
+FILTER_RULES = (  # (direction, rule number, action, protocol, CIDR, destination ports)
+    ("ingress", 100, "reject", 17, "0.0.0.0/0", "53"),
+    ("ingress", 101, "reject", 17, "::/0", "53"),
+    ("ingress", 200, "accept", None, "0.0.0.0/0", None),
+    ("ingress", 201, "accept", None, "::/0", None),
+    ("egress", 100, "accept", None, "0.0.0.0/0", None),
+    ("egress", 101, "accept", None, "::/0", None),
+)
 
-[[filters.filter-a.rules]]
-direction = "egress"
-rule_number = 100
-action = "accept"
-source_cidr = "0.0.0.0/0"
-destination_cidr = "0.0.0.0/0"
-"""
+
+def _rules_toml() -> str:
+    out = []
+    for direction, number, action, protocol, cidr, ports in FILTER_RULES:
+        lines = ["[[filters.filter-a.rules]]", f'direction = "{direction}"',
+                 f"rule_number = {number}", f'action = "{action}"']  # fmt: skip
+        if protocol is not None:
+            lines.append(f"protocol = {protocol}")
+        lines += [f'source_cidr = "{cidr}"', f'destination_cidr = "{cidr}"']
+        if ports is not None:
+            lines.append(f'destination_ports = "{ports}"')
+        out.append("\n".join(lines) + "\n")
+    return "\n".join(out)
 
 
 @dataclass
@@ -122,23 +139,28 @@ class Collector:
 class SourceProcess:
     """A bench/fleet_source.py process in a source namespace, one command at a time."""
 
-    def __init__(self, session: Session, node: Node, log: IO[bytes]) -> None:
+    def __init__(
+        self, session: Session, node: Node, log: IO[bytes], profile: Profile, packet_length: int
+    ) -> None:
         self.session = session
+        sizes = ",".join(f"{size}:{weight}" for size, weight in profile.sizes)
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", node.netns, sys.executable, "-m", "bench.fleet_source",
-             "--address", node.address, "--vni", str(session.vni)],
+             "--address", node.address, "--vni", str(session.vni), "--sizes", sizes,
+             "--truncate-to", str(packet_length), "--seed", str(profile.seed)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=ROOT,
         )  # fmt: skip
 
-    def command(self, **message: Any) -> dict[str, int]:
+    def command(self, **message: Any) -> dict[str, dict[str, int]]:
+        """Send one command; the reply: ``{"sent": {flow: datagrams}, "bytes": {flow: bytes}}``."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write((json.dumps(message) + "\n").encode())
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"source {self.session.name} exited ({self.proc.poll()})")
-        sent: dict[str, int] = json.loads(line)["sent"]
-        return sent
+        reply: dict[str, dict[str, int]] = json.loads(line)
+        return reply
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -157,7 +179,9 @@ class SourceProcess:
 class Fleet:
     """Everything of one fleet; use as a context manager (``close`` always tears down)."""
 
-    def __init__(self) -> None:
+    def __init__(self, profile: Profile = PROFILES["mixed"]) -> None:
+        self.profile = profile  # the traffic mix the sources mirror (bench/traffic.py)
+        self.packet_length = packet_lengths(profile)  # per session; 0: whole packets
         self.net = Topology()
         self.collectors: dict[str, Collector] = {}
         self.sources: dict[str, SourceProcess] = {}
@@ -201,7 +225,9 @@ class Fleet:
         self._start_kafka(kafka)
         for session in SESSIONS:
             node = self.net.add(session.name, session.subnet)
-            self.sources[session.name] = SourceProcess(session, node, self._log(session.name))
+            log = self._log(session.name)
+            length = self.packet_length[session.name]
+            self.sources[session.name] = SourceProcess(session, node, log, self.profile, length)
         self.group = TargetGroup(self.net.lb)
         self.group.start()
         self._sampler = threading.Thread(target=self._sample, name="sampler", daemon=True)
@@ -260,7 +286,13 @@ class Fleet:
         spool.mkdir(parents=True)
         config = self.net.work / name / "collector.toml"
         config.write_text(
-            CONFIG.format(name=name, spool=spool, partitions=PARTITIONS, sessions=_sessions_toml())
+            CONFIG.format(
+                name=name,
+                spool=spool,
+                partitions=PARTITIONS,
+                sessions=_sessions_toml(),
+                rules=_rules_toml(),
+            )
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
         proc = subprocess.Popen(
@@ -319,10 +351,11 @@ class Fleet:
 
     def capture(self, role: str, count: int) -> subprocess.Popen[str]:
         """tshark on the load balancer's link to ``role``: ``count`` VXLAN datagrams, one line
-        each with every ip.src, ip.dst, udp.srcport, udp.dstport, vxlan.vni, tcp.srcport and
-        tcp.dstport (outer first, comma-separated). Returns once tshark is capturing."""
-        fields = ("ip.src", "ip.dst", "udp.srcport", "udp.dstport", "vxlan.vni", "tcp.srcport",
-                  "tcp.dstport")  # fmt: skip
+        each with every ip.src, ip.dst, ipv6.src, ipv6.dst, udp.srcport, udp.dstport, vxlan.vni,
+        tcp.srcport, tcp.dstport, vlan.id and udp.length (outer first, comma-separated; fields
+        separated by ``;``). Returns once tshark is capturing."""
+        fields = ("ip.src", "ip.dst", "ipv6.src", "ipv6.dst", "udp.srcport", "udp.dstport",
+                  "vxlan.vni", "tcp.srcport", "tcp.dstport", "vlan.id", "udp.length")  # fmt: skip
         command = ["tshark", "-l", "-n", "-i", f"to-{role}"[:15], "-c", str(count), "-f",
                    f"udp dst port {VXLAN_PORT}", "-T", "fields", "-E", "occurrence=a",
                    "-E", "separator=;"]  # fmt: skip
@@ -415,6 +448,6 @@ class Fleet:
 def _sessions_toml() -> str:
     return "\n".join(
         f'[[sessions]]\nvni = {s.vni}\nname = "{s.name}"\ninterface_id = "{s.eni}"\n'
-        f'addresses = ["{s.inner_address}"]\nfilter = "filter-a"\n'
+        f'addresses = ["{s.inner_address}", "{s.inner_address6}"]\nfilter = "filter-a"\n'
         for s in SESSIONS
     )

@@ -34,6 +34,7 @@ NLB_ADDRESS = "10.77.0.100"  # the listener address the sources mirror to; it ex
 VXLAN_PORT = 4789  # RFC 7348 section 5
 HEALTH_PORT = 8080
 KAFKA_PORT = 9092
+MTU = 9001  # a VPC's: a mirrored 1500-byte packet (plus 54 bytes of VXLAN encapsulation) fits
 _LEFTOVER = re.compile(rf"^{PREFIX}(\d+)-")
 _SERIAL = itertools.count(1)
 
@@ -158,8 +159,8 @@ class Topology:
         node = Node(role, f"{self.tag}-{role}", f"10.77.{subnet}.2", f"10.77.{subnet}.1")
         self._namespace(node.netns)
         hub_side = f"to-{role}"[:15]
-        run("ip", "link", "add", hub_side, "netns", self.lb, "type", "veth", "peer", "name",
-            "eth0", "netns", node.netns)  # fmt: skip
+        run("ip", "link", "add", hub_side, "netns", self.lb, "mtu", str(MTU), "type", "veth",
+            "peer", "name", "eth0", "netns", node.netns, "mtu", str(MTU))  # fmt: skip
         run("ip", "addr", "add", f"{node.gateway}/24", "dev", hub_side, netns=self.lb)
         run("ip", "link", "set", hub_side, "up", netns=self.lb)
         for command in (

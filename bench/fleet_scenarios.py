@@ -5,12 +5,20 @@ epoch: new inner ports), and ends with the sources paused and every collector's 
 delivered; its records are exactly those between the topic's end offsets before and after. So the
 scenarios share one fleet and still do not see each other's packets.
 
-Accounting per scenario, from three independent sides: the sources (datagrams the kernel accepted
-per flow), the collectors' /metrics (datagrams received, kept, rejected by the filter, kernel
-drops), and the topic read back (packets in records, duplicates removed by exporter and sequence):
+The flows follow the fleet's traffic profile (bench/traffic.py, ``mixed`` by default): its shares
+of IPv6, UDP, ICMP and 802.1Q-tagged flows (each share of a source's flows rounded, at least one
+flow when the share is not 0), two thirds egress and one third ingress; the sources draw every
+packet's size from the profile's weights, and the profile's truncate_share of the sessions has a
+PacketLength (bench/fleet_harness.py).
 
-    sent             datagrams of flows the mirror filter keeps
-    counted          packets in distinct records on the topic
+Accounting per scenario, from three independent sides: the sources (datagrams the kernel accepted
+and the inner IP bytes they carried, per flow), the collectors' /metrics (datagrams received,
+kept, rejected by the filter, kernel drops), and the topic read back (packets and bytes in
+records, duplicates removed by exporter and sequence):
+
+    sent             datagrams of flows the mirror filter keeps (``bytes_sent``: their inner IP
+                     lengths, whole even where the session truncates)
+    counted          packets in distinct records on the topic (``bytes_counted``: their bytes)
     explained_loss   kernel drops the collectors counted + what a crashed collector held +
                      datagrams the NLB stand-in had no target for (its ``unrouted`` counter)
     unexplained_loss sent - counted - explained_loss
@@ -26,6 +34,8 @@ topic; the test checks that everything else arrived, per flow.
 
 from __future__ import annotations
 
+import ipaddress
+import random
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -36,6 +46,7 @@ from bench.fleet_harness import SESSIONS, Collector, Fleet, Session
 from bench.fleet_lb import forwarded, outer_flows_to, unrouted
 from bench.fleet_source import outer_port
 from bench.harness import Metrics
+from bench.traffic import PROFILES, Profile
 
 PPS_PER_SOURCE = 300
 FLOWS_PER_SOURCE = 24
@@ -56,32 +67,88 @@ class Flow:
     dport: int
     epoch: int
     probe: bool = False  # one the collectors' filter must reject
+    vlan: int = 0  # 802.1Q VLAN id of the mirrored frames; 0: untagged
 
     def key(self) -> tuple[int, int, str, int, str, int]:
         return (self.session.vni, self.proto, self.src, self.sport, self.dst, self.dport)
 
     def spec(self) -> dict[str, Any]:
-        fields = ("id", "proto", "src", "sport", "dst", "dport")
+        fields = ("id", "proto", "src", "sport", "dst", "dport", "vlan")
         return {name: getattr(self, name) for name in fields}
 
+    @property
+    def ipv6(self) -> bool:
+        return ":" in self.src
 
-def make_flows(epoch: int, count: int = FLOWS_PER_SOURCE, probes: int = 0) -> list[Flow]:
-    """Per source: egress TCP to 443 and UDP to 53, ingress TCP to 22; ``probes`` ingress UDP 53."""
+
+def _quota(count: int, share: float) -> int:
+    """How many of ``count`` flows get a property of ``share``: rounded, at least one if any."""
+    return 0 if share <= 0 else min(count, max(1, round(count * share)))
+
+
+def _marks(rng: random.Random, count: int, share: float) -> list[bool]:
+    marks = [i < _quota(count, share) for i in range(count)]
+    rng.shuffle(marks)
+    return marks
+
+
+def make_flows(
+    epoch: int,
+    profile: Profile = PROFILES["mixed"],
+    count: int = FLOWS_PER_SOURCE,
+    probes: int = 0,
+) -> list[Flow]:
+    """Per source ``count`` flows in the profile's mix: IPv4 or IPv6; TCP (egress to 443, ingress
+    to 22), UDP (egress to 53, ingress to 123) or ICMP echo; some 802.1Q-tagged; two thirds egress.
+    Then ``probes`` ingress UDP 53 flows (IPv4 and IPv6 in turn) that filter-a rejects. Addresses
+    and ports are new in each epoch, so an epoch's flows never reuse an earlier one's key."""
     flows = []
     for s in SESSIONS:
+        rng = random.Random(profile.seed * 1000 + epoch * 10 + s.subnet)
+        icmp = _quota(count, profile.icmp_share)
+        udp = min(count - icmp, _quota(count, profile.udp_share))
+        kinds = [1] * icmp + [17] * udp + [6] * (count - icmp - udp)
+        rng.shuffle(kinds)
+        v6s = _marks(rng, count, profile.ipv6_share)
+        tags = _marks(rng, count, profile.vlan_share)
         for i in range(count + probes):
-            peer = f"172.31.{100 + s.subnet}.{i + 1}"
-            port = 20000 + epoch * 100 + i  # an epoch's flows never reuse an earlier 5-tuple
+            probe = i >= count
+            v6 = (i - count) % 2 == 1 if probe else v6s[i]
+            local = s.inner_address6 if v6 else s.inner_address
+            peer = (
+                f"2001:db8:{epoch:x}:{100 + s.subnet:x}::{i + 1:x}"
+                if v6
+                else f"172.{16 + epoch}.{100 + s.subnet}.{i + 1}"
+            )
+            port = 20000 + epoch * 100 + i
             fid = f"{s.name}/e{epoch}/{i}"
-            if i >= count:
-                flows.append(Flow(fid, s, 17, peer, port, s.inner_address, 53, epoch, True))
-            elif i % 4 == 3:
-                flows.append(Flow(fid, s, 17, s.inner_address, port, peer, 53, epoch))
-            elif i % 4 == 2:
-                flows.append(Flow(fid, s, 6, peer, port, s.inner_address, 22, epoch))
+            if probe:
+                flows.append(Flow(fid, s, 17, peer, port, local, 53, epoch, True))
+                continue
+            vlan = 10 + i if tags[i] else 0
+            proto = kinds[i]
+            if proto == 1:
+                proto = 58 if v6 else 1  # ICMPv6 / ICMP echo request: no ports
+                src, dst = (peer, local) if i % 3 == 2 else (local, peer)
+                flows.append(Flow(fid, s, proto, src, 0, dst, 0, epoch, vlan=vlan))
+            elif i % 3 == 2:  # ingress
+                dport = 22 if proto == 6 else 123
+                flows.append(Flow(fid, s, proto, peer, port, local, dport, epoch, vlan=vlan))
             else:
-                flows.append(Flow(fid, s, 6, s.inner_address, port, peer, 443, epoch))
+                dport = 443 if proto == 6 else 53
+                flows.append(Flow(fid, s, proto, local, port, peer, dport, epoch, vlan=vlan))
     return flows
+
+
+def mix(flows: list[Flow], packet_length: dict[str, int]) -> dict[str, int]:
+    """How many of ``flows`` are IPv6, UDP, ICMP, 802.1Q-tagged, in a truncating session."""
+    return {
+        "ipv6": sum(f.ipv6 for f in flows),
+        "udp": sum(f.proto == 17 for f in flows),
+        "icmp": sum(f.proto in (1, 58) for f in flows),
+        "vlan": sum(f.vlan > 0 for f in flows),
+        "truncated": sum(packet_length.get(f.session.name, 0) > 0 for f in flows),
+    }
 
 
 class Run:
@@ -94,7 +161,7 @@ class Run:
         fleet.mark(f"{name} begins")
         self.start_offsets = fleet.end_offsets()
         self.base: dict[str, Metrics] = {c.name: dict(c.metrics()) for c in fleet.live()}
-        self.base_sent = self._pause()
+        self.base_sent, self.base_bytes = self._pause()
         self.base_unrouted = unrouted(fleet.net.lb)
         self.base_forwarded = forwarded(fleet.net.lb)
         self.flows: dict[str, Flow] = {}
@@ -102,15 +169,20 @@ class Run:
         self.crash: dict[str, float] = {}
         self.checks: dict[str, Any] = {}
         self.sent: dict[str, int] = {}
+        self.bytes: dict[str, int] = {}
         self.victim_flows: set[str] = set()  # flows the NLB sent to a collector that left
 
-    def _each_source(self, op: str, **extra: Any) -> dict[str, int]:
+    def _each_source(self, op: str, **extra: Any) -> tuple[dict[str, int], dict[str, int]]:
+        """The command to every source; the datagrams and inner IP bytes sent per flow."""
         sent: dict[str, int] = {}
+        sent_bytes: dict[str, int] = {}
         for source in self.fleet.sources.values():
-            sent.update(source.command(op=op, **extra))
-        return sent
+            reply = source.command(op=op, **extra)
+            sent.update(reply["sent"])
+            sent_bytes.update(reply["bytes"])
+        return sent, sent_bytes
 
-    def _pause(self) -> dict[str, int]:
+    def _pause(self) -> tuple[dict[str, int], dict[str, int]]:
         return self._each_source("pause")
 
     def mirror(self, flows: list[Flow]) -> None:
@@ -124,7 +196,7 @@ class Run:
             source.command(op="resume")
 
     def pause(self) -> None:
-        self.sent = self._pause()
+        self.sent, self.bytes = self._pause()
 
     def note_flows_of(self, victim: Collector) -> None:
         """Remember which flows conntrack sends to ``victim`` (before it leaves)."""
@@ -184,8 +256,9 @@ class Run:
         records = self.fleet.read(self.start_offsets)
         seen: set[tuple[str, int]] = set()
         duplicates = 0
-        by_key = {flow.key(): flow for flow in self.flows.values()}
+        by_key = {_normal(flow.key()): flow for flow in self.flows.values()}
         packets: dict[str, int] = defaultdict(int)  # flow id -> packets on the topic
+        octets: dict[str, int] = defaultdict(int)  # flow id -> bytes on the topic
         on: dict[str, set[str]] = defaultdict(set)  # flow id -> collectors that saw it
         per_collector_packets: dict[str, int] = defaultdict(int)
         wrong: list[str] = []
@@ -197,12 +270,14 @@ class Run:
                 continue
             seen.add(ident)
             collector = rec["exporter"].split("/", 1)[0]
-            key = (rec["vni"], rec["protocol"], rec["src_addr"], rec["src_port"])
-            flow = by_key.get((*key, rec["dst_addr"], rec["dst_port"]))
+            src, dst = _address(rec["src_addr"]), _address(rec["dst_addr"])
+            key = (rec["vni"], rec["protocol"], src, rec["src_port"], dst, rec["dst_port"])
+            flow = by_key.get(key)
             if flow is None:
                 strangers += 1
                 continue
             packets[flow.id] += int(rec["packets"])
+            octets[flow.id] += int(rec["bytes"])
             on[flow.id].add(collector)
             per_collector_packets[collector] += int(rec["packets"])
             wrong.extend(_context_errors(rec, flow))
@@ -211,6 +286,8 @@ class Run:
         sent_of = {f.id: self.sent.get(f.id, 0) - self.base_sent.get(f.id, 0) for f in kept}
         sent = sum(sent_of.values())
         counted = sum(packets[f.id] for f in kept)
+        bytes_of = {f.id: self.bytes.get(f.id, 0) - self.base_bytes.get(f.id, 0) for f in kept}
+        bytes_exact = [f.id for f in kept if octets[f.id] == bytes_of[f.id]]
         delta = self._deltas()
         kernel_drops = sum(d[KERNEL_DROPS] for d in delta.values())
         crash_loss = 0
@@ -234,6 +311,9 @@ class Run:
             self.checks["other_flows_inexact"] = sorted(
                 set(sent_of) - set(exact) - self.victim_flows
             )
+            self.checks["other_flows_bytes_inexact"] = sorted(
+                set(bytes_of) - set(bytes_exact) - self.victim_flows
+            )
         return {
             "scenario": self.name,
             "collectors": {
@@ -256,6 +336,10 @@ class Run:
             "duplicates": duplicates,
             "flows": len(kept),
             "flows_exact": len(exact),
+            "bytes_sent": sum(bytes_of.values()),
+            "bytes_counted": sum(octets[f.id] for f in kept),
+            "flows_bytes_exact": len(bytes_exact),
+            "mix": mix(kept, self.fleet.packet_length),
             "flows_moved": sum(1 for f in kept if len(on[f.id]) > 1 and on[f.id] & self.moved_from),
             "probes_sent": sum(
                 self.sent.get(f.id, 0) - self.base_sent.get(f.id, 0) for f in probes
@@ -303,9 +387,18 @@ def _flows_on(on: dict[str, set[str]], name: str) -> int:
     return sum(1 for names in on.values() if name in names)
 
 
+def _address(text: str) -> str:
+    return ipaddress.ip_address(text).compressed
+
+
+def _normal(key: tuple[int, int, str, int, str, int]) -> tuple[int, int, str, int, str, int]:
+    vni, proto, src, sport, dst, dport = key
+    return vni, proto, _address(src), sport, _address(dst), dport
+
+
 def _context_errors(rec: dict[str, Any], flow: Flow) -> list[str]:
     s = flow.session
-    direction = "egress" if flow.src == s.inner_address else "ingress"
+    direction = "egress" if flow.src in (s.inner_address, s.inner_address6) else "ingress"
     expected = {"session": s.name, "interface_id": s.eni, "direction": direction}
     return [
         f"{flow.id}: {k}={rec.get(k)!r}, expected {v!r}"
@@ -318,7 +411,7 @@ def _context_errors(rec: dict[str, Any], flow: Flow) -> list[str]:
 def steady(fleet: Fleet) -> dict[str, Any]:
     """Three collectors, flows spread over them, each flow on exactly one."""
     run = Run(fleet, "steady", 3)
-    run.mirror(make_flows(epoch=1))
+    run.mirror(make_flows(epoch=1, profile=fleet.profile))
     time.sleep(6)
     run.flush()
     return run.report()
@@ -327,12 +420,12 @@ def steady(fleet: Fleet) -> dict[str, Any]:
 def scale_out(fleet: Fleet) -> dict[str, Any]:
     """A fourth collector registers: it gets new flows only, the old ones stay where they are."""
     run = Run(fleet, "scale-out", 3)
-    old = make_flows(epoch=2)
+    old = make_flows(epoch=2, profile=fleet.profile)
     run.mirror(old)
     time.sleep(3)
     (new,) = [c for c in fleet.ensure(4) if c.name not in run.base]
     run.checks["new_collector"] = new.name
-    new_flows = make_flows(epoch=3)
+    new_flows = make_flows(epoch=3, profile=fleet.profile)
     run.mirror(new_flows)
     time.sleep(5)
     run.flush()
@@ -346,7 +439,7 @@ def scale_out(fleet: Fleet) -> dict[str, Any]:
 def scale_in(fleet: Fleet) -> dict[str, Any]:
     """SIGTERM with drain_s: health turns 503, the NLB lets go of it, it drains and exits."""
     run = Run(fleet, "scale-in", 4)
-    run.mirror(make_flows(epoch=4))
+    run.mirror(make_flows(epoch=4, profile=fleet.profile))
     time.sleep(3)
     victim = fleet.live()[0]
     run.note_flows_of(victim)
@@ -372,7 +465,7 @@ def scale_in(fleet: Fleet) -> dict[str, Any]:
 def crash(fleet: Fleet) -> dict[str, Any]:
     """SIGKILL: the loss is exactly what the collector held, and it is reported."""
     run = Run(fleet, "crash", 3)
-    run.mirror(make_flows(epoch=5))
+    run.mirror(make_flows(epoch=5, profile=fleet.profile))
     victim = fleet.live()[0]
     time.sleep(1)
     run.note_flows_of(victim)
@@ -399,7 +492,7 @@ def crash(fleet: Fleet) -> dict[str, Any]:
 def sessions(fleet: Fleet) -> dict[str, Any]:
     """Sources A and B through filter-a: session, direction and ENI right; UDP 53 in rejected."""
     run = Run(fleet, "sessions", 3)
-    run.mirror(make_flows(epoch=6, probes=4))
+    run.mirror(make_flows(epoch=6, profile=fleet.profile, probes=4))
     time.sleep(5)
     run.flush()
     return run.report()

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from bench.fleet_harness import SESSIONS, Fleet
 from bench.fleet_net import NLB_ADDRESS, PREFIX, namespaces_supported, remove_leftovers
 from bench.fleet_scenarios import SCENARIOS, Run, make_flows
 from bench.fleet_source import outer_port
+from bench.traffic import PROFILES
 
 ROOT = Path(__file__).resolve().parent.parent
 REFUSED = namespaces_supported()
@@ -62,12 +64,18 @@ def assert_lossless(result: dict[str, Any]) -> None:
     assert result["counted"] == result["sent"]
     assert result["explained_loss"] == 0
     assert result["flows_exact"] == result["flows"]  # per flow, not only in sum
+    # bytes = the inner IP lengths sent, per flow (truncated sessions included)
+    assert result["bytes_counted"] == result["bytes_sent"] > result["sent"]
+    assert result["flows_bytes_exact"] == result["flows"]
 
 
 def test_steady_state_each_flow_on_one_collector_and_the_load_spread(fleet: Fleet) -> None:
     result = SCENARIOS["steady"](fleet)
     assert_lossless(result)
     assert result["split_flows"] == 0
+    # the mixed profile's flows: IPv6, UDP, ICMP, 802.1Q tags, and source-b's PacketLength
+    assert fleet.packet_length == {"source-a": 0, "source-b": PROFILES["mixed"].truncate_to}
+    assert result["mix"] == {"ipv6": 10, "udp": 12, "icmp": 2, "vlan": 2, "truncated": 24}
     collectors = result["collectors"]
     assert len(collectors) == 3
     for name, c in collectors.items():
@@ -108,6 +116,7 @@ def test_crash_loses_exactly_what_the_collector_held_and_says_so(fleet: Fleet) -
     assert checks["victim_flows"] > 0
     assert checks["victim_flows_missing"] == crash["lost"]
     assert checks["other_flows_inexact"] == []
+    assert checks["other_flows_bytes_inexact"] == []
     assert result["split_flows"] == 0
 
 
@@ -122,29 +131,52 @@ def test_sessions_a_and_b_carry_their_session_direction_and_eni(fleet: Fleet) ->
 
 def test_sources_mirror_like_aws_as_tshark_decodes_it(fleet: Fleet) -> None:
     """On the wire into the NLB: VXLAN to 4789 with the session's VNI, outer source = the source's
-    own address, outer source port = the hash of the inner 5-tuple (so constant per flow)."""
+    own address, outer source port = the hash of the inner 5-tuple (ICMP: of protocol, source and
+    destination), so constant per flow; IPv4 and IPv6, TCP, UDP and ICMP, the flow's 802.1Q tag,
+    and source-b's session truncates every frame to its PacketLength."""
     run = Run(fleet, "capture", 3)
-    flows = [f for f in make_flows(epoch=7, count=8) if f.session.name == "source-a"]
-    capture = fleet.capture("source-a", count=40)
+    flows = [f for f in make_flows(epoch=7, count=8) if f.session.name == "source-b"]
+    assert {f.proto for f in flows} == {1, 6, 17} and any(f.ipv6 for f in flows)
+    assert any(f.vlan for f in flows)
+    capture = fleet.capture("source-b", count=60)
     run.mirror(flows)
     out, _ = capture.communicate(timeout=60)
     run.flush()
     assert_lossless(run.report())
-    source = fleet.net.nodes["source-a"].address
-    by_inner = {(f.src, f.sport, f.dst, f.dport): f for f in flows}
+    source = fleet.net.nodes["source-b"].address
+    packet_length = fleet.packet_length["source-b"]
+    assert packet_length == PROFILES["mixed"].truncate_to
+    by_inner = {(ip_address(f.src), f.sport, ip_address(f.dst), f.dport): f for f in flows}
     lines = out.splitlines()
-    assert len(lines) == 40
+    assert len(lines) == 60
+    seen, cut = set(), 0
     for line in lines:
-        src, dst, sport, dport, vni, tcp_sport, tcp_dport = line.split(";")
-        (outer_src, inner_src), (outer_dst, inner_dst) = src.split(","), dst.split(",")
-        udp_ports = sport.split(",")
-        inner_ports = (tcp_sport, tcp_dport) if tcp_sport else (udp_ports[1], dport.split(",")[1])
-        flow = by_inner[(inner_src, int(inner_ports[0]), inner_dst, int(inner_ports[1]))]
-        assert (outer_src, outer_dst, dport.split(",")[0]) == (source, NLB_ADDRESS, "4789")
+        src, dst, src6, dst6, sport, dport, vni, tcp_sport, tcp_dport, vlan, length = line.split(
+            ";"
+        )
+        (outer_src, *inner_src), (outer_dst, *inner_dst) = src.split(","), dst.split(",")
+        udp_sports, udp_dports = sport.split(","), dport.split(",")
+        inner = (inner_src[0], inner_dst[0]) if inner_src else (src6, dst6)
+        if tcp_sport:
+            ports = (int(tcp_sport), int(tcp_dport))
+        elif len(udp_sports) > 1:
+            ports = (int(udp_sports[1]), int(udp_dports[1]))
+        else:  # ICMP: no ports
+            ports = (0, 0)
+        key = (ip_address(inner[0]), ports[0], ip_address(inner[1]), ports[1])
+        flow = by_inner[key]
+        seen.add(flow.id)
+        assert (outer_src, outer_dst, udp_dports[0]) == (source, NLB_ADDRESS, "4789")
         assert int(vni) == flow.session.vni
-        assert int(udp_ports[0]) == outer_port(
+        assert int(udp_sports[0]) == outer_port(
             flow.proto, flow.src, flow.sport, flow.dst, flow.dport
         )
+        assert vlan == (str(flow.vlan) if flow.vlan else "")
+        mirrored = int(length.split(",")[0]) - 16  # bytes after the VXLAN header
+        assert mirrored <= packet_length
+        cut += mirrored == packet_length
+    assert len(seen) == len(flows)
+    assert cut > 0  # the bigger packets were truncated
 
 
 def test_with_no_healthy_target_the_nlb_fails_open_and_takes_them_back(fleet: Fleet) -> None:
@@ -191,6 +223,7 @@ def test_the_benchmark_command_prints_the_figures_as_json_and_draws_the_plot(
     """``python -m bench.fleet --json`` (one scenario here): its contract is the last line."""
     plot = tmp_path / "load.png"
     command = [sys.executable, "-m", "bench.fleet", "--json", "--scenario", "steady"]
+    command += ["--profile", "small"]  # 64-byte inner packets only, no session truncates
     done = subprocess.run(
         [*command, "--plot", str(plot)],
         capture_output=True, text=True, cwd=ROOT, timeout=600, check=False,
@@ -201,6 +234,8 @@ def test_the_benchmark_command_prints_the_figures_as_json_and_draws_the_plot(
     assert report["explained_loss"] == report["unexplained_loss"] == report["split_flows"] == 0
     (steady,) = report["scenarios"]
     assert sum(c["datagrams"] for c in steady["collectors"].values()) == report["sent"]
+    assert report["profile"] == "small"
+    assert report["bytes_counted"] == report["bytes_sent"] == 64 * report["sent"]
     assert plot.read_bytes().startswith(b"\x89PNG")
 
 
