@@ -6,12 +6,14 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypedDict
+from typing import TypedDict, cast
 
 from collector.config import Config
 from collector.errors import ConfigError
 from collector.filter import MirrorFilter, load_filter
 from collector.terms import EGRESS, INGRESS, UNKNOWN, Direction
+
+AWS_CONTEXT_FIELDS = ("instance_id", "subnet_id", "vpc_id", "az_id", "account_id", "region")
 
 
 class OptionalFields(TypedDict, total=False):
@@ -73,19 +75,8 @@ class Session:
     built once per flow, and every keyword left to its default makes that cheaper."""
 
     def __post_init__(self) -> None:
-        context: OptionalFields = {}
-        if self.instance_id is not None:
-            context["instance_id"] = self.instance_id
-        if self.subnet_id is not None:
-            context["subnet_id"] = self.subnet_id
-        if self.vpc_id is not None:
-            context["vpc_id"] = self.vpc_id
-        if self.az_id is not None:
-            context["az_id"] = self.az_id
-        if self.account_id is not None:
-            context["account_id"] = self.account_id
-        if self.region is not None:
-            context["region"] = self.region
+        values = {name: getattr(self, name) for name in AWS_CONTEXT_FIELDS}
+        context = cast(OptionalFields, {k: v for k, v in values.items() if v is not None})
         object.__setattr__(self, "record_context", context)  # frozen: set once, here
 
     def direction(self, src: bytes, dst: bytes, outer_src: bytes | None) -> Direction:

@@ -131,26 +131,31 @@ def tail_command(bootstrap: str, topic: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "collector", "tail", f"kafka://{bootstrap}/{topic}", *args]
 
 
-@pytest.mark.kafka
-def test_tail_prints_json_and_reports_loss_and_duplicates(kafka_broker: KafkaBroker) -> None:
-    topic = unique_topic("tail-json")
-    records, messages = lossy_stream()
-    asyncio.run(produce(kafka_broker.bootstrap, topic, messages))
-    done = subprocess.run(
-        tail_command(
-            kafka_broker.bootstrap,
-            topic,
-            "--from-beginning",
-            "--format",
-            "json",
-            "--max-records",
-            str(len(messages)),
-        ),
+def run_tail(bootstrap: str, topic: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`collector tail` to its end, its output captured (GUARD_S only stops a hung one)."""
+    return subprocess.run(
+        tail_command(bootstrap, topic, *args),
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=GUARD_S,
         check=False,
+    )
+
+
+@pytest.mark.kafka
+def test_tail_prints_json_and_reports_loss_and_duplicates(kafka_broker: KafkaBroker) -> None:
+    topic = unique_topic("tail-json")
+    records, messages = lossy_stream()
+    asyncio.run(produce(kafka_broker.bootstrap, topic, messages))
+    done = run_tail(
+        kafka_broker.bootstrap,
+        topic,
+        "--from-beginning",
+        "--format",
+        "json",
+        "--max-records",
+        str(len(messages)),
     )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
@@ -186,23 +191,16 @@ def test_tail_flow_log_format_with_config_and_idle_timeout(
     fmt = "${version} ${interface-id} ${srcaddr} ${dstaddr} ${tcp-flags} ${flow-direction}"
     config = tmp_path / "collector.toml"
     config.write_text(f'[records]\nvpc_flow_log_format = "{fmt}"\n')
-    done = subprocess.run(
-        tail_command(
-            kafka_broker.bootstrap,
-            topic,
-            "--from-beginning",
-            "--format",
-            "vpc-flow-log",
-            "--config",
-            str(config),
-            "--timeout-s",
-            "3",
-        ),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=GUARD_S,
-        check=False,
+    done = run_tail(
+        kafka_broker.bootstrap,
+        topic,
+        "--from-beginning",
+        "--format",
+        "vpc-flow-log",
+        "--config",
+        str(config),
+        "--timeout-s",
+        "3",
     )
     assert done.returncode == 0, done.stderr
     expected = FlowLogFormat.parse(fmt)
@@ -227,23 +225,16 @@ def test_tail_with_sasl_scram_from_the_config(kafka_broker: KafkaBroker, tmp_pat
         f'sasl_username = "{kafka_broker.sasl_user}"\n'
         f'sasl_password = "{kafka_broker.sasl_password}"\n'
     )
-    done = subprocess.run(
-        tail_command(
-            kafka_broker.sasl_bootstrap,
-            topic,
-            "--from-beginning",
-            "--format",
-            "json",
-            "--max-records",
-            "3",
-            "--config",
-            str(config),
-        ),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=GUARD_S,
-        check=False,
+    done = run_tail(
+        kafka_broker.sasl_bootstrap,
+        topic,
+        "--from-beginning",
+        "--format",
+        "json",
+        "--max-records",
+        "3",
+        "--config",
+        str(config),
     )
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == 3
@@ -321,19 +312,12 @@ def test_flow_log_lines_from_the_sink_carry_exporter_and_sequence_headers(
         assert sink.status().delivered == len(records)
 
     asyncio.run(publish())
-    done = subprocess.run(
-        tail_command(
-            kafka_broker.bootstrap,
-            topic,
-            "--from-beginning",
-            "--max-records",
-            str(len(records)),
-        ),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=GUARD_S,
-        check=False,
+    done = run_tail(
+        kafka_broker.bootstrap,
+        topic,
+        "--from-beginning",
+        "--max-records",
+        str(len(records)),
     )
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == 1 + len(records)  # table header, lines as they are
