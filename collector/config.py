@@ -263,7 +263,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     to flush its flows and its sink and exit before killing it. Must exceed the sink's own flush
     timeout (``kafka.flush_timeout_s``, ``ipfix.flush_timeout_s``)."""
     recv_buffer_bytes: Count = 33_554_432
-    """SO_RCVBUF asked for each worker socket; the kernel may cap it (net.core.rmem_max)."""
+    """Receive buffer asked for each worker socket; the kernel caps it at net.core.rmem_max unless
+    the collector may pass it (CAP_NET_ADMIN: SO_RCVBUFFORCE)."""
     max_datagram_bytes: Annotated[int, msgspec.Meta(ge=64, le=65535)] = 65535
     """Receive buffer per datagram; longer datagrams are cut by the kernel and count from the IP
     header anyway. Protects memory."""

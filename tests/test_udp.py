@@ -272,3 +272,27 @@ def test_mmsg_batch_reads_datagrams_and_their_lengths() -> None:
         assert batch.recv(sock.fileno()) < 0  # -EAGAIN: nothing left, never raised
     finally:
         sock.close()
+
+
+def test_receive_buffer_passes_rmem_max_when_allowed_else_stops_at_it() -> None:
+    """With CAP_NET_ADMIN the asked buffer is granted past net.core.rmem_max (SO_RCVBUFFORCE);
+    without it SO_RCVBUF is used and the kernel caps it: no error either way."""
+    rmem_max = int(open("/proc/sys/net/core/rmem_max").read())
+    asked = 4 * rmem_max
+    sock = open_socket("127.0.0.1:0", asked)
+    try:
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+    finally:
+        sock.close()
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, udp.SO_RCVBUFFORCE, asked)
+        allowed = True
+    except PermissionError:
+        allowed = False
+    finally:
+        probe.close()
+    if allowed:
+        assert granted == asked
+    else:
+        assert granted == rmem_max

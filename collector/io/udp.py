@@ -38,6 +38,18 @@ log = logging.getLogger("collector.udp")
 Feed = Callable[[bytes | bytearray | memoryview, int, float, str | bytes | memoryview | None], None]
 
 
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; the socket module lacks it
+
+
+def set_receive_buffer(sock: socket.socket, size: int) -> None:
+    """Ask for a ``size``-byte receive buffer: past net.core.rmem_max when the process may
+    (CAP_NET_ADMIN: SO_RCVBUFFORCE), else as far as rmem_max lets SO_RCVBUF go."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except OSError:  # EPERM without CAP_NET_ADMIN
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
 def open_socket(listen: str, recv_buffer_bytes: int, *, reuse_port: bool = True) -> socket.socket:
     """A non-blocking UDP socket bound to ``listen`` with SO_REUSEPORT and a large receive buffer."""
     host, port = parse_hostport(listen, "listen")
@@ -50,7 +62,7 @@ def open_socket(listen: str, recv_buffer_bytes: int, *, reuse_port: bool = True)
     try:
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer_bytes)
+        set_receive_buffer(sock, recv_buffer_bytes)
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux doubles it
         if granted < recv_buffer_bytes:
             log.warning(
