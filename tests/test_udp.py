@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -277,7 +278,7 @@ def test_mmsg_batch_reads_datagrams_and_their_lengths() -> None:
 def test_receive_buffer_passes_rmem_max_when_allowed_else_stops_at_it() -> None:
     """With CAP_NET_ADMIN the asked buffer is granted past net.core.rmem_max (SO_RCVBUFFORCE);
     without it SO_RCVBUF is used and the kernel caps it: no error either way."""
-    rmem_max = int(open("/proc/sys/net/core/rmem_max").read())
+    rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
     asked = 4 * rmem_max
     sock = open_socket("127.0.0.1:0", asked)
     try:
