@@ -12,14 +12,19 @@ import sys
 from collections.abc import Iterator
 
 from collector.config import Config
-from collector.flows import Account, FlowTable, flow_record
+from collector.flows import Account, FlowTable, RecordMaker
 from collector.records import FlowRecord
-from collector.sessions import SessionMap
+from collector.sessions import Session, SessionMap
 from collector.terms import UNKNOWN
 from collector.wire.drops import DROP_COUNT, Drop
-from collector.wire.flowkey import FlowKey, unpack_key
+from collector.wire.flowkey import PORTS_KEY_V4, FlowKey, key_vni, unpack_key
 
-MAX_OUTER_SOURCES = 4096  # outer source text -> packed cache; spoofed sources cannot grow it
+MAX_OUTER_SOURCES = (
+    4096  # outer source (text, sockaddr) -> packed caches; spoofed sources cannot grow them
+)
+MAX_CACHED_SESSIONS = 4096  # anonymous sessions come and go (SessionMap bounds them alike)
+_LONGEST_V4_KEY = PORTS_KEY_V4.size
+_MISSING = object()
 _UNKNOWN_VNI = int(Drop.UNKNOWN_VNI)
 _FILTER_REJECT = int(Drop.FILTER_REJECT)
 _UNKNOWN_DIRECTION = int(Drop.UNKNOWN_DIRECTION)
@@ -55,7 +60,10 @@ class Pipeline:
         """``feed`` without the datagram and byte counters: receive loops that read in batches
         add those once per batch (``stats.datagrams``, ``stats.rx_bytes``)."""
         self._drops = self.stats.drops
+        self._records = RecordMaker(exporter)
         self._outer_cache: dict[str, bytes | None] = {}
+        self._sockaddr_cache: dict[bytes, bytes | None] = {}
+        self._session_cache: dict[bytes, Session] = {}  # VNI octets of a key -> its session
 
     def feed(
         self,
@@ -78,18 +86,25 @@ class Pipeline:
         now: float,
         outer_src: bytes | str | memoryview | None,
     ) -> None:
-        vni, src, dst, proto, sport, dport, _ = unpack_key(key)
-        session = self.sessions.get(vni)
+        # once per flow, and under a flood of new flows once per packet: lookups are cached
+        session = self._session_cache.get(key[:3])
         if session is None:
-            self._drops[_UNKNOWN_VNI] += 1
-            return
+            session = self._session_of(key)
+            if session is None:
+                self._drops[_UNKNOWN_VNI] += 1
+                return
         kind = outer_src.__class__
         if kind is memoryview:
-            outer_src = sockaddr_address(outer_src)  # type: ignore[arg-type]
+            outer_src = self._sockaddr_address(outer_src)  # type: ignore[arg-type]
         elif kind is str:
             outer_src = self._packed_outer(outer_src)  # type: ignore[arg-type]
+        if len(key) <= _LONGEST_V4_KEY:
+            src, dst = key[4:8], key[8:12]
+        else:
+            src, dst = key[4:20], key[20:36]
         direction = session.direction(src, dst, outer_src)  # type: ignore[arg-type]
         if session.filter is not None:
+            _, _, _, proto, sport, dport, _ = unpack_key(key)
             if direction == UNKNOWN:
                 reason = _UNKNOWN_DIRECTION
             elif session.filter.decide(
@@ -109,6 +124,26 @@ class Pipeline:
                 self._drops[reason] += 1
                 return
         self.table.add(key, ip_len, tcp_flags, now, session, direction)
+
+    def _session_of(self, key: FlowKey) -> Session | None:
+        """The session of a key's VNI (None: unknown, dropped), cached by the key's VNI octets."""
+        session = self.sessions.get(key_vni(key))
+        if session is not None:
+            cache = self._session_cache
+            if len(cache) >= MAX_CACHED_SESSIONS:
+                cache.clear()
+            cache[key[:3]] = session
+        return session
+
+    def _sockaddr_address(self, raw: memoryview) -> bytes | None:
+        cache = self._sockaddr_cache
+        raw_bytes = raw.tobytes()
+        packed = cache.get(raw_bytes, _MISSING)
+        if packed is _MISSING:
+            if len(cache) >= MAX_OUTER_SOURCES:
+                cache.clear()
+            packed = cache[raw_bytes] = sockaddr_address(raw)
+        return packed  # type: ignore[return-value]
 
     def _packed_outer(self, text: str) -> bytes | None:
         cache = self._outer_cache
@@ -142,11 +177,11 @@ class Pipeline:
         records = []
         counts = self.stats.records
         sequence = self.sequence
-        exporter = self.exporter
+        make = self._records.make
         for key, flow, reason in ended:
             sequence += 1
             counts[reason] = counts.get(reason, 0) + 1
-            records.append(flow_record(key, flow, reason, exporter, sequence))
+            records.append(make(key, flow, reason, sequence))
         self.sequence = sequence
         return records
 
@@ -159,7 +194,9 @@ class Pipeline:
     def use_sessions(self, sessions: SessionMap) -> None:
         """Swap the session map (reload, EC2 enrichment); cached not-kept decisions are remade."""
         self.sessions = sessions
+        self._session_cache.clear()
         self.table.forget_decisions()
+        self._records.forget_sessions()
 
 
 def packed_address(text: str) -> bytes | None:

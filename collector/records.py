@@ -182,6 +182,7 @@ __all__ = [
     "decode",
     "encode",
     "encoder_for",
+    "endpoints_flow_id",
     "flow_id",
     "json_schema",
 ]
@@ -199,8 +200,13 @@ _PROTOCOL_BYTE = tuple(bytes((p,)) for p in range(256))
 
 def flow_id(protocol: int, src: bytes, src_port: int, dst: bytes, dst_port: int) -> str:
     """Direction-free connection id: both directions of one connection hash alike."""
-    a = src + src_port.to_bytes(2, "big")
-    b = dst + dst_port.to_bytes(2, "big")
+    return endpoints_flow_id(
+        protocol, src + src_port.to_bytes(2, "big"), dst + dst_port.to_bytes(2, "big")
+    )
+
+
+def endpoints_flow_id(protocol: int, a: bytes, b: bytes) -> str:
+    """``flow_id`` of two endpoints given as packed address + 2-octet port each."""
     h = _FLOW_ID_HASH.copy()
     h.update(_PROTOCOL_BYTE[protocol] + (a + b if a <= b else b + a))
     return h.hexdigest()

@@ -12,10 +12,11 @@ from scapy.layers.inet import IP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP
 
+from collector import flows
 from collector.config import build_config
-from collector.flows import Flow, FlowTable
+from collector.flows import Flow, FlowTable, RecordMaker
 from collector.pipeline import Pipeline
-from collector.records import FlowRecord
+from collector.records import FlowRecord, address_text, flow_id
 from collector.sessions import Session
 from collector.wire.drops import Drop
 from collector.wire.flowkey import pack_key, unpack_key
@@ -537,3 +538,141 @@ def test_a_stepped_expiry_ends_what_one_scan_ends_even_with_packets_in_between()
     got = {(r.src_port, r.end_reason) for r in stepped.collect()}
     assert got == expected - {(38, "inactive_timeout")}
     assert len(stepped.table) == len(whole.table) + 2
+
+
+def _reference_record(
+    key: bytes, flow: Flow, reason: str, exporter: str, sequence: int
+) -> FlowRecord:
+    """The record of a flow built field by field, the plain way (what RecordMaker must equal)."""
+    vni, src, dst, proto, sport, dport, icmp_value = unpack_key(key)
+    session = flow.session
+    icmp_fields = (
+        {} if icmp_value < 0 else {"icmp_type": icmp_value >> 8, "icmp_code": icmp_value & 0xFF}
+    )
+    return FlowRecord(
+        flow_id=flow_id(proto, src, sport, dst, dport),
+        exporter=exporter,
+        sequence=sequence,
+        vni=vni,
+        session=session.name,
+        interface_id=session.interface_id,
+        direction=flow.direction,
+        ip_version=4 if len(src) == 4 else 6,
+        protocol=proto,
+        src_addr=address_text(src),
+        dst_addr=address_text(dst),
+        src_port=sport,
+        dst_port=dport,
+        packets=flow.packets,
+        bytes=flow.bytes,
+        tcp_flags=flow.tcp_flags,
+        start_ms=int(flow.first * 1000),
+        end_ms=int(flow.last * 1000),
+        end_reason=reason,  # type: ignore[arg-type]
+        instance_id=session.instance_id,
+        subnet_id=session.subnet_id,
+        vpc_id=session.vpc_id,
+        az_id=session.az_id,
+        account_id=session.account_id,
+        region=session.region,
+        tags=dict(session.tags),
+        **icmp_fields,  # type: ignore[arg-type]
+    )
+
+
+RECORD_SESSIONS = (
+    Session(vni=7, name=None),
+    Session(
+        vni=3_000_001,
+        name="web-1",
+        interface_id="eni-0a1b2c3d4e5f60718",
+        instance_id="i-0123456789abcdef0",
+        subnet_id="subnet-0aa11bb22cc33dd44",
+        vpc_id="vpc-0123",
+        az_id="use1-az1",
+        account_id="123456789012",
+        region="us-east-1",
+        tags={"team": "edge", "env": "prod"},
+    ),
+)
+V4A, V4B = bytes([10, 0, 0, 1]), bytes([172, 16, 255, 254])
+V6A, V6B = bytes.fromhex("20010db8" + "00" * 11 + "01"), bytes.fromhex("fe80" + "11" * 14)
+
+
+@given(
+    session=st.sampled_from(RECORD_SESSIONS),
+    v6=st.booleans(),
+    swap=st.booleans(),
+    proto=st.sampled_from((6, 17, 1, 58, 47, 132)),
+    sport=st.integers(0, 65535),
+    dport=st.integers(0, 65535),
+    icmp_value=st.sampled_from((-1, 0x0800, 0x0000, 0x0303, 0x8000, 0xFFFF)),
+    packets=st.integers(1, 2**40),
+    nbytes=st.integers(20, 2**50),
+    flags=st.integers(0, 255),
+    first=st.floats(1.6e9, 1.9e9),
+    direction=st.sampled_from(("ingress", "egress", "unknown")),
+    reason=st.sampled_from(("active_timeout", "inactive_timeout", "tcp_fin", "shutdown")),
+)
+@settings(max_examples=300, deadline=None)
+def test_record_maker_equals_the_plain_record(
+    session: Session,
+    v6: bool,
+    swap: bool,
+    proto: int,
+    sport: int,
+    dport: int,
+    icmp_value: int,
+    packets: int,
+    nbytes: int,
+    flags: int,
+    first: float,
+    direction: Any,
+    reason: Any,
+) -> None:
+    src, dst = (V6A, V6B) if v6 else (V4A, V4B)
+    if swap:
+        src, dst = dst, src
+    key = pack_key(session.vni, src, dst, proto, sport, dport, icmp_value)
+    flow = Flow(packets, nbytes, flags, first, first + 12.5, session, direction)
+    maker = RecordMaker("host/w0/1")
+    for sequence in (1, 2):  # the second record comes from the cached template and texts
+        record = maker.make(key, flow, reason, sequence)
+        assert record == _reference_record(key, flow, reason, "host/w0/1", sequence)
+
+
+def test_record_maker_shares_no_mutable_field_and_follows_replaced_sessions() -> None:
+    tagged = RECORD_SESSIONS[1]
+    key = pack_key(tagged.vni, V4A, V4B, 6, 1, 2, -1)
+    maker = RecordMaker("x")
+    one = maker.make(key, Flow(1, 60, 2, T0, T0, tagged, "egress"), "shutdown", 1)
+    two = maker.make(key, Flow(1, 60, 2, T0, T0, tagged, "egress"), "shutdown", 2)
+    assert one.tags == two.tags == {"team": "edge", "env": "prod"}
+    one.tags["team"] = "changed"
+    assert two.tags["team"] == "edge" and tagged.tags["team"] == "edge"
+    bare = RECORD_SESSIONS[0]
+    three = maker.make(key, Flow(1, 60, 0, T0, T0, bare, "ingress"), "shutdown", 3)
+    four = maker.make(key, Flow(1, 60, 0, T0, T0, bare, "ingress"), "shutdown", 4)
+    three.tags["x"] = "y"
+    assert four.tags == {}
+    # a session replaced by another (reload, enrichment) gets its own template
+    renamed = Session(vni=tagged.vni, name="web-2", interface_id="eni-0b")
+    five = maker.make(key, Flow(1, 60, 2, T0, T0, renamed, "egress"), "shutdown", 5)
+    assert (five.session, five.interface_id, five.instance_id) == ("web-2", "eni-0b", None)
+
+
+def test_record_maker_caches_are_bounded(monkeypatch: Any) -> None:
+    monkeypatch.setattr(flows, "MAX_ADDRESS_TEXTS", 8)
+    monkeypatch.setattr(flows, "MAX_TEMPLATES", 4)
+    maker = RecordMaker("x")
+    for i in range(100):
+        session = Session(vni=i, name=None)
+        src = bytes([10, 0, 0, i])
+        record = maker.make(
+            pack_key(i, src, V4B, 17, i, 53, -1),
+            Flow(1, 60, 0, T0, T0, session, "unknown"),
+            "shutdown",
+            i + 1,
+        )
+        assert (record.vni, record.src_addr) == (i, f"10.0.0.{i}")
+        assert len(maker._texts) <= 8 and len(maker._templates) <= 4
