@@ -6,7 +6,9 @@
 ``recvmmsg``: the floor for user-space receive in Python on this machine: a blocking loop of
 recvmmsg(2) calls (64 datagrams each, the collector's own buffers from collector.io.udp) that
 adds up the counts and does nothing else. Each runs as its own process, prints ``ready PORT``
-once bound (PORT 0 binds a free port), then answers each line on stdin with its count.
+once bound (PORT 0 binds a free port), then answers each line on stdin with its count. The
+receive buffer is asked for as the collector asks for its own (``set_receive_buffer``: past
+net.core.rmem_max with SO_RCVBUFFORCE when the process may), so every receiver gets the same.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import threading
 
 import uvloop
 
-from collector.io.udp import MSG_WAITFORONE, MmsgBatch
+from collector.io.udp import MSG_WAITFORONE, MmsgBatch, set_receive_buffer
 
 
 class Counter(asyncio.DatagramProtocol):
@@ -31,7 +33,7 @@ class Counter(asyncio.DatagramProtocol):
 
 def bound_socket(port: int, rcvbuf: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    set_receive_buffer(sock, rcvbuf)  # as the collector asks: past rmem_max when root
     sock.bind(("127.0.0.1", port))
     return sock
 
