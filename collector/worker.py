@@ -42,6 +42,9 @@ log = logging.getLogger("collector.worker")
 
 SNAPSHOT_INTERVAL_S = 0.5  # also the heartbeat the supervisor's liveness check relies on
 KERNEL_DROPS_INTERVAL_S = 2.0
+# Longest wait between two expiry steps while the receive path is behind: under traffic that
+# keeps a worker busy, expiry still ends 1000 flows per this much (and a full table evicts).
+EXPIRY_YIELD_MAX_S = 0.05
 DROP_LOG_INTERVAL_S = 10.0
 FINAL_DRAIN_DATAGRAMS = 1_000_000  # bound on datagrams read from the socket queue at shutdown
 
@@ -168,7 +171,12 @@ class Worker:
                 # the records of a mass expiry would otherwise stall the loop for their whole time
                 for records in self.pipeline.expire_steps(now):
                     self.sink.submit(records)
-                    await asyncio.sleep(0)
+                    await self._let_ingest_catch_up(loop)
+                    if loop.time() >= expected:  # a long expiry still sends the heartbeat
+                        self.send(Snapshot(self.snapshot()))
+                        expected = loop.time() + interval
+                    if self.stop_requested.is_set():  # the shutdown flush ends the rest
+                        break
                 next_expiry = now + self.config.flows.expire_interval_s
             else:
                 self.sink.submit(self.pipeline.collect())  # flows ended by TCP FIN/RST
@@ -179,6 +187,18 @@ class Worker:
                 next_drops = now + KERNEL_DROPS_INTERVAL_S
             self._log_drops(now)
             self.send(Snapshot(self.snapshot()))
+
+    async def _let_ingest_catch_up(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Between two expiry steps: let the loop run, and while the receive path is behind (its
+        last read stopped at a full batch) keep letting it, for up to EXPIRY_YIELD_MAX_S. Expiry
+        then takes the CPU the traffic leaves and the receive path never waits for a mass
+        expiry, yet expiry always progresses (a table that stays full evicts its oldest flows)."""
+        deadline = loop.time() + EXPIRY_YIELD_MAX_S
+        ingest = self.ingest
+        while True:  # one turn of the loop at least; the receive path reads a batch per turn
+            await asyncio.sleep(0)
+            if ingest is None or not ingest.backlogged or loop.time() >= deadline:
+                return
 
     async def _enrich(self, enricher: Enricher) -> None:
         """Refresh the EC2 view in a thread, off the packet path, and swap the session map."""

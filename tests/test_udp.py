@@ -10,6 +10,7 @@ import asyncio
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -226,7 +227,7 @@ def test_read_stops_at_max_batch_and_says_what_it_read(mode: str) -> None:
     sock = open_socket("127.0.0.1:0", 8 << 20)
     fill(sock, [data] * (MAX_BATCH + 100))
 
-    async def run() -> list[int]:
+    async def run() -> list[tuple[int, bool]]:
         loop = asyncio.get_running_loop()
         ingest: MmsgIngest | ReaderIngest
         if mode == "mmsg":
@@ -235,13 +236,14 @@ def test_read_stops_at_max_batch_and_says_what_it_read(mode: str) -> None:
             ingest = ReaderIngest(
                 loop, sock, pipeline.feed, max_batch=MAX_BATCH, max_datagram_bytes=2048
             )
-        return [ingest.read(), ingest.read(), ingest.read()]
+        return [(ingest.read(), ingest.backlogged) for _ in range(3)]
 
     try:
         counts = uvloop.run(run())
     finally:
         sock.close()
-    assert counts == [MAX_BATCH, 100, 0]
+    # ``backlogged``: the read stopped at max_batch (what expiry steps wait on)
+    assert counts == [(MAX_BATCH, True), (100, False), (0, False)]
     assert pipeline.stats.datagrams == MAX_BATCH + 100
 
 
@@ -297,3 +299,55 @@ def test_receive_buffer_passes_rmem_max_when_allowed_else_stops_at_it() -> None:
         assert granted == asked
     else:
         assert granted == rmem_max
+
+
+class _BusyFor:
+    """A receive path that reports a backlog for its first ``turns`` looks."""
+
+    def __init__(self, turns: int) -> None:
+        self.turns = turns
+        self.looks = 0
+
+    @property
+    def backlogged(self) -> bool:
+        self.looks += 1
+        return self.looks <= self.turns
+
+
+def test_expiry_steps_wait_while_the_receive_path_is_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between expiry steps the worker yields until the receive path caught up (its last read was
+    not a full batch), but never longer than EXPIRY_YIELD_MAX_S, so expiry always progresses."""
+    from collector import worker
+
+    async def turns_taken(ingest: Any) -> int:
+        owner = SimpleNamespace(ingest=ingest)
+        loop = asyncio.get_running_loop()
+        counted = 0
+
+        async def count_turns() -> None:
+            nonlocal counted
+            while True:
+                counted += 1
+                await asyncio.sleep(0)
+
+        counter = asyncio.ensure_future(count_turns())
+        await asyncio.sleep(0)
+        start = counted
+        await worker.Worker._let_ingest_catch_up(owner, loop)  # type: ignore[arg-type]
+        taken = counted - start
+        counter.cancel()
+        return taken
+
+    assert uvloop.run(turns_taken(None)) == 1
+    assert uvloop.run(turns_taken(_BusyFor(0))) == 1
+    assert uvloop.run(turns_taken(_BusyFor(7))) == 8
+    monkeypatch.setattr(worker, "EXPIRY_YIELD_MAX_S", 0.01)
+    always = _BusyFor(10**12)
+    assert uvloop.run(turns_taken(always)) >= 2  # bounded: it returned although always behind
+    for ingest_path in (ReaderIngest, MmsgIngest):
+        assert (
+            hasattr(ingest_path, "backlogged")
+            or "backlogged" in ingest_path.__init__.__code__.co_names
+        )

@@ -124,6 +124,7 @@ class ReaderIngest:
         self.errors = 0
         # only a dual-stack socket pays for the per-datagram prefix check
         self.unmap = _dual_stack(sock)
+        self.backlogged = False  # the last read stopped at max_batch: the socket may hold more
 
     def start(self) -> None:
         """Start receiving: a readiness callback that the (level-triggered) loop calls again at
@@ -155,6 +156,7 @@ class ReaderIngest:
                 break
             feed(buf, n, now, unmapped(addr[0]) if unmap else addr[0])
             count += 1
+        self.backlogged = count >= self.max_batch
         return count
 
 
@@ -168,6 +170,7 @@ class ProtocolIngest(asyncio.DatagramProtocol):
         self.unmap = unmap
         self.errors = 0
         self.transport: asyncio.DatagramTransport | None = None
+        self.backlogged = False  # the transport reads; whether the socket holds more is unknown
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's UDPTransport
@@ -414,6 +417,11 @@ class MmsgIngest:
         if self.scheduled is not None:
             self.scheduled.cancel()
             self.scheduled = None
+
+    @property
+    def backlogged(self) -> bool:
+        """The last read stopped at max_batch with the socket still holding data."""
+        return not self.drained
 
     def _arm(self) -> None:
         if self.running and not self.reading:
