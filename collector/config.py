@@ -55,6 +55,10 @@ class FilterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Path to a describe-traffic-mirror-filters JSON output (relative to the config file)."""
     filter_id: str | None = None
     """Which TrafficMirrorFilterId to take when ``aws_json`` holds several."""
+    record_rejected: bool = False
+    """Also emit records of the flows this filter does not keep (``action`` "reject", with the
+    number of the rule that rejected them): what the filter turns away, per rule. Their packets
+    still count as ``filter_reject`` drops."""
 
 
 class SessionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

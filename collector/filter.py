@@ -162,8 +162,12 @@ class MirrorFilter:
     hosts cost one rule walk.
     """
 
-    def __init__(self, name: str, rules: Iterable[tuple[str, Rule]]) -> None:
+    def __init__(
+        self, name: str, rules: Iterable[tuple[str, Rule]], *, record_rejected: bool = False
+    ) -> None:
         self.name = name
+        self.record_rejected = record_rejected
+        """Whether the flows this filter does not keep are recorded (``action`` "reject")."""
         by_direction: dict[str, list[Rule]] = {d: [] for d in RULE_DIRECTIONS}
         for direction, rule in rules:
             by_direction[direction].append(rule)
@@ -403,4 +407,4 @@ def load_filter(name: str, config: FilterConfig, base_dir: Path) -> MirrorFilter
             )
         seen[direction, c.number] = where
         compiled.append((direction, c))
-    return MirrorFilter(name, compiled)
+    return MirrorFilter(name, compiled, record_rejected=config.record_rejected)

@@ -84,7 +84,7 @@ FIELDS: dict[str, tuple[int, Getter]] = {
     "bytes": (2, lambda r: str(r.bytes)),
     "start": (2, _start),
     "end": (2, _end),
-    "action": (2, lambda _: "ACCEPT"),
+    "action": (2, lambda r: r.action.upper()),  # ACCEPT, or REJECT for record_rejected filters
     "log-status": (2, lambda _: "OK"),
     "vpc-id": (3, lambda r: _text(r.vpc_id)),
     "subnet-id": (3, lambda r: _text(r.subnet_id)),

@@ -26,6 +26,7 @@ from collector.terms import (
     ACTIVE_TIMEOUT,
     EVICTED,
     INACTIVE_TIMEOUT,
+    REJECT,
     SHUTDOWN,
     TCP_FIN_END,
     TCP_RST_END,
@@ -65,13 +66,24 @@ class Flow(msgspec.Struct, gc=False):
 
 
 class NotKept(msgspec.Struct, gc=False):
-    """A flow the filter (or the direction check) did not keep: its last packet and the Drop value."""
+    """A flow the filter (or the direction check) did not keep: why (a Drop value) and its counts.
 
+    ``session`` is set only when the flow is to be recorded (its filter has record_rejected):
+    its record then says ``action`` "reject" and ``rule`` (the rule that rejected it, -1: none).
+    """
+
+    packets: int
+    bytes: int
+    tcp_flags: int
+    first: float
     last: float
     reason: int
+    session: Session | None = None
+    direction: Direction = UNKNOWN
+    rule: int = -1
 
 
-Ended = tuple[FlowKey, Flow, EndReason]
+Ended = tuple[FlowKey, Flow | NotKept, EndReason]
 
 
 class FlowTable:
@@ -163,7 +175,13 @@ class FlowTable:
                 return
             cached = get_not_kept(key)
             if cached is not None:
-                cached.last = now
+                cached.packets += 1
+                cached.bytes += ip_len
+                cached.tcp_flags |= tcp_flags
+                if now > cached.last:
+                    cached.last = now
+                elif now < cached.first:
+                    cached.first = now
                 drops[cached.reason] += 1
                 return
             new_flow(key, ip_len, tcp_flags, now, outer_src)
@@ -189,18 +207,47 @@ class FlowTable:
             self._evict(len(flows) - self.max_flows + self._batch())
         flows[key] = flow
 
-    def reject(self, key: FlowKey, now: float, reason: int) -> None:
-        """Remember that this flow is not kept, and why (a Drop value)."""
+    def reject(
+        self,
+        key: FlowKey,
+        ip_len: int,
+        tcp_flags: int,
+        now: float,
+        reason: int,
+        recorded: tuple[Session, Direction, int] | None = None,
+    ) -> None:
+        """Remember that this flow is not kept, and why (a Drop value), counting its first packet.
+        ``recorded`` (session, direction, rule number or -1) makes it end in a "reject" record."""
         not_kept = self._not_kept
         if len(not_kept) >= self.max_flows:
-            victims = list(islice(not_kept, len(not_kept) - self.max_flows + self._batch()))
-            for victim in victims:
-                del not_kept[victim]
-            self.rejected_evictions += len(victims)
-        not_kept[key] = NotKept(now, reason)
+            self._forget(len(not_kept) - self.max_flows + self._batch())
+        if recorded is None:
+            not_kept[key] = NotKept(1, ip_len, tcp_flags, now, now, reason)
+        else:
+            session, direction, rule = recorded
+            not_kept[key] = NotKept(
+                1, ip_len, tcp_flags, now, now, reason, session, direction, rule
+            )
+
+    def _forget(self, count: int) -> None:
+        """Forget the ``count`` oldest not-kept flows (the recorded ones end as ``evicted``)."""
+        not_kept = self._not_kept
+        ended = self._ended
+        victims = list(islice(not_kept.items(), count))
+        for key, cached in victims:
+            del not_kept[key]
+            if cached.session is not None:
+                ended.append((key, cached, EVICTED))
+        self.rejected_evictions += len(victims)
 
     def forget_decisions(self) -> None:
-        """Drop every cached not-kept decision: new sessions or rules decide those flows again."""
+        """Drop every cached not-kept decision: new sessions or rules decide those flows again
+        (the recorded ones end now, as ``evicted``: their next packets start new flows)."""
+        self._ended.extend(
+            (key, cached, EVICTED)
+            for key, cached in self._not_kept.items()
+            if cached.session is not None
+        )
         self._not_kept.clear()
 
     def configure(self, flows: FlowsConfig) -> None:
@@ -212,9 +259,7 @@ class FlowTable:
             self._evict(len(self._flows) - self.max_flows)
         excess = len(self._not_kept) - self.max_flows
         if excess > 0:
-            for victim in list(islice(self._not_kept, excess)):
-                del self._not_kept[victim]
-            self.rejected_evictions += excess
+            self._forget(excess)
 
     def _batch(self) -> int:
         return max(1, self.max_flows // EVICTION_BATCH_DIVISOR)
@@ -259,20 +304,33 @@ class FlowTable:
                     del flows[key]
                     ended.append((key, flow, ACTIVE_TIMEOUT))
             yield
-        # not-kept flows are forgotten after the inactive timeout, so new rules reach them too
+        # not-kept flows are forgotten after the inactive timeout, so new rules reach them too;
+        # the recorded ones end like accepted flows, on either timeout
         not_kept = self._not_kept
         get_not_kept = not_kept.get
         keys = list(not_kept)
         for first in range(0, len(keys), step):
             for key in keys[first : first + step]:
                 cached = get_not_kept(key)
-                if cached is not None and cached.last <= idle_before:
+                if cached is None:
+                    continue
+                if cached.last <= idle_before:
                     del not_kept[key]
+                    if cached.session is not None:
+                        ended.append((key, cached, INACTIVE_TIMEOUT))
+                elif cached.session is not None and cached.first <= started_before:
+                    del not_kept[key]
+                    ended.append((key, cached, ACTIVE_TIMEOUT))
             yield
 
     def flush(self) -> None:
         """End every flow (shutdown, end of a capture)."""
         self._ended.extend((key, flow, SHUTDOWN) for key, flow in self._flows.items())
+        self._ended.extend(
+            (key, cached, SHUTDOWN)
+            for key, cached in self._not_kept.items()
+            if cached.session is not None
+        )
         self._flows.clear()
         self._not_kept.clear()
 
@@ -352,9 +410,12 @@ class RecordMaker:
             text = texts[packed] = address_text(packed)
         return text
 
-    def make(self, key: FlowKey, flow: Flow, reason: EndReason, sequence: int) -> FlowRecord:
-        """The record of an ended flow."""
+    def make(
+        self, key: FlowKey, flow: Flow | NotKept, reason: EndReason, sequence: int
+    ) -> FlowRecord:
+        """The record of an ended flow (a recorded not-kept flow: action "reject")."""
         session = flow.session
+        assert session is not None  # only recorded not-kept flows end
         cached = self._templates.get(id(session))
         template = (
             cached[1] if cached is not None and cached[0] is session else self._template(session)
@@ -401,4 +462,7 @@ class RecordMaker:
         if icmp != NO_ICMP:
             record.icmp_type = icmp >> 8
             record.icmp_code = icmp & 0xFF
+        if flow.__class__ is NotKept:
+            record.action = REJECT
+            record.filter_rule = None if flow.rule < 0 else flow.rule
         return record

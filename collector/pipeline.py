@@ -103,11 +103,14 @@ class Pipeline:
         else:
             src, dst = key[4:20], key[20:36]
         direction = session.direction(src, dst, outer_src)  # type: ignore[arg-type]
-        if session.filter is not None:
-            _, _, _, proto, sport, dport, _ = unpack_key(key)
+        mirror_filter = session.filter
+        if mirror_filter is not None:
             if direction == UNKNOWN:
-                reason = _UNKNOWN_DIRECTION
-            elif session.filter.decide(
+                self.table.reject(key, ip_len, tcp_flags, now, _UNKNOWN_DIRECTION)
+                self._drops[_UNKNOWN_DIRECTION] += 1
+                return
+            _, _, _, proto, sport, dport, _ = unpack_key(key)
+            rule = mirror_filter.match(
                 direction,
                 proto,
                 int.from_bytes(src, "big"),
@@ -115,13 +118,13 @@ class Pipeline:
                 sport,
                 dport,
                 4 if len(src) == 4 else 6,
-            ):
-                reason = -1
-            else:
-                reason = _FILTER_REJECT
-            if reason >= 0:
-                self.table.reject(key, now, reason)
-                self._drops[reason] += 1
+            )
+            if rule is None or not rule.accept:  # AWS: the first matching rule decides
+                recorded = None
+                if mirror_filter.record_rejected:
+                    recorded = (session, direction, -1 if rule is None else rule.number)
+                self.table.reject(key, ip_len, tcp_flags, now, _FILTER_REJECT, recorded)
+                self._drops[_FILTER_REJECT] += 1
                 return
         self.table.add(key, ip_len, tcp_flags, now, session, direction)
 

@@ -18,9 +18,12 @@ from msgspec import Meta
 from collector import goflow2
 from collector.flowlog import FlowLogFormat
 from collector.terms import (
+    ACCEPT,
+    ACTIONS,
     CLOSING_END_REASONS,
     DIRECTIONS,
     END_REASONS,
+    Action,
     Direction,
     EndReason,
 )
@@ -167,14 +170,35 @@ class FlowRecord(msgspec.Struct, kw_only=True, gc=False):
         int,
         Meta(description="Version of this schema."),
     ] = SCHEMA_VERSION
+    action: Annotated[
+        Action,
+        Meta(
+            description=(
+                "`accept`: a flow the session keeps. `reject`: a flow its filter did not keep, "
+                "recorded because the filter has record_rejected; its packets are also counted "
+                "as filter_reject drops, so sums of kept traffic take `accept` records only."
+            )
+        ),
+    ] = ACCEPT
+    filter_rule: Annotated[
+        int | None,
+        Meta(
+            description=(
+                "Rejected flows: the number of the filter rule that rejected the flow; null when "
+                "no rule matched (a filter keeps only what a rule accepts). Null for accepted flows."
+            )
+        ),
+    ] = None
 
 
 __all__ = [
+    "ACTIONS",
     "CLOSING_END_REASONS",
     "CONTENT_TYPES",
     "DIRECTIONS",
     "END_REASONS",
     "SCHEMA_VERSION",
+    "Action",
     "Direction",
     "EndReason",
     "FlowRecord",

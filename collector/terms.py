@@ -22,6 +22,13 @@ END_REASONS: tuple[str, ...] = get_args(EndReason)
 CLOSING_END_REASONS: frozenset[EndReason] = frozenset({TCP_FIN_END, TCP_RST_END})
 """End reasons that mean the connection itself ended (TCP FIN or RST seen)."""
 
+# What the session's filter decided for a flow: records of flows not kept ("reject") are emitted
+# only for filters with record_rejected.
+Action = Literal["accept", "reject"]
+ACCEPT: Final = "accept"
+REJECT: Final = "reject"
+ACTIONS: tuple[str, ...] = get_args(Action)
+
 # Direction of a flow relative to the mirror-source ENI (sessions tell it, filter rules match it).
 Direction = Literal["ingress", "egress", "unknown"]
 INGRESS: Final = "ingress"
