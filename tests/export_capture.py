@@ -170,8 +170,14 @@ def build_capture(path: Path) -> Path:
     return path
 
 
-def write_config(path: Path, extra: str = "") -> Path:
-    path.write_text(CONFIG + extra)
+def write_config(path: Path, extra: str = "", *, record_rejected: bool = False) -> Path:
+    """The capture's config (plus ``extra``); ``record_rejected``: its filter records what it
+    turns away (UDP to 5353, rule 100) as "reject" records."""
+    config = CONFIG
+    if record_rejected:
+        header = "[filters.no-dns-over-5353]\n"
+        config = config.replace(header, header + "record_rejected = true\n")
+    path.write_text(config + extra)
     return path
 
 

@@ -53,9 +53,12 @@ def documented_queries() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    """The capture's JSON records, moved by whole days to yesterday (inside the 30-day TTL)."""
+    """The capture's JSON records, moved by whole days to yesterday (inside the 30-day TTL); its
+    filter records the flows it rejects, so the topic holds "reject" records too."""
     base = tmp_path_factory.mktemp("clickhouse")
-    reference = json_records(build_capture(base / "mirror.pcap"), write_config(base / "c.toml"))
+    config = write_config(base / "c.toml", record_rejected=True)
+    reference = json_records(build_capture(base / "mirror.pcap"), config)
+    assert {r["action"] for r in reference} == {"accept", "reject"}
     days = (int(time.time() * 1000) - reference[0]["start_ms"]) // DAY_MS - 1
     for r in reference:
         r["start_ms"] += days * DAY_MS
@@ -137,13 +140,28 @@ def test_every_documented_query_sums_to_the_records(
         "bytes_per_session_per_minute",
         "connections_by_flow_id",
         "records_missing_per_exporter",
+        "flows_rejected_per_rule",
     }
     params = window(records)
+    rejected: dict[tuple[str, str, int | None], list[Any]] = defaultdict(
+        lambda: [0, 0, 0, set(), set()]
+    )
+    for r in records:
+        if r["action"] == "reject":
+            row = rejected[r["session"], r["direction"], r["filter_rule"]]
+            row[0] += 1
+            row[1] += r["packets"]
+            row[2] += r["bytes"]
+            row[3].add(plain(r["src_addr"]))
+            row[4].add(plain(r["dst_addr"]))
+    assert rejected  # the capture's UDP to 5353, rule 100
 
     talkers: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
     minutes: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
     connections: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
     for r in records:
+        if r["action"] != "accept":  # traffic sums take kept flows only
+            continue
         for table, key in (
             (talkers, (r["interface_id"], r["direction"], plain(r["src_addr"]))),
             (minutes, (r["session"], r["start_ms"] // 60_000 * 60)),
@@ -210,6 +228,22 @@ def test_every_documented_query_sums_to_the_records(
     ]
     assert int(rows[0]["received"]) == len(records)
 
+    rows = clickhouse.run(queries["flows_rejected_per_rule"], params)
+    got_rejected = {
+        (row["session"], row["direction"], row["filter_rule"]): [
+            int(row["flows"]),
+            int(row["total_packets"]),
+            int(row["total_bytes"]),
+            int(row["sources"]),
+            int(row["destinations"]),
+        ]
+        for row in rows
+    }
+    assert got_rejected == {
+        key: [flows, packets, nbytes, len(sources), len(destinations)]
+        for key, (flows, packets, nbytes, sources, destinations) in rejected.items()
+    }
+
 
 def test_sequence_gaps_and_duplicates_are_reported(
     clickhouse: ClickHouse, records: list[dict[str, Any]], tmp_path: Path
@@ -256,3 +290,13 @@ def test_goflow2_records_read_through_the_protobuf_format(
     got = [(*(int(r[c]) for c in columns), int(r["time_flow_start_ns"])) for r in rows]
     fields = ("sequence", "bytes", "packets", "protocol", "src_port", "dst_port")
     assert got == [(*(r[f] for f in fields), r["start_ms"] * 1_000_000) for r in reference]
+
+
+def test_records_without_the_action_field_are_accepted_flows(
+    clickhouse: ClickHouse, records: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """Records of collectors older than the action field (it is absent) load as accepted flows."""
+    old = [{k: v for k, v in r.items() if k not in ("action", "filter_rule")} for r in records]
+    clickhouse.load(old, tmp_path / "old.jsonl")
+    rows = clickhouse.run("SELECT toString(action) AS a, count() AS n FROM flows GROUP BY a")
+    assert [(row["a"], int(row["n"])) for row in rows] == [("accept", len(records))]

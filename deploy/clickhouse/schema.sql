@@ -35,7 +35,9 @@ CREATE TABLE IF NOT EXISTS flows_kafka
     account_id Nullable(String),
     region Nullable(String),
     tags Map(String, String),
-    schema_version UInt8
+    schema_version UInt8,
+    action String,
+    filter_rule Nullable(UInt16)
 )
 ENGINE = Kafka
 SETTINGS
@@ -82,6 +84,10 @@ CREATE TABLE IF NOT EXISTS flows
     account_id LowCardinality(String),
     region LowCardinality(String),
     tags Map(LowCardinality(String), String),
+    -- 'reject': a flow the session's filter turned away (filters with record_rejected), with the
+    -- rule that did (NULL: no rule matched). Its packets were not kept: traffic sums take 'accept'.
+    action Enum8('accept' = 1, 'reject' = 2),
+    filter_rule Nullable(UInt16),
     -- merging a connection by flow_id reads only the granules that can hold it
     INDEX flow_id_bloom flow_id TYPE bloom_filter GRANULARITY 4
 )
@@ -92,7 +98,8 @@ TTL toDateTime(start_time) + INTERVAL 30 DAY DELETE
 SETTINGS ttl_only_drop_parts = 1;
 
 -- 3. Topic -> flows, converting as it goes: Unix ms to DateTime64, text addresses to IPv6
---    (toIPv6 maps IPv4), nulls to ''.
+--    (toIPv6 maps IPv4), nulls to ''; records of collectors older than the action field (no
+--    action: '') are accepted flows.
 CREATE MATERIALIZED VIEW IF NOT EXISTS flows_from_kafka TO flows AS
 SELECT
     fromUnixTimestamp64Milli(toInt64(k.start_ms), 'UTC') AS start_time,
@@ -122,5 +129,7 @@ SELECT
     ifNull(k.az_id, '') AS az_id,
     ifNull(k.account_id, '') AS account_id,
     ifNull(k.region, '') AS region,
-    k.tags AS tags
+    k.tags AS tags,
+    CAST(if(k.action = '', 'accept', k.action), 'Enum8(\'accept\' = 1, \'reject\' = 2)') AS action,
+    k.filter_rule AS filter_rule
 FROM flows_kafka AS k;
