@@ -465,7 +465,9 @@ def test_flow_table_is_sans_io() -> None:
 def test_rejected_cache_is_bounded_by_max_flows() -> None:
     table = FlowTable(active_timeout_s=60, inactive_timeout_s=15, max_flows=3)
     for port in range(10):
-        table.reject(pack_key(1, packed(A), packed(B), 17, port, 2, -1), 60, 0, T0, Drop.FILTER_REJECT)
+        table.reject(
+            pack_key(1, packed(A), packed(B), 17, port, 2, -1), 60, 0, T0, Drop.FILTER_REJECT
+        )
     assert table.not_kept == 3
     assert table.rejected_evictions == 7
     assert [unpack_key(k)[4] for k in table.not_kept_keys()] == [7, 8, 9]
