@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from collector.records import FlowRecord
+from collector.records import FlowRecord, encoder_for
 from tests.pipeline_support import T0, drops, make_pipeline, tcp, udp
 
 ENI, PEER, OTHER = "10.0.1.10", "198.51.100.7", "203.0.113.9"
@@ -143,3 +143,13 @@ def test_every_rejected_packet_is_in_exactly_one_reject_record() -> None:
     assert rejected == drops(pipeline)["filter_reject"] == 200
     assert accepted == pipeline.stats.kept == 200
     assert [r.sequence for r in records] == list(range(1, len(records) + 1))
+
+
+def test_vpc_flow_log_lines_say_accept_or_reject() -> None:
+    pipeline = make_pipeline(config())
+    feed(pipeline, tcp(10, ENI, PEER, 40000, 23), [T0])
+    feed(pipeline, tcp(10, ENI, PEER, 40001, 443), [T0])
+    encode = encoder_for("vpc-flow-log")
+    lines = {r.dst_port: encode(r).decode().split() for r in pipeline.flush()}
+    # the default format: ... start end action log-status
+    assert (lines[23][-2], lines[443][-2]) == ("REJECT", "ACCEPT")
