@@ -1,5 +1,7 @@
 """What the benchmarks share: a collector in a subprocess, its /metrics as numbers, free ports,
-per-process CPU and per-port kernel drops from /proc, and the local Kafka broker.
+per-process CPU and per-port kernel drops and receive queues from /proc, the ingest benchmarks'
+receivers (the counting baselines of bench.bare_receiver and the collector) and senders, and the
+local Kafka broker.
 
 Every address is on 127.0.0.1: the benchmarks only ever send to this machine.
 """
@@ -18,6 +20,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from bench.blast import BlastResult, NewFlows, blast
+from bench.traffic import PROFILES, build
 from collector.io.udp import udp_socket_rows
 
 LOOPBACK = "127.0.0.1"
@@ -26,6 +30,8 @@ KAFKACTL = ROOT / "deploy" / "kafka" / "kafkactl"
 KAFKA = (LOOPBACK, 9092)  # kafkactl's default
 TICKS = os.sysconf("SC_CLK_TCK")
 PORT_ATTEMPTS = 5
+RCVBUF = 32 << 20  # what the collector asks for by default (recv_buffer_bytes)
+SOCKETS_PER_SENDER = 8  # sending sockets per process, so SO_REUSEPORT spreads them over workers
 
 Metrics = dict[str, float]  # 'name' or 'name{label="value"}' -> value
 
@@ -54,6 +60,62 @@ def udp_sockets(port: int) -> list[tuple[int, int]]:
 def port_drops(port: int) -> int:
     """Datagrams the kernel dropped on the sockets bound to ``port`` (full receive buffers)."""
     return sum(drops for _, drops in udp_sockets(port))
+
+
+def udp_queues(port: int) -> dict[int, tuple[int, int]]:
+    """inode -> (bytes queued, kernel drops) of each IPv4 UDP socket bound to ``port``.
+
+    Cheap enough to call every millisecond (one read of /proc/net/udp; the benchmarks bind
+    127.0.0.1 only). The queue is the socket's receive memory (sk_rmem_alloc, skb truesize, not
+    payload bytes): 0 exactly when nothing is left to read.
+    """
+    suffix = b":%04X" % port
+    with open("/proc/net/udp", "rb") as table:
+        lines = table.read().splitlines()[1:]
+    out = {}
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 13 and fields[1].endswith(suffix):
+            out[int(fields[9])] = (int(fields[4].split(b":")[1], 16), int(fields[12]))
+    return out
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """The inodes of the sockets process ``pid`` holds open (its /proc/PID/fd links)."""
+    found = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            found.add(int(target[8:-1]))
+    return found
+
+
+def process_state(pid: int) -> str:
+    """The state letter of ``pid`` (R, S, T for stopped, ...) or '' when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def run_and_wait_seconds(pids: Iterable[int]) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for one) of every thread of these
+    processes so far (/proc/PID/task/TID/schedstat, nanoseconds): the wait is CPU time that
+    something else on the machine took while they had work."""
+    run = wait = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                fields = (task / "schedstat").read_text().split()
+            except OSError:  # the thread ended meanwhile
+                continue
+            run += int(fields[0])
+            wait += int(fields[1])
+    return run / 1e9, wait / 1e9
 
 
 def cpu_seconds(pids: Iterable[int]) -> float:
@@ -217,6 +279,158 @@ class Collector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Bare:
+    """One of the counting baselines (bench.bare_receiver) in a subprocess."""
+
+    def __init__(self, kind: str, rcvbuf: int = RCVBUF) -> None:
+        self.name = kind
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.bare_receiver", kind, "0", str(rcvbuf)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        word, port = self.proc.stdout.readline().split()
+        assert word == "ready"
+        self.port = int(port)
+        self.pids = [self.proc.pid]  # whose CPU is the receiver's
+        self.freeze_pids = self.pids  # what bench.drain stops
+        self.health_url: str | None = None
+        self.quiet_s = 1.0
+
+    def count(self) -> int:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("?\n")
+        self.proc.stdin.flush()
+        return int(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+
+
+class CollectorReceiver:
+    """The collector as an ingest receiver: ``env`` adds COLLECTOR_* settings (``mode``: the
+    receive path, COLLECTOR_RECV_MODE)."""
+
+    def __init__(self, workers: int, mode: str = "", env: Mapping[str, str] | None = None) -> None:
+        self.name = "collector" if workers == 1 else f"collector-{workers}w"
+        if mode:
+            self.name += f"-{mode}"
+        self.collector = Collector(
+            workers, env={**({"COLLECTOR_RECV_MODE": mode} if mode else {}), **(env or {})}
+        )
+        self.port = self.collector.port
+        self.pids = self.collector.pids  # the workers: they do the receiving
+        self.freeze_pids = [self.collector.proc.pid, *self.pids]  # the supervisor too
+        self.health_url = f"http://{LOOPBACK}:{self.collector.http}/healthz"
+        self.quiet_s = 4.0  # publications every 0.5 s, and a loop that lagged seconds under floods
+
+    def count(self) -> int:
+        return self.collector.received()
+
+    def workers(self) -> list[dict[str, Any]]:
+        """/healthz's worker entries, by index."""
+        workers = self.collector.health().get("workers", [])
+        assert isinstance(workers, list)
+        return sorted(workers, key=lambda w: int(w["index"]))
+
+    def per_worker(self) -> list[int]:
+        return [int(w.get("datagrams", 0)) for w in self.workers()]
+
+    def close(self) -> None:
+        self.collector.close()
+
+
+Receiver = Bare | CollectorReceiver
+BARE_RECEIVERS = ("recvmmsg", "uvloop")
+COLLECTOR_MODES = ("reader", "protocol")  # collector-MODE: 1 worker, another receive path
+
+
+def make_receiver(
+    name: str, *, rcvbuf: int = RCVBUF, env: Mapping[str, str] | None = None
+) -> Receiver:
+    """``recvmmsg``, ``uvloop``, ``collector``, ``collector-2w`` or ``collector-MODE``, every one
+    asking for a ``rcvbuf``-byte receive buffer (``env``: more settings for a collector)."""
+    if name in BARE_RECEIVERS:
+        return Bare(name, rcvbuf)
+    settings = {**({"COLLECTOR_RECV_BUFFER_BYTES": str(rcvbuf)} if rcvbuf != RCVBUF else {})}
+    settings.update(env or {})
+    if name == "collector":
+        return CollectorReceiver(1, env=settings)
+    if name == "collector-2w":
+        return CollectorReceiver(2, env=settings)
+    mode = name.removeprefix("collector-")
+    if name.startswith("collector-") and mode in COLLECTOR_MODES:
+        return CollectorReceiver(1, mode, env=settings)
+    raise ValueError(f"unknown receiver {name!r}")
+
+
+SETTLE_POLL_S = 0.25
+
+
+def settle(receiver: Receiver, before: int, sent: int, drops: int) -> int:
+    """Wait until the receiver has counted what the kernel did not drop, or its count has not
+    moved for ``receiver.quiet_s`` (the collector publishes every 0.5 s, later when its loop lags:
+    what arrives after this would be counted into the next point); the count since ``before``."""
+    last, changed = -1, time.monotonic()
+    deadline = changed + 60
+    while True:
+        count = receiver.count() - before
+        now = time.monotonic()
+        if count + (port_drops(receiver.port) - drops) >= sent or now > deadline:
+            return count
+        if count != last:
+            last, changed = count, now
+        elif now - changed >= receiver.quiet_s:
+            return count
+        time.sleep(SETTLE_POLL_S)
+
+
+class Senders:
+    """bench.blast as the ingest benchmarks use it: each profile's datagrams built once, and
+    new-flows 5-tuples that never repeat within a run (each send starts after the last one's
+    passes)."""
+
+    def __init__(self, procs: int) -> None:
+        self.procs = procs
+        self.first_pass = 0
+        self.data: dict[str, list[bytes]] = {}
+
+    def send(
+        self,
+        port: int,
+        profile: str,
+        count: int,
+        rate: float,
+        sockets: int = SOCKETS_PER_SENDER,
+    ) -> BlastResult:
+        """``count`` datagrams to 127.0.0.1:``port`` at ``rate``/s in total (0 = flat out)."""
+        if profile != "new-flows" and profile not in self.data:
+            self.data[profile] = build(PROFILES[profile], 50_000)
+        result = blast(
+            (LOOPBACK, port),
+            count,
+            rate=rate,
+            procs=self.procs,
+            profile=profile,
+            datagrams=self.data.get(profile),
+            sockets=sockets,
+            first_pass=self.first_pass,
+        )
+        self.first_pass += NewFlows.passes_for(count // self.procs + 1)
+        return result
 
 
 def broker_listening(address: tuple[str, int] = KAFKA) -> bool:

@@ -24,6 +24,7 @@ def plots(results: dict[str, Any], out: Path) -> dict[str, str]:
     drawers: dict[str, tuple[str, Callable[[Any, dict[str, Any]], bool]]] = {
         "loss": ("loss-vs-rate.png", _plot_loss),
         "cpu": ("cpu-per-packet.png", _plot_cpu),
+        "drain": ("drain-rate.png", _plot_drain),
         "kafka": ("kafka-records.png", _plot_kafka),
         "memory": ("memory-per-flow.png", _plot_memory),
         "parse": ("parse.png", _plot_parse),
@@ -119,6 +120,37 @@ def _plot_cpu(ax: Any, results: dict[str, Any]) -> bool:
     return _sweep(
         ax, results, "cpu_us_per_packet", "CPU µs per received datagram", "CPU per packet"
     )
+
+
+def _plot_drain(ax: Any, results: dict[str, Any]) -> bool:
+    """Freeze, fill, drain: each receiver's median drain rate, grouped by profile."""
+    drain = (result_of(results, "ingest") or {}).get("drain")
+    if not drain or not drain.get("summary"):
+        return False
+    summary = drain["summary"]
+    profiles, receivers = drain["profiles"], drain["receivers"]
+    width = 0.8 / max(len(receivers), 1)
+    for j, name in enumerate(receivers):
+        label, color, _ = RECEIVER_STYLE.get(name, (name, None, "-"))
+        values = [
+            (summary.get(f"{name}/{profile}") or {}).get("drain_pps") or 0.0 for profile in profiles
+        ]
+        bars = ax.bar(
+            [i + (j - (len(receivers) - 1) / 2) * width for i in range(len(profiles))],
+            [v / 1000 for v in values],
+            width,
+            label=label,
+            color=color,
+        )
+        _bar_labels(ax, bars, [f"{v / 1000:,.0f}k" if v else "-" for v in values], fontsize=7)
+    ax.set_xticks(range(len(profiles)), profiles)
+    ax.set_ylabel("drain rate (k datagrams/s), senders stopped")
+    ax.set_title(
+        f"Freeze, fill, drain: median of {drain['repeat']}; 2w/1w is the scaling target",
+        fontsize=10,
+    )
+    ax.legend(fontsize=7)
+    return True
 
 
 def _plot_kafka(ax: Any, results: dict[str, Any]) -> bool:

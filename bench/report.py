@@ -266,6 +266,8 @@ def ingest_rows(ingest: dict[str, Any] | None) -> list[tuple[str, str, str, str]
                     ratios,
                 )
             )
+    rows.extend(drain_rows(ingest.get("drain")))
+    rows.extend(flood_rows(ingest.get("flood")))
     rows.extend(
         (
             f"Target: {t['target']}",
@@ -276,6 +278,88 @@ def ingest_rows(ingest: dict[str, Any] | None) -> list[tuple[str, str, str, str]
         for t in ingest.get("targets", [])
     )
     return rows
+
+
+def drain_rows(drain: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    """Freeze, fill, drain (bench.drain): per profile, the median drain rates and 2w/1w."""
+    if not drain:
+        return []
+    rows = []
+    summary = drain.get("summary", {})
+
+    def rate(name: str, profile: str) -> float | None:
+        return (summary.get(f"{name}/{profile}") or {}).get("drain_pps")
+
+    for profile in drain.get("profiles", []):
+        one, two = rate("collector", profile), rate("collector-2w", profile)
+        if one is None and two is None:
+            continue
+        shares = (summary.get(f"collector-2w/{profile}") or {}).get("worker_shares") or []
+        figure = fmt(one, "/s") + f"; 2 workers {fmt(two, '/s')}"
+        if shares:
+            figure += " (shares " + "/".join(f"{x:.2f}" for x in shares) + ")"
+        rows.append(
+            (
+                f"Live ingest ({profile}): drain rate with the senders stopped "
+                f"(freeze, fill {drain.get('counts', {}).get(profile, 0):,}, drain), 1 worker",
+                figure,
+                f"bare uvloop {fmt(rate('uvloop', profile), '/s')}; "
+                f"recvmmsg loop {fmt(rate('recvmmsg', profile), '/s')}",
+                f"2w/1w {two / one:.2f}x" if one and two else "n/a",
+            )
+        )
+    return rows
+
+
+def flood_rows(flood: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    """The sustained new-flows flood: the collector's loss and CPU against the baselines."""
+    if not flood:
+        return []
+    points = {p["receiver"]: p for p in flood.get("points", [])}
+    ours = points.get("collector")
+    if ours is None:
+        return []
+
+    def cell(p: dict[str, Any]) -> str:
+        loss = "0 % lost" if p["sent"] == p["received"] else f"{p['loss_pct']:.1f} % lost"
+        return f"{loss}, {fmt(p['cpu_us_per_packet'], ' µs/packet', 2)}"
+
+    base = [f"{label} {cell(points[n])}" for n, label in BASELINES if n in points]
+    ratios = [fmt(_ratio(ours, points[n]), "x", 2) for n, _ in BASELINES if n in points]
+    records = flood.get("collector_records")
+    return [
+        (
+            f"Live ingest (new-flows flood, {flood['rate_pps']:,.0f}/s for {flood['seconds']:g} s, "
+            f"inactive timeout {flood['inactive_timeout_s']:g} s), 1 worker",
+            cell(ours) + (f", {records:,} records written" if records is not None else ""),
+            "; ".join(base),
+            " / ".join(ratios),
+        )
+    ]
+
+
+BASELINES = (("uvloop", "bare uvloop"), ("recvmmsg", "recvmmsg loop"))
+
+
+def drain_table(drain: dict[str, Any] | None) -> list[str]:
+    """Markdown: each receiver's median drain rate, CPU per packet, runs, shares."""
+    if not drain or not drain.get("summary"):
+        return []
+    lines = [
+        "| profile | receiver | drain rate (median) | every run | CPU per packet | valid runs "
+        "| worker shares |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, entry in drain["summary"].items():
+        name, profile = key.split("/", 1)
+        every = ", ".join(f"{r / 1000:,.0f}k" for r in entry.get("drain_pps_all", []))
+        shares = "/".join(f"{x:.2f}" for x in entry.get("worker_shares") or []) or "-"
+        lines.append(
+            f"| {profile} | {name} | {fmt(entry.get('drain_pps'), '/s')} | {every or '-'} | "
+            f"{fmt(entry.get('cpu_us_per_packet'), ' µs', 2)} | "
+            f"{entry.get('valid', 0)}/{entry.get('runs', 0)} | {shares} |"
+        )
+    return lines
 
 
 def latest_md(report: dict[str, Any], made: dict[str, str], images: str) -> str:
@@ -317,6 +401,24 @@ def latest_md(report: dict[str, Any], made: dict[str, str], images: str) -> str:
             ]
         if ingest.get("note"):
             lines += ["", f"Ingest: {ingest['note']}"]
+        drain = ingest.get("drain")
+        table = drain_table(drain)
+        if drain and table:
+            lines += [
+                "",
+                "Freeze, fill, drain (`bench/drain.py`): every process of the receiver stopped "
+                "(SIGSTOP), the datagrams queued in its socket buffers "
+                f"({drain['buffer_bytes'] >> 20} MiB asked per socket) by the senders flat out, "
+                "then resumed and timed until its sockets are empty (their queues in "
+                f"/proc/net/udp read every {drain['poll_s'] * 1000:g} ms); drain rate = "
+                "datagrams / drain time, the receiver's zero-loss rate with the machine to itself; "
+                f"median of {drain['repeat']}:",
+                "",
+                *table,
+            ]
+        flood = ingest.get("flood")
+        if flood and flood.get("note"):
+            lines += ["", f"Flood: {flood['note']}"]
     locust = report.get("locust")
     if locust and locust.get("collector"):
         c = locust["collector"]

@@ -4,13 +4,15 @@
 
 Runs parse (decapsulation against dpkt, and the replay pipeline per core), ingest (the rate sweep:
 a recvmmsg counting loop, bare uvloop and the collector with 1 and 2 workers, for the mixed and
-new-flows profiles), kafka (records/s against a naive send loop, on the local broker, started with
-deploy/kafka/kafkactl when it is not running), memory (bytes per flow) and encode (IPFIX and goflow2
-encoding cost per record against JSON), each with ``--json`` and
-a timeout. A benchmark whose file is absent is reported as missing, one that fails or times out as
-such; the others still run. Writes ``<out>/<YYYY-MM-DD>-<host>.json`` (machine, commands, every
-figure), PNG plots (bench/plots.py) and ``<out>/latest.md``, the table for the README
-(bench/report.py).
+new-flows profiles; then freeze, fill, drain (bench.drain), where 2 workers are compared with one
+while the senders do not compete; then a sustained new-flows flood), kafka (records/s against a
+naive send loop, on the local broker, started with deploy/kafka/kafkactl when it is not running),
+memory (bytes per flow) and encode (IPFIX and goflow2 encoding cost per record against JSON), each
+with ``--json`` and a timeout (past it: SIGTERM, so the benchmark resumes and stops what it
+started, then SIGKILL). A benchmark whose file is absent is reported as missing, one that fails or
+times out as such; the others still run. Writes ``<out>/<YYYY-MM-DD>-<host>.json`` (machine,
+commands, every figure), PNG plots (bench/plots.py) and ``<out>/latest.md``, the table for the
+README (bench/report.py).
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ SUITE = (
         "ingest",
         "bench.ingest",
         (),
-        600,
-        "rate sweep: recvmmsg loop, bare uvloop, collector 1 and 2 workers; mixed and new-flows",
+        900,
+        "rate sweep: recvmmsg loop, bare uvloop, collector 1 and 2 workers; mixed and new-flows; "
+        "freeze-fill-drain (2 workers vs 1); a sustained new-flows flood",
     ),
     Bench(
         "kafka",
@@ -83,14 +86,7 @@ def run_bench(bench: Bench) -> dict[str, Any]:
         return {**entry, "status": "missing", "error": f"{bench.path.relative_to(ROOT)} not found"}
     start = time.monotonic()
     try:
-        done = subprocess.run(
-            bench.command(),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=bench.timeout_s,
-            check=False,
-        )
+        done = run_to_end(bench.command(), bench.timeout_s)
     except subprocess.TimeoutExpired:
         return {
             **entry,
@@ -108,6 +104,25 @@ def run_bench(bench: Bench) -> dict[str, Any]:
             "error": f"exit status {done.returncode}: " + " | ".join(tail),
         }
     return {**entry, "status": "ok", "result": result}
+
+
+def run_to_end(command: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """Run a benchmark; past ``timeout_s`` it gets SIGTERM first, so that it resumes what it
+    froze and stops what it started (bench.drain, the collectors), and SIGKILL 30 s later."""
+    with subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+            raise
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
 def last_json_line(stdout: str) -> dict[str, Any] | None:
