@@ -34,7 +34,9 @@ A measurement is taken again (a fresh receiver, up to ``ATTEMPTS`` times; the cl
 kept, every attempt is in ``runs``) when it was not clean: not counted exactly, a split worse than
 ``MAX_SHARE`` of the queued bytes on one socket, or disturbed: the receiving processes waited for a
 CPU (/proc/PID/task/*/schedstat) for more than ``MAX_WAIT_SHARE`` of their drain time, i.e. some
-other process on a shared machine took their cores. The same rule holds for every receiver.
+other process on a shared machine took their cores (a one-core load elsewhere halves 2 workers
+and leaves one worker alone). The same rule holds for every receiver. The medians are of the clean
+runs; when a receiver has none, of its valid runs, and the target says n/a (rerun).
 
 Each repetition starts every receiver afresh (no flows left from an earlier fill), warms it up
 with ``WARMUP`` datagrams of the profile at 100,000/s, and the receivers take turns (the order
@@ -74,7 +76,7 @@ RECEIVERS = ("recvmmsg", "uvloop", "collector", "collector-2w")
 BUFFER_BYTES = 512 << 20  # per socket; Linux doubles it (bookkeeping), SO_RCVBUFFORCE as root
 COUNTS = {"mixed": 600_000, "new-flows": 400_000}  # ~730 MB and ~330 MB of queued skbs
 DEFAULT_COUNT = 400_000
-FILL_SOCKETS_PER_SENDER = 128
+FILL_SOCKETS_PER_SENDER = 256  # 512 4-tuples: the split's spread is about 2 %
 WARMUP = 50_000
 POLL_S = 0.0015
 FILL_QUIET_S = 0.02  # the queues stopped growing: the fill's last datagrams are in
@@ -82,6 +84,7 @@ FREEZE_LIMIT_S = 30.0
 DRAIN_LIMIT_S = 120.0
 MAX_SHARE = 0.55
 MAX_WAIT_SHARE = 0.1  # waited for a CPU longer than this share of the drain: disturbed
+DISTURBED_PAUSE_S = 3.0
 ATTEMPTS = 3
 TARGET_RATIO = 1.6
 
@@ -134,8 +137,9 @@ class Drain:
 
     @property
     def clean(self) -> bool:
-        """Valid, split near even, and the receiver had its cores (see MAX_WAIT_SHARE)."""
-        return self.valid and self.split <= MAX_SHARE and self.wait_share <= MAX_WAIT_SHARE
+        """Valid, split near even (several sockets), and the receiver had its cores."""
+        even = len(self.queued_bytes) < 2 or self.split <= MAX_SHARE
+        return self.valid and even and self.wait_share <= MAX_WAIT_SHARE
 
     @property
     def split(self) -> float:
@@ -324,6 +328,8 @@ def drain_once(
         print(line(result), file=sys.stderr, flush=True)
         if result.clean:
             break
+        if result.valid and result.wait_share > MAX_WAIT_SHARE:
+            time.sleep(DISTURBED_PAUSE_S)  # let a burst of other work pass
     return tries
 
 
@@ -380,33 +386,38 @@ def run(
 def summarize(
     drains: list[Drain], profiles: list[str], receivers: list[str]
 ) -> dict[str, dict[str, Any]]:
-    """Per ``receiver/profile``: the median drain rate and CPU per packet of the valid runs."""
+    """Per ``receiver/profile`` (one kept run per repetition): the median drain rate and CPU per
+    packet of the clean runs, or of the valid ones when none was clean (``disturbed_only``)."""
     out: dict[str, dict[str, Any]] = {}
     for profile in profiles:
         for name in receivers:
             mine = [d for d in drains if d.receiver == name and d.profile == profile]
             good = [d for d in mine if d.valid]
+            clean = [d for d in good if d.clean]
             if not mine:
                 continue
             entry: dict[str, Any] = {
                 "runs": len(mine),
                 "valid": len(good),
-                "disturbed": sum(not d.clean for d in good),
+                "clean": len(clean),
+                "disturbed_only": bool(good) and not clean,
             }
-            if good:
-                rates = [d.drain_pps or 0.0 for d in good]
+            pool = clean or good
+            if pool:
+                rates = [d.drain_pps or 0.0 for d in pool]
                 median = statistics.median(rates)
-                balanced = [sum(d.worker_pps) for d in good if d.worker_pps]
-                middle = min(good, key=lambda d: abs((d.drain_pps or 0.0) - median))
+                balanced = [sum(d.worker_pps) for d in pool if d.worker_pps]
+                middle = min(pool, key=lambda d: abs((d.drain_pps or 0.0) - median))
                 entry.update(
                     drain_pps=round(median),
                     drain_pps_all=rates,
                     cpu_us_per_packet=statistics.median(
-                        [d.cpu_us_per_packet for d in good if d.cpu_us_per_packet is not None]
+                        [d.cpu_us_per_packet for d in pool if d.cpu_us_per_packet is not None]
                         or [0.0]
                     ),
                     worker_shares=middle.worker_shares,
                     balanced_pps=round(statistics.median(balanced)) if balanced else None,
+                    wait_share=round(max(d.wait_share for d in pool), 3),
                 )
             entry["fill_kernel_drops"] = sum(d.fill_kernel_drops for d in mine)
             entry["unexplained"] = sum(d.unexplained for d in mine)
@@ -418,7 +429,8 @@ def summarize(
 
 
 def targets(summary: dict[str, dict[str, Any]], profiles: list[str]) -> list[dict[str, Any]]:
-    """2 workers' drain rate over one worker's, per profile, with pass/fail."""
+    """2 workers' drain rate over one worker's, per profile, with pass/fail (n/a when no run
+    was valid, or every run of one of them was disturbed by other work on the machine)."""
     out: list[dict[str, Any]] = []
     for profile in profiles:
         one, two = summary.get(f"collector/{profile}"), summary.get(f"collector-2w/{profile}")
@@ -437,13 +449,19 @@ def targets(summary: dict[str, dict[str, Any]], profiles: list[str]) -> list[dic
         ratio = two["drain_pps"] / one["drain_pps"]
         shares = "/".join(f"{s:.2f}" for s in two.get("worker_shares") or [])
         pids = "worker pids unchanged" if two.get("pids_unchanged") else "a worker was replaced"
+        disturbed = one.get("disturbed_only") or two.get("disturbed_only")
         out.append(
             {
                 "target": name,
                 "value": f"{ratio:.2f}x ({two['drain_pps']:,.0f} vs {one['drain_pps']:,.0f}/s "
-                f"drained with the senders stopped, median of {two['valid']}; worker shares "
-                f"{shares}; {pids})",
-                "pass": ratio >= TARGET_RATIO,
+                f"drained with the senders stopped, median of {len(two['drain_pps_all'])}; "
+                f"worker shares {shares}; {pids})"
+                + (
+                    "; every run disturbed: other processes took the cores, rerun"
+                    if disturbed
+                    else ""
+                ),
+                "pass": None if disturbed else ratio >= TARGET_RATIO,
             }
         )
     return out

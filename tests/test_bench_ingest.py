@@ -180,6 +180,7 @@ def test_drain_target_is_the_median_2w_over_1w_ratio_of_the_valid_runs() -> None
 
 def test_a_drain_is_invalid_when_counts_do_not_add_up_or_a_worker_was_replaced() -> None:
     assert drained("collector", 1e6).valid
+    assert drained("collector", 1e6).clean  # one socket: no split to judge
     assert not drained("collector", 1e6, lost=1).valid
     assert not drained("collector", 1e6, received=99_999).valid
     assert not drained("collector", 1e6, pids_unchanged=False).valid
@@ -350,3 +351,25 @@ def test_report_rows_for_the_drain_and_the_flood(tmp_path: Path) -> None:
     assert rows["Target: mixed: 2 workers >= 1.6x one worker's zero-loss rate"][2] == "PASS"
     made = plots({"ingest": {"status": "ok", "result": ingest}}, tmp_path)
     assert made["drain"] == "drain-rate.png"
+
+
+def test_disturbed_runs_count_only_when_no_run_was_clean() -> None:
+    two = {"queued_bytes": [500, 500], "socket_drain_s": [0.1, 0.1], "pids_unchanged": True}
+    busy = {**two, "cpu_wait_s": 0.1}  # the workers waited half of a 0.1 s drain for a CPU
+    names = ["collector", "collector-2w"]
+    runs = [
+        drained("collector", 500_000),
+        drained("collector-2w", 1_000_000, **two),
+        drained("collector-2w", 600_000, **busy),
+        drained("collector-2w", 610_000, **busy),
+    ]
+    summary = summarize(runs, ["mixed"], names)
+    assert summary["collector-2w/mixed"]["drain_pps"] == 1_000_000
+    assert summary["collector-2w/mixed"]["clean"] == 1
+    (target,) = drain.targets(summary, ["mixed"])
+    assert target["pass"] is True
+    summary = summarize(runs[:1] + runs[2:], ["mixed"], names)
+    assert summary["collector-2w/mixed"]["disturbed_only"] is True
+    (target,) = drain.targets(summary, ["mixed"])
+    assert target["pass"] is None
+    assert "disturbed" in target["value"]
