@@ -91,8 +91,10 @@ NOTE = (
     "receiver's knee is bounded by what the senders reach while it runs (the loopback sender also "
     "pays the kernel's receive-side work up to the socket queue). 2 workers were measured the same "
     "way, fed from 8 sockets per sender so SO_REUSEPORT splits the load; with the senders on the "
-    "same 2 cores they cannot show 2 cores' worth of capacity, so the datagrams per worker-CPU-second "
-    "are given too: 2 workers times that figure is their capacity with a core each."
+    "same 2 cores they cannot show 2 cores' worth of capacity, so their ratio is context, with the "
+    "datagrams per worker-CPU-second: 2 workers times that figure is their capacity with a core each. "
+    "The 2-worker target is judged by freeze, fill, drain (the senders stopped). Each new-flows "
+    "point of a collector starts a fresh collector, so no flow of an earlier point expires inside it."
 )
 FLOOD_NOTE = (
     "new-flows (every datagram a new flow) at a fixed rate with flows.inactive_timeout_s "

@@ -346,8 +346,8 @@ def drain_table(drain: dict[str, Any] | None) -> list[str]:
     if not drain or not drain.get("summary"):
         return []
     lines = [
-        "| profile | receiver | drain rate (median) | every run | CPU per packet | valid runs "
-        "| worker shares |",
+        "| profile | receiver | drain rate (median) | runs in the median | CPU per packet "
+        "| runs: clean/valid/all | worker shares |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, entry in drain["summary"].items():
@@ -357,7 +357,7 @@ def drain_table(drain: dict[str, Any] | None) -> list[str]:
         lines.append(
             f"| {profile} | {name} | {fmt(entry.get('drain_pps'), '/s')} | {every or '-'} | "
             f"{fmt(entry.get('cpu_us_per_packet'), ' µs', 2)} | "
-            f"{entry.get('valid', 0)}/{entry.get('runs', 0)} | {shares} |"
+            f"{entry.get('clean', 0)}/{entry.get('valid', 0)}/{entry.get('runs', 0)} | {shares} |"
         )
     return lines
 
