@@ -1,6 +1,6 @@
 """Baselines for the ingest benchmark: receivers that only count datagrams.
 
-    python -m bench.bare_receiver uvloop|recvmmsg PORT RCVBUF
+    python -m bench.bare_receiver uvloop|recvmmsg PORT RCVBUF [reuseport]
 
 ``uvloop``: a bare uvloop ``DatagramProtocol`` (one callback and one bytes object per datagram).
 ``recvmmsg``: the floor for user-space receive in Python on this machine: a blocking loop of
@@ -9,6 +9,8 @@ adds up the counts and does nothing else. Each runs as its own process, prints `
 once bound (PORT 0 binds a free port), then answers each line on stdin with its count. The
 receive buffer is asked for as the collector asks for its own (``set_receive_buffer``: past
 net.core.rmem_max with SO_RCVBUFFORCE when the process may), so every receiver gets the same.
+With ``reuseport`` the socket joins an SO_REUSEPORT group on PORT (two counting processes on one
+port: the machine's own ceiling for two receiving processes).
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ class Counter(asyncio.DatagramProtocol):
         self.count += 1
 
 
-def bound_socket(port: int, rcvbuf: int) -> socket.socket:
+def bound_socket(port: int, rcvbuf: int, reuse_port: bool = False) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     set_receive_buffer(sock, rcvbuf)  # as the collector asks: past rmem_max when root
     sock.bind(("127.0.0.1", port))
     return sock
@@ -86,7 +90,7 @@ def recvmmsg_main(sock: socket.socket) -> None:
 
 if __name__ == "__main__":
     kind, port, rcvbuf = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    sock = bound_socket(port, rcvbuf)
+    sock = bound_socket(port, rcvbuf, reuse_port=sys.argv[4:] == ["reuseport"])
     if kind == "recvmmsg":
         recvmmsg_main(sock)
     else:

@@ -1,7 +1,7 @@
 """Freeze, fill, drain: the rate a receiver sustains with the whole machine to itself.
 
-    python -m bench.drain [--profiles mixed,new-flows] [--receivers recvmmsg,uvloop,collector,
-        collector-2w] [--repeat 3] [--count N] [--buffer-bytes 536870912] [--json]
+    python -m bench.drain [--profiles mixed,new-flows] [--receivers recvmmsg,recvmmsg-2p,uvloop,
+        collector,collector-2w] [--repeat 3] [--count N] [--buffer-bytes 536870912] [--json]
 
 On a 2-core machine the senders of the rate sweep (bench.ingest) need about a core, so 2 workers
 can never show two cores of capacity while they run. Here the senders do not compete:
@@ -18,7 +18,10 @@ can never show two cores of capacity while they run. Here the senders do not com
    collector then still processes that batch, at most 512 datagrams, well under 1 % of a drain).
    Finally the receiver's own count must equal what was sent.
 
-Drain rate = N / drain_s: the receiver's zero-loss rate when the senders run elsewhere. The
+Drain rate = N / drain_s: the receiver's zero-loss rate when the senders run elsewhere. Besides
+the sweep's receivers, ``recvmmsg-2p`` (two recvmmsg counting loops in one SO_REUSEPORT group)
+shows what two receiving processes that do nothing else take here: the machine's own ratio for
+two processes, next to the collector's 2w/1w. The
 processes are always resumed (SIGCONT in a ``finally``, and a watchdog process that resumes them
 after ``FREEZE_LIMIT_S`` should this process die while they are stopped). The freeze lasts about
 a second, well under the collector's ``max_loop_lag_s`` (5 s): the supervisor restarts only
@@ -59,6 +62,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.harness import (
+    BarePair,
     CollectorReceiver,
     Receiver,
     Senders,
@@ -72,7 +76,7 @@ from bench.harness import (
     udp_queues,
 )
 
-RECEIVERS = ("recvmmsg", "uvloop", "collector", "collector-2w")
+RECEIVERS = ("recvmmsg", "recvmmsg-2p", "uvloop", "collector", "collector-2w")
 BUFFER_BYTES = 512 << 20  # per socket; Linux doubles it (bookkeeping), SO_RCVBUFFORCE as root
 COUNTS = {"mixed": 600_000, "new-flows": 400_000}  # ~730 MB and ~330 MB of queued skbs
 DEFAULT_COUNT = 400_000
@@ -215,14 +219,24 @@ def wait_empty(port: int, inodes: list[int], start: float) -> tuple[list[float |
     return [empty_at.get(i) for i in inodes], polls
 
 
-def worker_of_socket(receiver: CollectorReceiver, inodes: list[int]) -> list[int | None]:
-    """The index of the worker holding each socket (the supervisor holds them all too)."""
+def shares_and_rates(result: Drain, taken: list[int], pids: list[int], inodes: list[int]) -> None:
+    """Per receiving process (worker index order): its share of the datagrams, and its rate: its
+    datagrams over the drain time of the socket it holds (the supervisor holds them all too)."""
+    result.worker_shares = [round(t / max(sum(taken), 1), 3) for t in taken]
     owner: dict[int, int] = {}
-    for worker in receiver.workers():
-        with contextlib.suppress(OSError, KeyError):
-            for inode in socket_inodes(int(worker["pid"])):
-                owner[inode] = int(worker["index"])
-    return [owner.get(i) for i in inodes]
+    for index, pid in enumerate(pids):
+        with contextlib.suppress(OSError):
+            owner.update(dict.fromkeys(socket_inodes(pid), index))
+    seconds: dict[int, float | None] = {
+        owner[inode]: s
+        for inode, s in zip(inodes, result.socket_drain_s, strict=True)
+        if inode in owner
+    }
+    rates: list[float] = []
+    for index, datagrams in enumerate(taken):
+        drained_in = seconds.get(index)
+        rates.append(round(datagrams / drained_in) if drained_in else 0.0)
+    result.worker_pps = rates
 
 
 def measure(receiver: Receiver, profile: str, count: int, senders: Senders) -> Drain:
@@ -230,6 +244,8 @@ def measure(receiver: Receiver, profile: str, count: int, senders: Senders) -> D
     port = receiver.port
     collector = receiver if isinstance(receiver, CollectorReceiver) else None
     workers0 = collector.workers() if collector else []
+    group = receiver if isinstance(receiver, BarePair | CollectorReceiver) else None
+    counts0 = group.per_worker() if group is not None and len(receiver.pids) > 1 else []
     before = receiver.count()
     queues0 = udp_queues(port)
     drops0, backlog0 = sum(d for _, d in queues0.values()), backlog_drops()
@@ -272,15 +288,17 @@ def measure(receiver: Receiver, profile: str, count: int, senders: Senders) -> D
         poller_cpu_s=round(poller, 3),
         load_1m=round(load, 2),
     )
+    if group is not None and counts0:
+        taken = [b - a for a, b in zip(counts0, group.per_worker(), strict=True)]
+        pids = [int(w["pid"]) for w in workers0] if collector else receiver.pids
+        shares_and_rates(result, taken, pids, inodes)
     if collector is not None:
-        after(collector, result, workers0, inodes)
+        after(collector, result, workers0)
     return result
 
 
-def after(
-    receiver: CollectorReceiver, result: Drain, workers0: list[dict[str, Any]], inodes: list[int]
-) -> None:
-    """The collector's side: worker shares and rates, and that no worker was replaced."""
+def after(receiver: CollectorReceiver, result: Drain, workers0: list[dict[str, Any]]) -> None:
+    """The collector's side: no worker replaced, no restart, what /healthz says."""
     health = receiver.collector.health()
     workers = receiver.workers()
     result.health_after = str(health.get("status"))
@@ -289,17 +307,11 @@ def after(
     )
     pids0 = [w.get("pid") for w in workers0]
     result.pids_unchanged = pids0 == [w.get("pid") for w in workers] and not result.restarts
-    taken = [
-        int(b.get("datagrams", 0)) - int(a.get("datagrams", 0))
-        for a, b in zip(workers0, workers, strict=True)
-    ]
-    if len(taken) > 1:
-        result.worker_shares = [round(t / max(sum(taken), 1), 3) for t in taken]
-        owners = worker_of_socket(receiver, inodes)
-        rates = []
-        for index, seconds in zip(owners, result.socket_drain_s, strict=True):
-            rates.append(taken[index] / seconds if index is not None and seconds else 0.0)
-        result.worker_pps = [round(r) for r in rates]
+
+
+def receivers_for(names: list[str]) -> list[str]:
+    """The drain receivers of an ingest run's receivers (the recvmmsg pair comes with recvmmsg)."""
+    return [n for n in RECEIVERS if n in names or (n == "recvmmsg-2p" and "recvmmsg" in names)]
 
 
 def warm(receiver: Receiver, profile: str, senders: Senders) -> None:
@@ -447,6 +459,9 @@ def targets(summary: dict[str, dict[str, Any]], profiles: list[str]) -> list[dic
             )
             continue
         ratio = two["drain_pps"] / one["drain_pps"]
+        floor = summary.get(f"recvmmsg/{profile}", {}).get("drain_pps")
+        pair = summary.get(f"recvmmsg-2p/{profile}", {}).get("drain_pps")
+        machine = f"; 2 recvmmsg loops {pair / floor:.2f}x one" if floor and pair else ""
         shares = "/".join(f"{s:.2f}" for s in two.get("worker_shares") or [])
         pids = "worker pids unchanged" if two.get("pids_unchanged") else "a worker was replaced"
         disturbed = one.get("disturbed_only") or two.get("disturbed_only")
@@ -455,7 +470,7 @@ def targets(summary: dict[str, dict[str, Any]], profiles: list[str]) -> list[dic
                 "target": name,
                 "value": f"{ratio:.2f}x ({two['drain_pps']:,.0f} vs {one['drain_pps']:,.0f}/s "
                 f"drained with the senders stopped, median of {len(two['drain_pps_all'])}; "
-                f"worker shares {shares}; {pids})"
+                f"worker shares {shares}; {pids}{machine})"
                 + (
                     "; every run disturbed: other processes took the cores, rerun"
                     if disturbed

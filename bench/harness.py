@@ -284,18 +284,21 @@ class Collector:
 class Bare:
     """One of the counting baselines (bench.bare_receiver) in a subprocess."""
 
-    def __init__(self, kind: str, rcvbuf: int = RCVBUF) -> None:
+    def __init__(
+        self, kind: str, rcvbuf: int = RCVBUF, *, port: int = 0, reuse_port: bool = False
+    ) -> None:
         self.name = kind
+        extra = ["reuseport"] if reuse_port else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.bare_receiver", kind, "0", str(rcvbuf)],
+            [sys.executable, "-m", "bench.bare_receiver", kind, str(port), str(rcvbuf), *extra],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
         assert self.proc.stdout is not None
-        word, port = self.proc.stdout.readline().split()
+        word, bound = self.proc.stdout.readline().split()
         assert word == "ready"
-        self.port = int(port)
+        self.port = int(bound)
         self.pids = [self.proc.pid]  # whose CPU is the receiver's
         self.freeze_pids = self.pids  # what bench.drain stops
         self.health_url: str | None = None
@@ -318,6 +321,36 @@ class Bare:
             self.proc.wait()
         self.proc.stdin.close()
         self.proc.stdout.close()
+
+
+class BarePair:
+    """Two recvmmsg counting loops in one SO_REUSEPORT group (``recvmmsg-2p``): what two
+    receiving processes take on this machine when they do nothing else, the ceiling of 2 workers."""
+
+    def __init__(self, rcvbuf: int = RCVBUF) -> None:
+        self.name = "recvmmsg-2p"
+        self.members = [Bare("recvmmsg", rcvbuf, reuse_port=True)]
+        try:
+            port = self.members[0].port
+            self.members.append(Bare("recvmmsg", rcvbuf, port=port, reuse_port=True))
+        except BaseException:
+            self.close()
+            raise
+        self.port = port
+        self.pids = [m.proc.pid for m in self.members]
+        self.freeze_pids = self.pids
+        self.health_url: str | None = None
+        self.quiet_s = 1.0
+
+    def count(self) -> int:
+        return sum(self.per_worker())
+
+    def per_worker(self) -> list[int]:
+        return [m.count() for m in self.members]
+
+    def close(self) -> None:
+        for member in self.members:
+            member.close()
 
 
 class CollectorReceiver:
@@ -353,7 +386,7 @@ class CollectorReceiver:
         self.collector.close()
 
 
-Receiver = Bare | CollectorReceiver
+Receiver = Bare | BarePair | CollectorReceiver
 BARE_RECEIVERS = ("recvmmsg", "uvloop")
 COLLECTOR_MODES = ("reader", "protocol")  # collector-MODE: 1 worker, another receive path
 
@@ -361,10 +394,13 @@ COLLECTOR_MODES = ("reader", "protocol")  # collector-MODE: 1 worker, another re
 def make_receiver(
     name: str, *, rcvbuf: int = RCVBUF, env: Mapping[str, str] | None = None
 ) -> Receiver:
-    """``recvmmsg``, ``uvloop``, ``collector``, ``collector-2w`` or ``collector-MODE``, every one
-    asking for a ``rcvbuf``-byte receive buffer (``env``: more settings for a collector)."""
+    """``recvmmsg``, ``recvmmsg-2p``, ``uvloop``, ``collector``, ``collector-2w`` or
+    ``collector-MODE``, every one asking for a ``rcvbuf``-byte receive buffer per socket (``env``:
+    more settings for a collector)."""
     if name in BARE_RECEIVERS:
         return Bare(name, rcvbuf)
+    if name == "recvmmsg-2p":
+        return BarePair(rcvbuf)
     settings = {**({"COLLECTOR_RECV_BUFFER_BYTES": str(rcvbuf)} if rcvbuf != RCVBUF else {})}
     settings.update(env or {})
     if name == "collector":

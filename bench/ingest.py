@@ -428,7 +428,7 @@ def run(
     }
     drained = None
     if drain_repeat > 0:
-        names = [r for r in receivers if r in drain.RECEIVERS]
+        names = drain.receivers_for(receivers)
         drained = drain.run(profiles, names, drain_repeat, sweep.senders, drain_count)
     flooded = None
     if flood_rate > 0:

@@ -60,6 +60,7 @@ def _bar_labels(ax: Any, bars: Any, labels: list[str], fontsize: int = 9) -> Non
 
 RECEIVER_STYLE = {
     "recvmmsg": ("recvmmsg loop (counts only)", "tab:gray", ":"),
+    "recvmmsg-2p": ("2 recvmmsg loops, one port (counts only)", "silver", ":"),
     "uvloop": ("bare uvloop (counts only)", "black", "--"),
     "collector": ("collector, 1 worker", "tab:blue", "-"),
     "collector-2w": ("collector, 2 workers", "tab:green", "-"),

@@ -298,13 +298,17 @@ def drain_rows(drain: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
         figure = fmt(one, "/s") + f"; 2 workers {fmt(two, '/s')}"
         if shares:
             figure += " (shares " + "/".join(f"{x:.2f}" for x in shares) + ")"
+        pair, floor = rate("recvmmsg-2p", profile), rate("recvmmsg", profile)
         rows.append(
             (
                 f"Live ingest ({profile}): drain rate with the senders stopped "
                 f"(freeze, fill {drain.get('counts', {}).get(profile, 0):,}, drain), 1 worker",
                 figure,
                 f"bare uvloop {fmt(rate('uvloop', profile), '/s')}; "
-                f"recvmmsg loop {fmt(rate('recvmmsg', profile), '/s')}",
+                f"recvmmsg loop {fmt(floor, '/s')}"
+                + (
+                    f", 2 of them {fmt(pair, '/s')} ({pair / floor:.2f}x)" if pair and floor else ""
+                ),
                 f"2w/1w {two / one:.2f}x" if one and two else "n/a",
             )
         )

@@ -373,3 +373,20 @@ def test_disturbed_runs_count_only_when_no_run_was_clean() -> None:
     (target,) = drain.targets(summary, ["mixed"])
     assert target["pass"] is None
     assert "disturbed" in target["value"]
+
+
+def test_two_counting_loops_on_one_port_split_a_tiny_fill(senders: Senders) -> None:
+    receiver = make_receiver("recvmmsg-2p", rcvbuf=8 << 20)
+    try:
+        result = drain.measure(receiver, "mixed", 6_000, senders)
+        assert result.sent == result.received == 6_000
+        assert len(result.queued_bytes) == 2
+        assert result.worker_shares is not None and sum(result.worker_shares) == pytest.approx(1)
+        assert all(process_state(pid) in ("S", "R") for pid in receiver.freeze_pids)
+    finally:
+        receiver.close()
+    assert drain.receivers_for(["recvmmsg", "collector"]) == [
+        "recvmmsg",
+        "recvmmsg-2p",
+        "collector",
+    ]
