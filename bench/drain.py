@@ -21,12 +21,14 @@ can never show two cores of capacity while they run. Here the senders do not com
 Drain rate = N / drain_s: the receiver's zero-loss rate when the senders run elsewhere. Besides
 the sweep's receivers, ``recvmmsg-2p`` (two recvmmsg counting loops in one SO_REUSEPORT group)
 shows what two receiving processes that do nothing else take here: the machine's own ratio for
-two processes, next to the collector's 2w/1w. The
-processes are always resumed (SIGCONT in a ``finally``, and a watchdog process that resumes them
-after ``FREEZE_LIMIT_S`` should this process die while they are stopped). The freeze lasts about
-a second, well under the collector's ``max_loop_lag_s`` (5 s): the supervisor restarts only
-workers that exit, and marks unresponsive only workers that are silent or lag longer than that;
-the worker pids and restart counts before and after are compared (``pids_unchanged``).
+two processes, next to the collector's 2w/1w.
+
+The processes are always resumed (SIGCONT in a ``finally``, and a watchdog process that resumes
+them after ``FREEZE_LIMIT_S`` should this process die while they are stopped; SIGTERM exits
+through the ``finally`` blocks). The freeze lasts about a second, well under the collector's
+``max_loop_lag_s`` (5 s): the supervisor restarts only workers that exit, and marks unresponsive
+only workers that are silent or lag longer than that; the worker pids and restart counts before
+and after are compared (``pids_unchanged``).
 
 With 2 workers the datagrams are spread by SO_REUSEPORT's hash of each sender socket's 4-tuple:
 the fill uses ``FILL_SOCKETS_PER_SENDER`` sockets per sender process so the split comes out near
@@ -43,7 +45,7 @@ runs; when a receiver has none, of its valid runs, and the target says n/a (reru
 
 Each repetition starts every receiver afresh (no flows left from an earlier fill), warms it up
 with ``WARMUP`` datagrams of the profile at 100,000/s, and the receivers take turns (the order
-rotates per repetition). The figure is the median of the repetitions.
+rotates per repetition). The figure is the median of the (clean) repetitions.
 """
 
 from __future__ import annotations
@@ -116,8 +118,8 @@ class Drain:
     polls: int
     poller_cpu_s: float  # what reading /proc/net/udp cost this process meanwhile
     load_1m: float
-    worker_shares: list[float] | None = None  # collector: datagrams per worker over all
-    worker_pps: list[float] | None = None  # each worker's datagrams over its socket's drain
+    worker_shares: list[float] | None = None  # several sockets: each process's share
+    worker_pps: list[float] | None = None  # each process's datagrams over its socket's drain
     pids_unchanged: bool | None = None  # collector: same worker pids and no restart after
     restarts: int | None = None
     health_after: str | None = None  # /healthz status after the drain
