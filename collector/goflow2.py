@@ -10,6 +10,7 @@ input format (goflow2's ClickHouse example) expects exactly that framing in each
 from __future__ import annotations
 
 import socket
+import struct
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -108,16 +109,46 @@ _SRC_PORT = [b""] + [T_SRC_PORT + _uvarint(i) for i in range(1, 65536)]
 _DST_PORT = [b""] + [T_DST_PORT + _uvarint(i) for i in range(1, 65536)]
 _pton = socket.inet_pton
 
+# Tag and value of the three counters below 2**14, b"" for 0 (proto3 leaves zero scalars out); the
+# sequence number's entries carry the constant sampling rate in front.
+_SEQUENCE = [T_SAMPLING] + [T_SAMPLING_SEQUENCE + _SMALL[i] for i in range(1, 1 << 14)]
+_OCTETS = [b""] + [T_BYTES + _SMALL[i] for i in range(1, 1 << 14)]
+_PACKETS = [b""] + [T_PACKETS + _SMALL[i] for i in range(1, 1 << 14)]
+# The three times as one struct: received (its tag ends the kind's middle), start, end; each time
+# is its low 28 bits as two 14-bit groups and the varint of the rest, 5 bytes from 2**56 ns (1972)
+# to 2**63 ns (2262). Outside those years the record is written by ``reference_message``.
+_TIMES = struct.Struct("2s2s5s2s2s2s5s2s2s2s5s").pack
+_TAIL_MIN, _TAIL_END = 1 << 28, 1 << 35  # ns >> 28 with a 5-byte varint
+
 # (vni, direction, protocol, tcp_flags, ip_version, icmp_type, icmp_code) -> the encoded fields
 # 18-20 (interfaces, protocol), those from 26 to the received-time tag (flags, etype, ICMP,
-# domain), the address family and the address tags. ICMP type/code come from the sender: the
-# table is bounded, cleared when full.
+# domain), the address family, the address tags, and the last source and destination addresses
+# seen with that kind and their encoding (the ENI's own address is one side of each of its
+# records). ICMP type/code come from the sender: the table is bounded, cleared when full.
 _KIND_CACHE_MAX = 65_536
-_Kind = tuple[bytes, bytes, int, bytes, bytes]
+
+
+class _Last:
+    """The last source and destination address texts of a kind and their encoded fields."""
+
+    __slots__ = ("dst", "dst_text", "src", "src_text")
+
+    def __init__(self) -> None:
+        self.src_text: str | None = None
+        self.src = b""
+        self.dst_text: str | None = None
+        self.dst = b""
+
+
+_Kind = tuple[bytes, bytes, int, bytes, bytes, _Last]
 _kinds: dict[tuple[int | str | None, ...], _Kind] = {}
-# varint(ns >> 42) of a time: it changes every 73 minutes, so this holds a few entries; bounded
-_TOP_CACHE_MAX = 64
-_tops: dict[int, bytes] = {}
+# varint(ns >> 28) of a time: it changes every 268 ms, so records of one batch share few; bounded
+_TAIL_CACHE_MAX = 4096
+_tails: dict[int, bytes] = {}
+
+
+class _OutOfRangeError(Exception):
+    """A time outside the years the fast path's layout covers."""
 
 
 def _kind(key: tuple[int | str | None, ...]) -> _Kind:
@@ -142,27 +173,34 @@ def _kind(key: tuple[int | str | None, ...]) -> _Kind:
             T_RECEIVED,
         )
     )
+    last = _Last()
     if version == 4:
-        kind = head, middle, socket.AF_INET, T_SRC4, T_DST4
+        kind = head, middle, socket.AF_INET, T_SRC4, T_DST4, last
     else:
-        kind = head, middle, socket.AF_INET6, T_SRC6, T_DST6
+        kind = head, middle, socket.AF_INET6, T_SRC6, T_DST6, last
     if len(_kinds) >= _KIND_CACHE_MAX:
         _kinds.clear()
     _kinds[key] = kind
     return kind
 
 
-def _top(top: int) -> bytes:
-    if len(_tops) >= _TOP_CACHE_MAX:
-        _tops.clear()
-    encoded = _tops[top] = _uvarint(top)
+def _tail(top: int) -> bytes:
+    if not _TAIL_MIN <= top < _TAIL_END:
+        raise _OutOfRangeError
+    if len(_tails) >= _TAIL_CACHE_MAX:
+        _tails.clear()
+    encoded = _tails[top] = _uvarint(top)
     return encoded
+
+
+def _field(tag: bytes, value: int) -> bytes:
+    return tag + _uvarint(value)
 
 
 def clear_caches() -> None:
     """Forget every cached encoding (benchmarks start each pass from empty caches)."""
     _kinds.clear()
-    _tops.clear()
+    _tails.clear()
 
 
 def encode(r: FlowRecord) -> bytes:
@@ -170,89 +208,89 @@ def encode(r: FlowRecord) -> bytes:
 
     Fields in number order; zero-valued scalars are left out, as proto3 encoders do (decoders read
     them as 0). Equal byte for byte to ``reference_message`` with its length in front
-    (tests/test_encode_paths.py); this one trades readability for table lookups and fewer
-    operations per field. The addresses are of the record's ``ip_version``, as the pipeline makes
-    them (and as ``etype`` says).
+    (tests/test_encode_paths.py); this one trades readability for table lookups, one join of at
+    most 10 parts (``bytes.join`` allocates for more) and the times packed by one struct. The
+    addresses are of the record's ``ip_version``, as the pipeline makes them (and as ``etype``
+    says).
     """
-    small, low = _SMALL, _LOW14
-    n = r.sequence & 0xFFFFFFFF
-    if n >= 16384:
-        sequence, s0 = T_SAMPLING_SEQUENCE, low[n & 0x3FFF]
-        s1 = small[n >> 14] if n < _LARGE else _uvarint(n >> 14)
-    elif n:
-        sequence, s0, s1 = T_SAMPLING_SEQUENCE, small[n], b""
-    else:
-        sequence, s0, s1 = T_SAMPLING, b"", b""
-    n = r.bytes
-    if n >= 16384:
-        octets, o0 = T_BYTES, low[n & 0x3FFF]
-        o1 = small[n >> 14] if n < _LARGE else _uvarint(n >> 14)
-    elif n:
-        octets, o0, o1 = T_BYTES, small[n], b""
-    else:
-        octets = o0 = o1 = b""
-    n = r.packets
-    if n >= 16384:
-        packets, p0 = T_PACKETS, low[n & 0x3FFF]
-        p1 = small[n >> 14] if n < _LARGE else _uvarint(n >> 14)
-    elif n:
-        packets, p0, p1 = T_PACKETS, small[n], b""
-    else:
-        packets = p0 = p1 = b""
-    key = (r.vni, r.direction, r.protocol, r.tcp_flags, r.ip_version, r.icmp_type, r.icmp_code)
+    low = _LOW14
     try:
-        head, middle, family, src_tag, dst_tag = _kinds[key]
-    except KeyError:
-        head, middle, family, src_tag, dst_tag = _kind(key)
-    # a time in ns: its low 42 bits as three 14-bit groups from the table, the rest (which changes
-    # every 73 minutes) cached; in the first 73 minutes of 1970 the encoding of earlier versions
-    ns = r.end_ms * NS_PER_MS
-    top = ns >> 42
-    if top:
-        end = (
-            low[ns & 0x3FFF]
-            + low[(ns >> 14) & 0x3FFF]
-            + low[(ns >> 28) & 0x3FFF]
-            + (_tops.get(top) or _top(top))
+        n = r.sequence
+        if n < 16384:
+            sequence = _SEQUENCE[n]
+        elif n < _LARGE:
+            sequence = T_SAMPLING_SEQUENCE + low[n & 0x3FFF] + _SMALL[n >> 14]
+        else:
+            n &= 0xFFFFFFFF
+            sequence = _SEQUENCE[n] if n < 16384 else _field(T_SAMPLING_SEQUENCE, n)
+        n = r.bytes
+        if n < 16384:
+            octets = _OCTETS[n]
+        elif n < _LARGE:
+            octets = T_BYTES + low[n & 0x3FFF] + _SMALL[n >> 14]
+        else:
+            octets = _field(T_BYTES, n)
+        n = r.packets
+        if n < 16384:
+            packets = _PACKETS[n]
+        elif n < _LARGE:
+            packets = T_PACKETS + low[n & 0x3FFF] + _SMALL[n >> 14]
+        else:
+            packets = _field(T_PACKETS, n)
+        key = (r.vni, r.direction, r.protocol, r.tcp_flags, r.ip_version, r.icmp_type, r.icmp_code)
+        try:
+            head, middle, family, src_tag, dst_tag, last = _kinds[key]
+        except KeyError:
+            head, middle, family, src_tag, dst_tag, last = _kind(key)
+        # the same text object as the kind's last one: its encoding again (no parse)
+        text = r.src_addr
+        if text is last.src_text:
+            src = last.src
+        else:
+            src = last.src = src_tag + _pton(family, text)
+            last.src_text = text
+        text = r.dst_addr
+        if text is last.dst_text:
+            dst = last.dst
+        else:
+            dst = last.dst = dst_tag + _pton(family, text)
+            last.dst_text = text
+        ns = r.end_ms * NS_PER_MS
+        e0 = low[ns & 0x3FFF]
+        e1 = low[(ns >> 14) & 0x3FFF]
+        top = ns >> 28
+        e2 = _tails.get(top) or _tail(top)
+        ns = r.start_ms * NS_PER_MS
+        top = ns >> 28
+        message = b"".join(
+            (
+                sequence,
+                src,
+                dst,
+                octets,
+                packets,
+                head,
+                _SRC_PORT[r.src_port],
+                _DST_PORT[r.dst_port],
+                middle,
+                _TIMES(
+                    e0,
+                    e1,
+                    e2,
+                    T_START,
+                    low[ns & 0x3FFF],
+                    low[(ns >> 14) & 0x3FFF],
+                    _tails.get(top) or _tail(top),
+                    T_END,
+                    e0,
+                    e1,
+                    e2,
+                ),
+            )
         )
-    else:
-        end = low[ns & 0x3FFF] + low[(ns >> 14) & 0x3FFF] + small[ns >> 28]
-    ns = r.start_ms * NS_PER_MS
-    top = ns >> 42
-    if top:
-        t2, t3 = low[(ns >> 28) & 0x3FFF], _tops.get(top) or _top(top)
-    else:
-        t2, t3 = small[ns >> 28], b""
-    message = b"".join(
-        (
-            sequence,
-            s0,
-            s1,
-            src_tag,
-            _pton(family, r.src_addr),
-            dst_tag,
-            _pton(family, r.dst_addr),
-            octets,
-            o0,
-            o1,
-            packets,
-            p0,
-            p1,
-            head,
-            _SRC_PORT[r.src_port],
-            _DST_PORT[r.dst_port],
-            middle,
-            end,
-            T_START,
-            low[ns & 0x3FFF],
-            low[(ns >> 14) & 0x3FFF],
-            t2,
-            t3,
-            T_END,
-            end,
-        )
-    )
-    return small[len(message)] + message  # a FlowMessage of these fields is < 200 bytes
+    except _OutOfRangeError:
+        message = reference_message(r)
+    return _SMALL[len(message)] + message  # a FlowMessage of these fields is < 200 bytes
 
 
 def flow_message(r: FlowRecord) -> bytes:

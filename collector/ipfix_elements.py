@@ -18,9 +18,7 @@ from __future__ import annotations
 import socket
 import struct
 from binascii import unhexlify
-from bisect import bisect_right
 from collections.abc import Callable, Iterable
-from itertools import accumulate
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -154,18 +152,32 @@ def _string(value: str | None) -> bytes:
 _HEAD_BYTES = 8 * 4 + 2 + 2 + 1 + 2  # flowStart, flowEnd, octets, packets, ports, proto, flags
 _KIND_BYTES = 2 + 1 + 1 + 8 + 4 + 4  # icmpTypeCode, end reason, direction, segment, interfaces
 _LONGEST_RECORD = _HEAD_BYTES + _KIND_BYTES + 8 + 16 + 16 + 8 + 8 * (1 + MAX_STRING_BYTES)
-# A record kind is what records share when they share their ip_version, ICMP type/code, end
-# reason, direction, VNI and session strings: the struct of the whole record, the packed fixed
-# fields, the encoded strings, built once. ICMP type/code come from the sender: the table of kinds
-# holds _CACHE_MAX entries and is cleared when full.
+# A record kind is what records of one address family share when they share their ICMP type/code,
+# end reason, direction, VNI and session strings: the struct of the whole record, the packed
+# fixed fields, the encoded strings, built once. ICMP type/code come from the sender: each
+# family's table of kinds holds _CACHE_MAX entries and is cleared when full.
 _CACHE_MAX = 65_536
-# (address family, pack of the record's struct, fixed bytes, strings, append to its family's list)
-_Kind = tuple[int, Callable[..., bytes], bytes, bytes, Callable[[bytes], None]]
 _KindKey = tuple[int | str | None, ...]
 # (IPv4?, enterprise elements?, bytes of the strings) -> struct; bounded by the string bound
 _record_structs: dict[tuple[bool, bool, int], struct.Struct] = {}
-_FIRST_SET = struct.Struct(">HHIIIHH")  # a message header and the header of its only set
-_BEYOND = 1 << 62  # more bytes than any message holds
+_header_into = HEADER.pack_into
+_set_header_into = SET_HEADER.pack_into
+
+
+class _Last:
+    """The last source and destination address texts of a kind and their packed forms."""
+
+    __slots__ = ("dst", "dst_text", "src", "src_text")
+
+    def __init__(self) -> None:
+        self.src_text: str | None = None
+        self.src = b""
+        self.dst_text: str | None = None
+        self.dst = b""
+
+
+# (pack_into of the record's struct, its size, fixed bytes, strings, the kind's last addresses)
+_Kind = tuple[Callable[..., None], int, bytes, bytes, _Last]
 
 
 def _record_struct(v4: bool, enterprise: bool, context_bytes: int) -> struct.Struct:
@@ -209,17 +221,10 @@ class MessageEncoder:
             for tid, fields in self._templates.items()
         )
         self.template_set = _set(TEMPLATE_SET_ID, body)
-        self._kinds: dict[_KindKey, _Kind] = {}
-        # each kind appends its records to the list of its family: no test per record
-        self._v4: list[bytes] = []
-        self._v6: list[bytes] = []
-        # the most records of each template a message can hold (each string at least its length
-        # byte): bounds the search for where a message ends
-        strings = 1 + len(ENTERPRISE_ELEMENTS[2:]) if self.enterprise else 1  # interfaceName first
-        self._span = {
-            tid: self.max_message_bytes // _record_struct(v4, self.enterprise, strings).size + 1
-            for tid, v4 in ((TEMPLATE_V4, True), (TEMPLATE_V6, False))
-        }
+        self._kinds4: dict[_KindKey, _Kind] = {}
+        self._kinds6: dict[_KindKey, _Kind] = {}
+        # a message is packed in place here, then copied out
+        self._buffer = bytearray(self.max_message_bytes)
         floor = HEADER.size + SET_HEADER.size + _LONGEST_RECORD  # templates may go on their own
         if self.max_message_bytes < floor:
             raise ValueError(f"messages of {self.max_message_bytes} bytes cannot hold a record")
@@ -235,10 +240,11 @@ class MessageEncoder:
 
     def clear_caches(self) -> None:
         """Forget the cached kinds (benchmarks start each pass from empty caches)."""
-        self._kinds.clear()
+        self._kinds4.clear()
+        self._kinds6.clear()
 
-    def _new_kind(self, key: _KindKey) -> _Kind:
-        version, icmp_type, icmp_code, end_reason, direction, vni = key[:6]
+    def _new_kind(self, key: _KindKey, v4: bool) -> _Kind:
+        icmp_type, icmp_code, end_reason, direction, vni = key[:5]
         assert isinstance(vni, int) and isinstance(end_reason, str) and isinstance(direction, str)
         icmp = 0 if icmp_type is None else (int(icmp_type) << 8) | int(icmp_code or 0)
         in_if = vni if direction == "egress" else 0
@@ -253,55 +259,128 @@ class MessageEncoder:
             in_if,
             out_if,
         )
-        strings = key[6:] if self.enterprise else key[6:7]
-        context = b"".join([_string(s if isinstance(s, str) else None) for s in strings])
-        v4 = version == 4
-        family = socket.AF_INET if v4 else socket.AF_INET6
+        context = b"".join([_string(s if isinstance(s, str) else None) for s in key[5:]])
         record = _record_struct(v4, self.enterprise, len(context))
-        add = self._v4.append if v4 else self._v6.append
-        kind = family, record.pack, fixed, context, add
-        if len(self._kinds) >= _CACHE_MAX:
-            self._kinds.clear()
-        self._kinds[key] = kind
+        kind = record.pack_into, record.size, fixed, context, _Last()
+        kinds = self._kinds4 if v4 else self._kinds6
+        if len(kinds) >= _CACHE_MAX:
+            kinds.clear()
+        kinds[key] = kind
         return kind
 
-    def data_records(self, records: Iterable[FlowRecord]) -> tuple[list[bytes], list[bytes]]:
-        """The encoded data records, (IPv4 ones, IPv6 ones), each list in the records' order.
+    def _close(
+        self,
+        messages: list[tuple[bytes, int]],
+        end: int,
+        set_start: int,
+        set_id: int,
+        count: int,
+        export_time: int,
+        sequence: int,
+    ) -> int:
+        """Finish the message in the buffer, ``end`` bytes with the set open at ``set_start``
+        (dropped if it holds no record); returns the sequence number after it."""
+        buf = self._buffer
+        if end > set_start + SET_HEADER.size:
+            _set_header_into(buf, set_start, set_id, end - set_start)
+        else:
+            end = set_start
+        domain = self.observation_domain_id
+        _header_into(buf, 0, VERSION, end, export_time, sequence & 0xFFFFFFFF, domain)
+        messages.append((bytes(buf[:end]), count))
+        return sequence + count
 
-        Equal byte for byte to ``reference_data_record`` of each (tests/test_encode_paths.py).
+    def encode(
+        self, records: Iterable[FlowRecord], now: float, refresh_s: float | None = None
+    ) -> list[tuple[bytes, int]]:
+        """Messages carrying ``records``, each with its number of data records.
+
+        Templates lead the first message when they are due (``templates_due``). Each message stays
+        within ``max_message_bytes``; the sequence number advances by the records of each message.
+        IPv4 records go in sets of the IPv4 template, IPv6 ones in sets of the IPv6 template, each
+        family in the records' order: a message takes records while the next one fits, as
+        ``reference_data_record`` lays each out (tests/test_encode_paths.py), and its set headers
+        and header are written when it is full. The records are packed in place, one struct per
+        record kind.
         """
-        kinds = self._kinds
+        export_time = int(now)
+        sequence = self.sequence
+        messages: list[tuple[bytes, int]] = []
+        buf, top, close = self._buffer, self.max_message_bytes, self._close
+        o = HEADER.size  # where the next record, set header or template set goes
+        if self.templates_due(now, refresh_s):
+            buf[o : o + len(self.template_set)] = self.template_set
+            o += len(self.template_set)
+            self.templates_sent_at = now
+        v4: list[FlowRecord] = []
+        v6: list[FlowRecord] = []
+        add4, add6 = v4.append, v6.append
+        for r in records:
+            if r.ip_version == 4:
+                add4(r)
+            else:
+                add6(r)
         new_kind, pton = self._new_kind, socket.inet_pton
-        enterprise = self.enterprise
-        self._v4.clear()  # what a call that raised left there
-        self._v6.clear()
-        # addresses: inet_pton costs about what a lookup in a table of recent addresses does, and
-        # leaves no table for senders to churn; the family is the record's ip_version, as the
-        # template's
-        if enterprise:
-            for r in records:
-                key = (
-                    r.ip_version,
-                    r.icmp_type,
-                    r.icmp_code,
-                    r.end_reason,
-                    r.direction,
-                    r.vni,
-                    r.interface_id,
-                    r.session,
-                    r.instance_id,
-                    r.subnet_id,
-                    r.vpc_id,
-                    r.az_id,
-                    r.account_id,
-                    r.region,
-                )
-                try:
-                    family, pack, fixed, context, add = kinds[key]
-                except KeyError:
-                    family, pack, fixed, context, add = new_kind(key)
-                add(
-                    pack(
+        count = 0  # records in the message
+        set_id, set_start = 0, o  # the open set (none yet) and where its header goes
+        for items, family, kinds, family_set in (
+            (v4, socket.AF_INET, self._kinds4, TEMPLATE_V4),
+            (v6, socket.AF_INET6, self._kinds6, TEMPLATE_V6),
+        ):
+            if not items:
+                continue
+            if o > set_start + SET_HEADER.size:  # the other family's set ends, the message goes on
+                _set_header_into(buf, set_start, set_id, o - set_start)
+            v4_set = family_set == TEMPLATE_V4
+            set_id, set_start = family_set, o
+            o += SET_HEADER.size
+            # an address is packed again unless it is the text its kind saw last (the ENI's own
+            # address is one side of every record of its session); the family is the record's
+            # ip_version, as the template's
+            if self.enterprise:
+                for r in items:
+                    key: _KindKey = (
+                        r.icmp_type,
+                        r.icmp_code,
+                        r.end_reason,
+                        r.direction,
+                        r.vni,
+                        r.interface_id,
+                        r.session,
+                        r.instance_id,
+                        r.subnet_id,
+                        r.vpc_id,
+                        r.az_id,
+                        r.account_id,
+                        r.region,
+                    )
+                    try:
+                        pack_into, size, fixed, context, last = kinds[key]
+                    except KeyError:
+                        pack_into, size, fixed, context, last = new_kind(key, v4_set)
+                    end = o + size
+                    if end > top:
+                        sequence = close(
+                            messages, o, set_start, set_id, count, export_time, sequence
+                        )
+                        count, set_start = 0, HEADER.size
+                        o = set_start + SET_HEADER.size
+                        end = o + size
+                    text = r.src_addr
+                    if text is last.src_text:
+                        src = last.src
+                    else:
+                        src = last.src = pton(family, text)
+                        last.src_text = text
+                    text = r.dst_addr
+                    if text is last.dst_text:
+                        dst = last.dst
+                    else:
+                        dst = last.dst = pton(family, text)
+                        last.dst_text = text
+                    pack_into(
+                        buf,
+                        o,
                         r.start_ms,
                         r.end_ms,
                         r.bytes,
@@ -312,29 +391,50 @@ class MessageEncoder:
                         r.tcp_flags,
                         fixed,
                         r.sequence,
-                        pton(family, r.src_addr),
-                        pton(family, r.dst_addr),
+                        src,
+                        dst,
                         unhexlify(r.flow_id),
                         context,
                     )
-                )
-        else:
-            for r in records:
-                short: _KindKey = (  # without enterprise elements the ENI is the only string
-                    r.ip_version,
-                    r.icmp_type,
-                    r.icmp_code,
-                    r.end_reason,
-                    r.direction,
-                    r.vni,
-                    r.interface_id,
-                )
-                try:
-                    family, pack, fixed, context, add = kinds[short]
-                except KeyError:
-                    family, pack, fixed, context, add = new_kind(short)
-                add(
-                    pack(
+                    o = end
+                    count += 1
+            else:
+                for r in items:
+                    key = (  # without enterprise elements the ENI is the only string
+                        r.icmp_type,
+                        r.icmp_code,
+                        r.end_reason,
+                        r.direction,
+                        r.vni,
+                        r.interface_id,
+                    )
+                    try:
+                        pack_into, size, fixed, context, last = kinds[key]
+                    except KeyError:
+                        pack_into, size, fixed, context, last = new_kind(key, v4_set)
+                    end = o + size
+                    if end > top:
+                        sequence = close(
+                            messages, o, set_start, set_id, count, export_time, sequence
+                        )
+                        count, set_start = 0, HEADER.size
+                        o = set_start + SET_HEADER.size
+                        end = o + size
+                    text = r.src_addr
+                    if text is last.src_text:
+                        src = last.src
+                    else:
+                        src = last.src = pton(family, text)
+                        last.src_text = text
+                    text = r.dst_addr
+                    if text is last.dst_text:
+                        dst = last.dst
+                    else:
+                        dst = last.dst = pton(family, text)
+                        last.dst_text = text
+                    pack_into(
+                        buf,
+                        o,
                         r.start_ms,
                         r.end_ms,
                         r.bytes,
@@ -344,19 +444,20 @@ class MessageEncoder:
                         r.protocol,
                         r.tcp_flags,
                         fixed,
-                        pton(family, r.src_addr),
-                        pton(family, r.dst_addr),
+                        src,
+                        dst,
                         context,
                     )
-                )
-        v4, v6 = self._v4.copy(), self._v6.copy()
-        self._v4.clear()
-        self._v6.clear()
-        return v4, v6
+                    o = end
+                    count += 1
+        if o > HEADER.size:
+            sequence = close(messages, o, set_start, set_id, count, export_time, sequence)
+        self.sequence = sequence
+        return messages
 
     def reference_data_record(self, r: FlowRecord) -> bytes:
         """One data record written field by field in template order: the readable definition
-        of ``data_records``."""
+        of the records ``encode`` packs."""
         values: dict[Element, bytes] = {}
         put = values.__setitem__
         put(FLOW_START_MS, struct.pack(">Q", r.start_ms))
@@ -402,81 +503,6 @@ class MessageEncoder:
         return HEADER.pack(
             VERSION, length, export_time, self.sequence & 0xFFFFFFFF, self.observation_domain_id
         )
-
-    def encode(
-        self, records: Iterable[FlowRecord], now: float, refresh_s: float | None = None
-    ) -> list[tuple[bytes, int]]:
-        """Messages carrying ``records``, each with its number of data records.
-
-        Templates lead the first message when they are due (``templates_due``). Each message stays
-        within ``max_message_bytes``; the sequence number advances by the records of each message.
-        IPv4 records go in sets of the IPv4 template, IPv6 ones in sets of the IPv6 template, each
-        family in the records' order.
-        """
-        export_time = int(now)
-        domain = self.observation_domain_id
-        sequence = self.sequence
-        messages: list[tuple[bytes, int]] = []
-        limit = self.max_message_bytes - SET_HEADER.size
-        parts: list[bytes] = [b""]  # parts[0] becomes the message header once its length is known
-        size = HEADER.size
-        count = 0
-        if self.templates_due(now, refresh_s):
-            parts.append(self.template_set)
-            size += len(self.template_set)
-            self.templates_sent_at = now
-        join, header, set_header, first = b"".join, HEADER.pack, SET_HEADER.pack, _FIRST_SET.pack
-        fresh = limit - HEADER.size  # room for records in a message of one set
-        for set_id, items in zip(
-            (TEMPLATE_V4, TEMPLATE_V6), self.data_records(records), strict=True
-        ):
-            # ends[i]: bytes of items[: i + 1]; where a message ends is found by bisection among
-            # the next ``span`` records (the sentinels keep that window inside the list)
-            total, span = len(items), self._span[set_id]
-            ends = list(accumulate(map(len, items)))
-            ends += [_BEYOND] * span
-            start, done = 0, 0  # done: bytes of items[:start]
-            while start < total:
-                end = bisect_right(ends, done + limit - size, start, start + span)
-                if end > start:
-                    used = ends[end - 1] - done
-                    parts.append(set_header(set_id, SET_HEADER.size + used))
-                    parts += items[start:end]
-                    size += SET_HEADER.size + used
-                    count += end - start
-                    start, done = end, ends[end - 1]
-                    if end == total:  # the next family's records may still join this message
-                        break
-                # this message is full: items[end] did not fit in this set, so it cannot fit in
-                # what is left after another set header either
-                parts[0] = header(VERSION, size, export_time, sequence & 0xFFFFFFFF, domain)
-                messages.append((join(parts), count))
-                sequence += count
-                parts, size, count = [b""], HEADER.size, 0
-                # the same, shorter, for the messages of one full set that usually follow
-                while True:
-                    end = bisect_right(ends, done + fresh, start, start + span)
-                    if end >= total:  # the rest fits in one message that may take more
-                        break
-                    used = SET_HEADER.size + ends[end - 1] - done
-                    head = first(
-                        VERSION,
-                        HEADER.size + used,
-                        export_time,
-                        sequence & 0xFFFFFFFF,
-                        domain,
-                        set_id,
-                        used,
-                    )
-                    messages.append((join((head, *items[start:end])), end - start))
-                    sequence += end - start
-                    start, done = end, ends[end - 1]
-        if len(parts) > 1:
-            parts[0] = header(VERSION, size, export_time, sequence & 0xFFFFFFFF, domain)
-            messages.append((join(parts), count))
-            sequence += count
-        self.sequence = sequence
-        return messages
 
     def withdrawal(self, now: float) -> bytes:
         """A message withdrawing both templates (section 8.1: a template record with no fields)."""

@@ -1,10 +1,10 @@
 """The fast goflow2 and IPFIX encoders write exactly what their readable reference paths write.
 
-``goflow2.encode`` (tables, caches, few operations per field) against ``goflow2.reference_message``
-(field by field with ``varint``); ``MessageEncoder.data_records`` (one struct per record kind)
-against ``MessageEncoder.reference_data_record`` (element by element in template order); and
-``MessageEncoder.encode`` (messages cut by bisection) against the plain loop below that adds
-records while they fit. The readers in test_goflow2.py (protobuf), test_ipfix.py (nfcapd, tshark)
+``goflow2.encode`` (tables, caches, one join and one struct per record) against
+``goflow2.reference_message`` (field by field with ``varint``), and ``MessageEncoder.encode``
+(records packed in place, one struct per record kind) against the plain loop below that lays out
+``MessageEncoder.reference_data_record`` (element by element in template order) while records
+fit. The readers in test_goflow2.py (protobuf), test_ipfix.py (nfcapd, tshark)
 and test_clickhouse.py check the reference meaning; these tests keep the fast paths equal to it.
 """
 
@@ -34,6 +34,8 @@ from collector.ipfix_elements import (
 from collector.records import FlowRecord
 
 EDGE_VALUES = (0, 1, 127, 128, 16383, 16384, 2**21, 2**28 - 1, 2**28, 2**32 - 1, 2**32, 2**63 - 1)
+# Unix ms around the years goflow2's fast path covers (times of 2**56 to 2**63 ns), and now
+EDGE_MS = (72_057_594_037, 72_057_594_038, 1_764_100_000_000, 9_223_372_036_854, 9_223_372_036_855)
 
 
 def edge_records() -> list[FlowRecord]:
@@ -60,6 +62,7 @@ def edge_records() -> list[FlowRecord]:
             *({"bytes": v, "packets": v} for v in EDGE_VALUES),
             *({"vni": v} for v in (0, 1, 127, 128, 16383, 16384, 2**24 - 1)),
             *({"start_ms": v, "end_ms": v} for v in (0, 1, 268, 269, 10**6, 4_398_047, 2**44)),
+            *({"start_ms": a, "end_ms": b} for a in EDGE_MS for b in EDGE_MS if a <= b),
             *({"src_port": v, "dst_port": 65535 - v} for v in (0, 1, 127, 128, 16383, 16384)),
             *({"tcp_flags": v, "protocol": p} for v, p in ((0, 0), (1, 6), (255, 255))),
             *({"icmp_type": t, "icmp_code": c} for t in (None, 0, 3, 255) for c in (None, 0, 255)),
@@ -67,6 +70,8 @@ def edge_records() -> list[FlowRecord]:
             *({"end_reason": e} for e in ("shutdown", "evicted", "tcp_rst", "tcp_fin")),
             {"session": None, "interface_id": None, "instance_id": "", "region": None},
             {"session": "s" * 300, "region": "é" * 100, "az_id": "x" * 128},
+            {"tags": {"team": "web", "env": "prod"}},
+            {"session": None, "tags": {"k": "v"}, "account_id": None, "vpc_id": None},
         ]
         out += [FlowRecord(**{**fields, **variant}) for variant in variants]
     return out
@@ -131,15 +136,32 @@ def test_goflow2_fast_path_equals_the_reference(r: FlowRecord) -> None:
 
 def test_goflow2_caches_are_bounded_and_change_no_byte(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(goflow2, "_KIND_CACHE_MAX", 8)
-    monkeypatch.setattr(goflow2, "_TOP_CACHE_MAX", 2)
+    monkeypatch.setattr(goflow2, "_TAIL_CACHE_MAX", 2)
     goflow2.clear_caches()
     for icmp_type, ms in itertools.product(range(40), (1, 2**42, 2**43, 3 * 2**42)):
         r = make_record(protocol=1, src_port=0, dst_port=0, icmp_type=icmp_type, icmp_code=0)
         r = FlowRecord(**{**msgspec.structs.asdict(r), "start_ms": ms // 10**6, "end_ms": ms})
         assert goflow2.encode(r) == delimited(goflow2.reference_message(r))
         assert len(goflow2._kinds) <= 8
-        assert len(goflow2._tops) <= 2
+        assert len(goflow2._tails) <= 2
     goflow2.clear_caches()
+
+
+def same_kind_records() -> list[FlowRecord]:
+    """Records of one kind whose addresses repeat as the same text object, as equal texts in
+    other objects, alternate, and change between records."""
+    a, b = "10.0.0.1", "10.0.0.2"
+    texts = [a, a, "".join(["10.0.0.", "1"]), b, a, b, b, "10.0.0.3", a]
+    return [
+        make_record(sequence=i, src_addr=src, dst_addr=dst)
+        for i, (src, dst) in enumerate(zip(texts, [*texts[3:], *texts[:3]], strict=True))
+    ]
+
+
+def test_goflow2_addresses_seen_last_change_no_byte() -> None:
+    goflow2.clear_caches()
+    for r in same_kind_records() * 2:
+        assert goflow2.encode(r) == delimited(goflow2.reference_message(r))
 
 
 # ---- IPFIX --------------------------------------------------------------------------------------
@@ -204,19 +226,6 @@ def reference_encode(
 
 
 @pytest.mark.parametrize(("mtu", "ipv6", "pen"), ENCODERS)
-def test_ipfix_data_records_equal_the_reference(mtu: int | None, ipv6: bool, pen: int) -> None:
-    encoder = new_encoder(mtu, ipv6, pen)
-    samples = sample_records()
-    v4, v6 = encoder.data_records(samples)
-    assert v4 == [encoder.reference_data_record(r) for r in samples if r.ip_version == 4]
-    assert v6 == [encoder.reference_data_record(r) for r in samples if r.ip_version == 6]
-    templates = encoder.templates()
-    for r, data in zip([r for r in samples if r.ip_version == 4], v4, strict=True):
-        fixed = sum(e.length for e in templates[TEMPLATE_V4] if e.length != 65535)
-        assert len(data) > fixed, r  # the fixed fields, then a length byte per string
-
-
-@pytest.mark.parametrize(("mtu", "ipv6", "pen"), ENCODERS)
 def test_ipfix_messages_equal_the_record_by_record_layout(
     mtu: int | None, ipv6: bool, pen: int
 ) -> None:
@@ -247,17 +256,35 @@ def test_ipfix_fast_paths_equal_the_reference(batch: list[FlowRecord]) -> None:
     assert encoder.encode(batch, 1_764_100_000.0) == expected
 
 
-def test_ipfix_kind_table_is_bounded_and_changes_no_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ipfix_kind_tables_are_bounded_and_change_no_byte(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ipfix_elements, "_CACHE_MAX", 8)
     encoder = new_encoder(1500, False, 32473)
     batch = [
-        make_record(protocol=1, src_port=0, dst_port=0, icmp_type=t, icmp_code=c)
+        make_record(protocol=1, src_port=0, dst_port=0, icmp_type=t, icmp_code=c, ip_version=v, **a)
         for t in range(20)
         for c in range(3)
+        for v, a in ((4, {}), (6, {"src_addr": "2600:1f18::1", "dst_addr": "2600:1f18::2"}))
     ]
-    v4, _ = encoder.data_records(batch)
-    assert v4 == [encoder.reference_data_record(r) for r in batch]
-    assert len(encoder._kinds) <= 8
+    expected = reference_encode(encoder, batch, 1.0, templates=True)
+    assert encoder.encode(batch, 1.0) == expected
+    assert len(encoder._kinds4) <= 8
+    assert len(encoder._kinds6) <= 8
+
+
+def test_ipfix_addresses_seen_last_change_no_byte() -> None:
+    encoder = new_encoder(1500, False, 32473)
+    batch = same_kind_records()
+    for now in (1.0, 2.0):
+        expected = reference_encode(encoder, batch, now, templates=now == 1.0)
+        assert encoder.encode(batch, now, 60.0) == expected
+        encoder.sequence = 0
+
+
+def test_ipfix_templates_alone_when_due_with_no_records() -> None:
+    encoder = new_encoder(1500, False, 32473)
+    (message, count), *rest = encoder.encode([], 1.0, 60.0)
+    assert (message, count, rest) == (reference_encode(encoder, [], 1.0, True)[0][0], 0, [])
+    assert encoder.encode([], 2.0, 60.0) == []
 
 
 def test_a_message_size_too_small_for_the_longest_record_is_refused() -> None:
