@@ -225,6 +225,7 @@ class MessageEncoder:
         self._kinds6: dict[_KindKey, _Kind] = {}
         # a message is packed in place here, then copied out
         self._buffer = bytearray(self.max_message_bytes)
+        self._view = memoryview(self._buffer)
         floor = HEADER.size + SET_HEADER.size + _LONGEST_RECORD  # templates may go on their own
         if self.max_message_bytes < floor:
             raise ValueError(f"messages of {self.max_message_bytes} bytes cannot hold a record")
@@ -287,7 +288,7 @@ class MessageEncoder:
             end = set_start
         domain = self.observation_domain_id
         _header_into(buf, 0, VERSION, end, export_time, sequence & 0xFFFFFFFF, domain)
-        messages.append((bytes(buf[:end]), count))
+        messages.append((self._view[:end].tobytes(), count))
         return sequence + count
 
     def encode(
