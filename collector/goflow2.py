@@ -33,6 +33,7 @@ F_OUT_IF = 19
 F_PROTO = 20
 F_SRC_PORT = 21
 F_DST_PORT = 22
+F_FORWARDING_STATUS = 24
 F_TCP_FLAGS = 26
 F_ETYPE = 30
 F_ICMP_TYPE = 31
@@ -90,6 +91,10 @@ T_PROTO = _tag(F_PROTO, WIRE_VARINT)
 T_SRC_PORT = _tag(F_SRC_PORT, WIRE_VARINT)
 T_DST_PORT = _tag(F_DST_PORT, WIRE_VARINT)
 T_TCP_FLAGS = _tag(F_TCP_FLAGS, WIRE_VARINT)
+# forwarding_status as IPFIX's forwardingStatus (RFC 7270) for flows the session's filter rejected
+# (records of filters with record_rejected): "Dropped: ACL deny"; accepted flows leave it 0
+FORWARDING_REJECTED = 0x81
+T_REJECTED = _tag(F_FORWARDING_STATUS, WIRE_VARINT) + varint(FORWARDING_REJECTED)
 T_ETYPE4 = _tag(F_ETYPE, WIRE_VARINT) + varint(ETYPE_IPV4)
 T_ETYPE6 = _tag(F_ETYPE, WIRE_VARINT) + varint(ETYPE_IPV6)
 T_ICMP_TYPE = _tag(F_ICMP_TYPE, WIRE_VARINT)
@@ -120,8 +125,9 @@ _PACKETS = [b""] + [T_PACKETS + _SMALL[i] for i in range(1, 1 << 14)]
 _TIMES = struct.Struct("2s2s5s2s2s2s5s2s2s2s5s").pack
 _TAIL_MIN, _TAIL_END = 1 << 28, 1 << 35  # ns >> 28 with a 5-byte varint
 
-# (vni, direction, protocol, tcp_flags, ip_version, icmp_type, icmp_code) -> the encoded fields
-# 18-20 (interfaces, protocol), those from 26 to the received-time tag (flags, etype, ICMP,
+# (vni, direction, protocol, tcp_flags, ip_version, icmp_type, icmp_code, action) -> the encoded
+# fields 18-20 (interfaces, protocol), those from 24 to the received-time tag (forwarding status,
+# flags, etype, ICMP,
 # domain), the address family, the address tags, and the last source and destination addresses
 # seen with that kind and their encoding (the ENI's own address is one side of each of its
 # records). ICMP type/code come from the sender: the table is bounded, cleared when full.
@@ -152,7 +158,7 @@ class _OutOfRangeError(Exception):
 
 
 def _kind(key: tuple[int | str | None, ...]) -> _Kind:
-    vni, direction, protocol, flags, version, icmp_type, icmp_code = key
+    vni, direction, protocol, flags, version, icmp_type, icmp_code, action = key
     assert isinstance(vni, int) and isinstance(protocol, int) and isinstance(flags, int)
     interface = _uvarint(vni) if vni else b""
     # the ENI as an interface (its VNI): egress flows come in on it, ingress flows go out on it
@@ -165,6 +171,7 @@ def _kind(key: tuple[int | str | None, ...]) -> _Kind:
     )
     middle = b"".join(
         (
+            T_REJECTED if action == "reject" else b"",
             _FLAGS[flags],
             T_ETYPE4 if version == 4 else T_ETYPE6,
             _ICMP_TYPE[icmp_type] if isinstance(icmp_type, int) else b"",
@@ -237,7 +244,16 @@ def encode(r: FlowRecord) -> bytes:
             packets = T_PACKETS + low[n & 0x3FFF] + _SMALL[n >> 14]
         else:
             packets = _field(T_PACKETS, n)
-        key = (r.vni, r.direction, r.protocol, r.tcp_flags, r.ip_version, r.icmp_type, r.icmp_code)
+        key = (
+            r.vni,
+            r.direction,
+            r.protocol,
+            r.tcp_flags,
+            r.ip_version,
+            r.icmp_type,
+            r.icmp_code,
+            r.action,
+        )
         try:
             head, middle, family, src_tag, dst_tag, last = _kinds[key]
         except KeyError:
@@ -331,6 +347,7 @@ def reference_message(r: FlowRecord) -> bytes:
             _scalar(F_PROTO, r.protocol),
             _scalar(F_SRC_PORT, r.src_port),
             _scalar(F_DST_PORT, r.dst_port),
+            _scalar(F_FORWARDING_STATUS, FORWARDING_REJECTED if r.action == "reject" else 0),
             _scalar(F_TCP_FLAGS, r.tcp_flags),
             _scalar(F_ETYPE, ETYPE_IPV4 if family == socket.AF_INET else ETYPE_IPV6),
             _scalar(F_ICMP_TYPE, r.icmp_type or 0),

@@ -69,6 +69,9 @@ SEGMENT = Element("layer2SegmentId", 351, 8)  # top byte segment type, low 56 bi
 INGRESS_IF = Element("ingressInterface", 10, 4)
 EGRESS_IF = Element("egressInterface", 14, 4)
 INTERFACE_NAME = Element("interfaceName", 82, VARLEN)  # the mirror-source ENI id
+# RFC 7270 forwardingStatus: accepted flows "Forwarded: unknown" (64), flows the session's filter
+# rejected (records of filters with record_rejected) "Dropped: ACL deny" (129)
+FORWARDING_STATUS = Element("forwardingStatus", 89, 1)
 
 # Enterprise-specific elements (numbers are this project's; the PEN is configurable).
 CONNECTION_ID = Element("connectionId", 1, 8, enterprise=True)
@@ -80,6 +83,7 @@ VPC_ID = Element("awsVpcId", 6, VARLEN, enterprise=True)
 AZ_ID = Element("awsAvailabilityZoneId", 7, VARLEN, enterprise=True)
 ACCOUNT_ID = Element("awsAccountId", 8, VARLEN, enterprise=True)
 REGION = Element("awsRegion", 9, VARLEN, enterprise=True)
+FILTER_RULE = Element("mirrorFilterRuleNumber", 10, 2, enterprise=True)  # 0: none
 
 ENTERPRISE_ELEMENTS = (
     CONNECTION_ID,
@@ -91,6 +95,7 @@ ENTERPRISE_ELEMENTS = (
     AZ_ID,
     ACCOUNT_ID,
     REGION,
+    FILTER_RULE,
 )
 
 SEGMENT_TYPE_VXLAN = 0x01  # IANA layer2SegmentId: the top byte is the segment type, 0x01 VxLAN
@@ -105,6 +110,8 @@ END_REASONS = {
 }
 # IANA flowDirection: 0 ingress, 1 egress. IANA defines no value for "not known"; 0xFF says it.
 DIRECTIONS = {"ingress": 0x00, "egress": 0x01, "unknown": 0xFF}
+# IANA forwardingStatus (RFC 7270): status in the top two bits, the reason in the low six
+FORWARDING = {"accept": 0x40, "reject": 0x81}  # Forwarded: unknown; Dropped: ACL deny
 
 
 def template_elements(ip_version: int, *, enterprise: bool) -> tuple[Element, ...]:
@@ -116,10 +123,11 @@ def template_elements(ip_version: int, *, enterprise: bool) -> tuple[Element, ..
     src, dst, icmp = (SRC_V4, DST_V4, ICMP_V4) if ip_version == 4 else (SRC_V6, DST_V6, ICMP_V6)
     fields: tuple[Element, ...] = (FLOW_START_MS, FLOW_END_MS, OCTETS, PACKETS, SRC_PORT, DST_PORT)
     fields += (PROTOCOL, TCP_FLAGS, icmp, END_REASON, DIRECTION, SEGMENT, INGRESS_IF, EGRESS_IF)
+    fields += (FORWARDING_STATUS,)
     if not enterprise:
         return (*fields, src, dst, INTERFACE_NAME)
-    fields += (EXPORTER_SEQUENCE, src, dst, CONNECTION_ID, INTERFACE_NAME)
-    return (*fields, *ENTERPRISE_ELEMENTS[2:])
+    fields += (FILTER_RULE, EXPORTER_SEQUENCE, src, dst, CONNECTION_ID, INTERFACE_NAME)
+    return (*fields, *ENTERPRISE_ELEMENTS[2:-1])
 
 
 def template_record(template_id: int, elements: Iterable[Element], pen: int) -> bytes:
@@ -150,8 +158,13 @@ def _string(value: str | None) -> bytes:
 
 # The longest record: fixed part, two IPv6 addresses, the ids, every string at its bound.
 _HEAD_BYTES = 8 * 4 + 2 + 2 + 1 + 2  # flowStart, flowEnd, octets, packets, ports, proto, flags
-_KIND_BYTES = 2 + 1 + 1 + 8 + 4 + 4  # icmpTypeCode, end reason, direction, segment, interfaces
-_LONGEST_RECORD = _HEAD_BYTES + _KIND_BYTES + 8 + 16 + 16 + 8 + 8 * (1 + MAX_STRING_BYTES)
+# icmpTypeCode, end reason, direction, segment, interfaces, forwarding status (and with enterprise
+# elements the filter rule)
+_KIND_BYTES = 2 + 1 + 1 + 8 + 4 + 4 + 1
+_ENTERPRISE_KIND_BYTES = _KIND_BYTES + 2
+_LONGEST_RECORD = (
+    _HEAD_BYTES + _ENTERPRISE_KIND_BYTES + 8 + 16 + 16 + 8 + 8 * (1 + MAX_STRING_BYTES)
+)
 # A record kind is what records of one address family share when they share their ICMP type/code,
 # end reason, direction, VNI and session strings: the struct of the whole record, the packed
 # fixed fields, the encoded strings, built once. ICMP type/code come from the sender: each
@@ -190,7 +203,8 @@ def _record_struct(v4: bool, enterprise: bool, context_bytes: int) -> struct.Str
         address = "4s" if v4 else "16s"
         ids = "Q" if enterprise else ""
         connection = "8s" if enterprise else ""
-        fmt = f">QQQQHHBH{_KIND_BYTES}s{ids}{address}{address}{connection}{context_bytes}s"
+        kind = _ENTERPRISE_KIND_BYTES if enterprise else _KIND_BYTES
+        fmt = f">QQQQHHBH{kind}s{ids}{address}{address}{connection}{context_bytes}s"
         found = _record_structs[key] = struct.Struct(fmt)
     return found
 
@@ -245,13 +259,14 @@ class MessageEncoder:
         self._kinds6.clear()
 
     def _new_kind(self, key: _KindKey, v4: bool) -> _Kind:
-        icmp_type, icmp_code, end_reason, direction, vni = key[:5]
+        icmp_type, icmp_code, end_reason, direction, vni, action = key[:6]
         assert isinstance(vni, int) and isinstance(end_reason, str) and isinstance(direction, str)
+        assert isinstance(action, str)
         icmp = 0 if icmp_type is None else (int(icmp_type) << 8) | int(icmp_code or 0)
         in_if = vni if direction == "egress" else 0
         out_if = vni if direction == "ingress" else 0
         fixed = struct.pack(
-            ">HBBB3xIII",
+            ">HBBB3xIIIB",
             icmp,
             END_REASONS[end_reason],
             DIRECTIONS[direction],
@@ -259,8 +274,13 @@ class MessageEncoder:
             vni,
             in_if,
             out_if,
+            FORWARDING[action],
         )
-        context = b"".join([_string(s if isinstance(s, str) else None) for s in key[5:]])
+        strings = key[6:]
+        if self.enterprise:  # the filter rule follows the forwarding status
+            fixed += struct.pack(">H", strings[0] or 0)
+            strings = strings[1:]
+        context = b"".join([_string(s if isinstance(s, str) else None) for s in strings])
         record = _record_struct(v4, self.enterprise, len(context))
         kind = record.pack_into, record.size, fixed, context, _Last()
         kinds = self._kinds4 if v4 else self._kinds6
@@ -346,6 +366,8 @@ class MessageEncoder:
                         r.end_reason,
                         r.direction,
                         r.vni,
+                        r.action,
+                        r.filter_rule,
                         r.interface_id,
                         r.session,
                         r.instance_id,
@@ -407,6 +429,7 @@ class MessageEncoder:
                         r.end_reason,
                         r.direction,
                         r.vni,
+                        r.action,
                         r.interface_id,
                     )
                     try:
@@ -476,6 +499,8 @@ class MessageEncoder:
         put(SEGMENT, struct.pack(">Q", (SEGMENT_TYPE_VXLAN << 56) | r.vni))
         put(INGRESS_IF, struct.pack(">I", r.vni if r.direction == "egress" else 0))
         put(EGRESS_IF, struct.pack(">I", r.vni if r.direction == "ingress" else 0))
+        put(FORWARDING_STATUS, struct.pack(">B", FORWARDING[r.action]))
+        put(FILTER_RULE, struct.pack(">H", r.filter_rule or 0))
         put(EXPORTER_SEQUENCE, struct.pack(">Q", r.sequence))
         for v4_element, v6_element, text in (
             (SRC_V4, SRC_V6, r.src_addr),

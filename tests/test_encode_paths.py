@@ -72,6 +72,7 @@ def edge_records() -> list[FlowRecord]:
             {"session": "s" * 300, "region": "é" * 100, "az_id": "x" * 128},
             {"tags": {"team": "web", "env": "prod"}},
             {"session": None, "tags": {"k": "v"}, "account_id": None, "vpc_id": None},
+            *({"action": "reject", "filter_rule": n} for n in (None, 1, 100, 32766)),
         ]
         out += [FlowRecord(**{**fields, **variant}) for variant in variants]
     return out
@@ -112,6 +113,8 @@ def records(draw: st.DrawFn) -> FlowRecord:
         end_reason=draw(
             st.sampled_from(("active_timeout", "inactive_timeout", "tcp_fin", "shutdown"))
         ),
+        action=draw(st.sampled_from(("accept", "reject"))),
+        filter_rule=draw(st.none() | st.integers(min_value=1, max_value=32766)),
     )
 
 

@@ -83,6 +83,8 @@ def expected(r: dict[str, Any]) -> dict[str, Any]:
         "observation_domain_id": r["vni"],
         "in_if": r["vni"] if r["direction"] == "egress" else 0,
         "out_if": r["vni"] if r["direction"] == "ingress" else 0,
+        # RFC 7270's "Dropped: ACL deny" for flows the filter rejected (record_rejected)
+        "forwarding_status": 129 if r.get("action") == "reject" else 0,
     }
 
 
@@ -138,6 +140,23 @@ def test_a_goflow2_file_holds_every_record_of_the_json_replay(
         (6, 6),
         (6, 58),
     }
+
+
+def test_reject_records_carry_forwarding_status_dropped_acl_deny(
+    capture: tuple[Path, Path, Path], flow_message: Any, tmp_path: Path
+) -> None:
+    pcap = capture[0]
+    reference = json_records(pcap, write_config(tmp_path / "j.toml", record_rejected=True))
+    assert {r["action"] for r in reference} == {"accept", "reject"}
+    config = write_config(tmp_path / "g.toml", GOFLOW2, record_rejected=True)
+    out = tmp_path / "flows.bin"
+    replay(pcap, config, "--sink", f"file:{out}")
+    messages = read_delimited(out.read_bytes(), flow_message)
+    assert [fields_of(m) for m in messages] == [expected(r) for r in reference]
+    for r in reference:  # byte for byte what protobuf serializes, reject records included
+        framed = io.BytesIO()
+        proto.serialize_length_prefixed(flow_message(**expected(r)), framed)
+        assert goflow2.encode(decode(msgspec.json.encode(r))) == framed.getvalue()
 
 
 def test_stdout_replay_is_the_same_binary_stream(

@@ -249,6 +249,44 @@ def loaded(reference: list[dict[str, Any]]) -> list[FlowRecord]:
     return [decode(msgspec.json.encode(r)) for r in reference]
 
 
+@pytest.mark.parametrize("pen", [32473, 0], ids=["enterprise", "iana-only"])
+def test_reject_records_reach_nfcapd_and_say_dropped_acl_deny(
+    capture: tuple[Path, Path], nfcapd: Nfcapd, tmp_path: Path, pen: int
+) -> None:
+    """A filter with record_rejected: nfcapd gets its reject records with their exact counts,
+    and their forwardingStatus says "Dropped: ACL deny" (129), accepted flows "Forwarded" (64).
+    nfdump 1.7.1 keeps no forwarding status from IPFIX (it prints 0), so tshark reads those."""
+    config = write_config(
+        tmp_path / "rejected.toml", f"\n[ipfix]\nenterprise_number = {pen}\n", record_rejected=True
+    )
+    records = json_records(capture[0], config)
+    assert {r["action"] for r in records} == {"accept", "reject"}
+    replay(capture[0], config, "--sink", f"ipfix://127.0.0.1:{nfcapd.port}")
+    flows = nfcapd.flows()
+    assert Counter(nfdump_key(f) for f in flows) == Counter(json_key(r) for r in records)
+
+    encoder = MessageEncoder(1, max_message_bytes(1500, ipv6=False), pen)
+    datagrams = [m for m, _ in encoder.encode(loaded(records), now=time.time())]
+    fields = ["cflow.dstport", "cflow.forwarding_status", "cflow.forwarding_status_drop_code"]
+    fields += ["cflow.forwarding_status_forward_code"]
+    cmd = ["tshark", "-r", str(udp_pcap(datagrams, tmp_path / "r.pcap")), "-Y", "cflow"]
+    cmd += ["-T", "fields", "-E", "occurrence=a", "-E", "aggregator=|"]
+    for field in fields:
+        cmd += ["-e", field]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    seen = []
+    for line in out.splitlines():
+        ports, status, drop, forward = (v.split("|") if v else [] for v in line.split("\t"))
+        drop_codes, forward_codes = iter(drop), iter(forward)
+        for port, state in zip(ports, status, strict=True):
+            code = next(drop_codes) if state == "2" else next(forward_codes)
+            seen.append((int(port), int(state) << 6 | int(code)))
+    # ICMP's type and code go in their own element: its port field is 0
+    expected = [(r["dst_port"], 129 if r["action"] == "reject" else 64) for r in records]
+    assert Counter(seen) == Counter(expected)
+    assert {state for _, state in seen} == {64, 129}
+
+
 class Receiver:
     """A UDP socket standing in for a collector, keeping every datagram."""
 
@@ -301,7 +339,8 @@ async def test_udp_messages_sequence_templates_and_mtu_as_tshark_reads_them(
     first = messages[0]
     assert first["cflow.template_id"] == [str(TEMPLATE_V4), str(TEMPLATE_V6)]
     assert first["cflow.template_ipfix_field_type"].count("351") == 2
-    assert first["cflow.template_ipfix_field_pen"] == ["32473"] * 18  # 9 enterprise IEs each
+    assert first["cflow.template_ipfix_field_pen"] == ["32473"] * 20  # 10 enterprise IEs each
+    assert first["cflow.template_ipfix_field_type"].count("89") == 2  # forwardingStatus
     assert not any(m["cflow.template_id"] for m in messages[1:])
     octets = [int(v) for m in messages for v in m["cflow.octets"]]
     assert sorted(octets) == sorted(r["bytes"] for r in reference)
