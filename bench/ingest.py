@@ -29,6 +29,13 @@ else on a shared machine) is measured again, up to 3 times, whatever the receive
 ``--repeat N`` the whole sweep runs N times and each point keeps the repetition that lost least,
 for every receiver alike (the raw points are in ``all_points``).
 
+Flat out is not one offered rate: the senders go as fast as the receiver leaves them CPU, so a
+receiver that needs less CPU per packet is offered more. The zero-loss and CPU targets are
+therefore judged at paced rates only, and one paced rate is added after the flat-out round: the
+rate the senders reached flat out against bare uvloop (rounded down to 1,000/s), offered paced to
+every receiver (``matched``), so "wherever bare uvloop has zero loss" includes uvloop's own
+maximum. The flat-out points stay in the tables as context.
+
 Every new-flows point (and attempt) of a collector gets a fresh collector, started and warmed up
 just before it: with the default config the flows of a point (one per datagram) would expire in
 bulk 15 s later (flows.inactive_timeout_s), inside a later point's window, which would then pay
@@ -199,6 +206,9 @@ class Sweep:
         self.procs = procs
         self.seconds = seconds
         self.senders = Senders(procs)
+        # per profile: the flat-out rate the senders reached against bare uvloop, offered paced
+        # to every receiver (the first repetition's, so repetitions share the point)
+        self.matched: dict[str, float] = {}
 
     def send(self, port: int, profile: str, count: int, rate: float) -> tuple[int, float]:
         result = self.senders.send(port, profile, count, rate)
@@ -308,7 +318,8 @@ def targets(points: list[Point], profiles: list[str]) -> list[dict[str, Any]]:
         bare, ours, floor = at("uvloop", profile), at("collector", profile), at("recvmmsg", profile)
         if not bare or not ours:
             continue
-        clean = [r for r, p in bare.items() if p.sent == p.received and r in ours]
+        # paced rates only: flat out offers each receiver a different rate (see the module doc)
+        clean = [r for r, p in bare.items() if r and p.sent == p.received and r in ours]
         lossless = [r for r in clean if ours[r].sent == ours[r].received]
         out.append(
             {
@@ -319,10 +330,9 @@ def targets(points: list[Point], profiles: list[str]) -> list[dict[str, Any]]:
             }
         )
         if clean:
-            # flat out (0) is the highest rate of all; plain numbers order the rest
-            top = max(clean, key=lambda r: r or float("inf"))
+            top = max(clean)
             ratio = cpu_ratio(ours[top], bare[top])
-            label = "flat out" if not top else f"{top:,.0f}/s"
+            label = f"{top:,.0f}/s"
             out.append(
                 {
                     "target": f"{profile}: CPU/packet <= 1.0x bare uvloop at {label}",
@@ -447,6 +457,7 @@ def run(
         "knees_pps": knees,
         "targets": targets(points, profiles) + (drained["targets"] if drained else []),
         "sender_max_pps": max((p.send_rate_pps for p in points if not p.offered_pps), default=None),
+        "matched_pps": dict(sweep.matched),
         "note": NOTE.format(procs=procs, cores=os.cpu_count()),
         "drain": drained,
         "flood": flooded,
@@ -498,9 +509,27 @@ def sweep_once(
                     point = sweep.point(lineup, name, profile, rate)
                     points.append(point)
                     print(line(point), file=sys.stderr, flush=True)
+            matched = sweep.matched.get(profile) or matched_rate(points, profile, rates)
+            if matched:
+                sweep.matched[profile] = matched
+                for name in receivers:
+                    point = sweep.point(lineup, name, profile, matched)
+                    points.append(point)
+                    print(line(point), file=sys.stderr, flush=True)
         finally:
             lineup.close()
     return points
+
+
+def matched_rate(points: list[Point], profile: str, rates: list[float]) -> float | None:
+    """Bare uvloop's flat-out send rate (rounded down to 1,000/s) when it lost nothing there and
+    it is above every paced rate: the rate to offer every receiver paced."""
+    flat = [p for p in points if p.receiver == "uvloop" and p.profile == profile]
+    flat = [p for p in flat if not p.offered_pps and p.sent == p.received]
+    if not flat:
+        return None
+    rate = float(int(flat[-1].send_rate_pps) // 1000 * 1000)
+    return rate if rate > max(rates) else None
 
 
 def table_empty(receiver: CollectorReceiver, timeout_s: float = 60.0) -> None:

@@ -14,7 +14,7 @@ import pytest
 from bench import drain
 from bench.drain import Drain, frozen, summarize
 from bench.harness import CollectorReceiver, Senders, make_receiver, process_state
-from bench.ingest import Lineup, Point, fresh_per_point, knee, targets
+from bench.ingest import Lineup, Point, fresh_per_point, knee, matched_rate, targets
 from bench.plots import plots
 from bench.report import table_rows
 from bench.traffic import PROFILES, build
@@ -63,6 +63,27 @@ def test_targets_fail_where_the_collector_loses_and_bare_uvloop_does_not() -> No
     assert found["mixed: zero loss wherever bare uvloop has zero loss"] == ("1/2 rates", False)
     assert found["mixed: CPU/packet <= 1.0x bare uvloop at 200,000/s"] == ("0.75x", True)
     assert found["mixed: CPU/packet <= 1.3x the recvmmsg loop at 200,000/s"] == ("1.50x", False)
+
+
+def test_flat_out_is_judged_at_bare_uvloops_rate_offered_paced() -> None:
+    """Flat out offers each receiver a different rate (a receiver using less CPU lets the senders
+    go faster), so targets skip it; bare uvloop's flat-out rate comes back as a paced point."""
+    uvloop_flat = point("uvloop", 0, 0, 2.0)
+    uvloop_flat.send_rate_pps = 394_801
+    points = [point("uvloop", 100e3, 0, 2.0), uvloop_flat, point("collector", 100e3, 0, 1.5)]
+    assert matched_rate(points, "mixed", [100e3, 0]) == 394_000
+    assert matched_rate(points, "new-flows", [100e3, 0]) is None  # no such point
+    assert matched_rate(points, "mixed", [100e3, 500e3, 0]) is None  # not above the paced rates
+    lossy = point("uvloop", 0, 10, 2.0)
+    assert matched_rate([lossy], "mixed", [100e3, 0]) is None  # uvloop lost: nothing to match
+    points += [
+        point("collector", 0, 5000, 1.5),  # lost flat out, at a rate uvloop was never offered
+        point("uvloop", 394_000, 0, 2.0),
+        point("collector", 394_000, 0, 1.5),
+    ]
+    found = by_target(targets(points, ["mixed"]))
+    assert found["mixed: zero loss wherever bare uvloop has zero loss"] == ("2/2 rates", True)
+    assert found["mixed: CPU/packet <= 1.0x bare uvloop at 394,000/s"] == ("0.75x", True)
 
 
 def test_a_receiver_that_took_nothing_fails_the_cpu_targets() -> None:
