@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import time
@@ -56,16 +57,56 @@ class KafkaBroker:
         self._kafkactl("reset", 120)
 
 
+# what unique_topic names look like: only such topics, and only those a session made, are deleted
+TEST_TOPIC = re.compile(r"[a-z0-9-]+-[0-9a-f]{12}")
+
+
+async def _topics(bootstrap: str) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def _delete_topics(bootstrap: str, topics: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        for first in range(0, len(topics), 100):
+            await admin.delete_topics(topics[first : first + 100])
+    finally:
+        await admin.close()
+
+
 @pytest.fixture(scope="session")
 def kafka_broker() -> Iterator[KafkaBroker]:
+    """The shared broker (started if it is not running, stopped again then). The test topics a
+    session creates are deleted at its end: the broker's data outlives the run, and a broker
+    holding thousands of old topics starts and describes new ones slowly."""
     running = subprocess.run([str(KAFKACTL), "status"], capture_output=True, check=False)
     subprocess.run([str(KAFKACTL), "start"], check=True, timeout=START_TIMEOUT_S)
-    yield KafkaBroker(
+    broker = KafkaBroker(
         bootstrap=f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}",
         sasl_bootstrap=f"127.0.0.1:{os.environ.get('KAFKA_SASL_PORT', '9094')}",
         sasl_user=os.environ.get("KAFKA_SASL_USER", "collector"),
         sasl_password=os.environ.get("KAFKA_SASL_PASSWORD", "collector-secret"),
     )
+    try:
+        before: set[str] | None = asyncio.run(_topics(broker.bootstrap))
+    except Exception as exc:  # the tests say what is wrong with the broker; no cleanup then
+        print(f"could not list the broker's topics: {exc!r}")
+        before = None
+    yield broker
+    if before is not None:
+        try:
+            made = asyncio.run(_topics(broker.bootstrap)) - before
+            garbage = sorted(t for t in made if TEST_TOPIC.fullmatch(t))
+            if garbage:
+                asyncio.run(_delete_topics(broker.bootstrap, garbage))
+        except Exception as exc:  # cleanup is best effort: the tests have run
+            print(f"could not delete the session's test topics: {exc!r}")
     if running.returncode != 0:
         subprocess.run([str(KAFKACTL), "stop"], check=False, timeout=120)
 
