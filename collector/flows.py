@@ -243,8 +243,12 @@ class FlowTable:
     def forget_decisions(self) -> None:
         """Drop every cached not-kept decision: new sessions or rules decide those flows again
         (the recorded ones end now, as ``evicted``: their next packets start new flows)."""
+        self._end_not_kept(EVICTED)
+
+    def _end_not_kept(self, reason: EndReason) -> None:
+        """Forget every not-kept flow; the recorded ones end with ``reason``."""
         self._ended.extend(
-            (key, cached, EVICTED)
+            (key, cached, reason)
             for key, cached in self._not_kept.items()
             if cached.session is not None
         )
@@ -326,13 +330,8 @@ class FlowTable:
     def flush(self) -> None:
         """End every flow (shutdown, end of a capture)."""
         self._ended.extend((key, flow, SHUTDOWN) for key, flow in self._flows.items())
-        self._ended.extend(
-            (key, cached, SHUTDOWN)
-            for key, cached in self._not_kept.items()
-            if cached.session is not None
-        )
         self._flows.clear()
-        self._not_kept.clear()
+        self._end_not_kept(SHUTDOWN)
 
     def take_ended(self) -> list[Ended]:
         """Hand over the ended flows (and forget them)."""

@@ -61,8 +61,7 @@ class Pipeline:
         add those once per batch (``stats.datagrams``, ``stats.rx_bytes``)."""
         self._drops = self.stats.drops
         self._records = RecordMaker(exporter)
-        self._outer_cache: dict[str, bytes | None] = {}
-        self._sockaddr_cache: dict[bytes, bytes | None] = {}
+        self._outer_cache: dict[str | bytes, bytes | None] = {}
         self._session_cache: dict[bytes, Session] = {}  # VNI octets of a key -> its session
 
     def feed(
@@ -93,16 +92,13 @@ class Pipeline:
             if session is None:
                 self._drops[_UNKNOWN_VNI] += 1
                 return
-        kind = outer_src.__class__
-        if kind is memoryview:
-            outer_src = self._sockaddr_address(outer_src)  # type: ignore[arg-type]
-        elif kind is str:
-            outer_src = self._packed_outer(outer_src)  # type: ignore[arg-type]
+        if outer_src is not None and outer_src.__class__ is not bytes:
+            outer_src = self._outer_address(outer_src)  # type: ignore[arg-type]
         if len(key) <= _LONGEST_V4_KEY:
             src, dst = key[4:8], key[8:12]
         else:
             src, dst = key[4:20], key[20:36]
-        direction = session.direction(src, dst, outer_src)  # type: ignore[arg-type]
+        direction = session.direction(src, dst, outer_src)
         mirror_filter = session.filter
         if mirror_filter is not None:
             if direction == UNKNOWN:
@@ -138,24 +134,19 @@ class Pipeline:
             cache[key[:3]] = session
         return session
 
-    def _sockaddr_address(self, raw: memoryview) -> bytes | None:
-        cache = self._sockaddr_cache
-        raw_bytes = raw.tobytes()
-        packed = cache.get(raw_bytes, _MISSING)
+    def _outer_address(self, outer: str | memoryview) -> bytes | None:
+        """The packed outer source of a text address or a raw sockaddr (None: not an address),
+        cached: one cache for both, a text and a sockaddr's bytes never being equal keys."""
+        cache = self._outer_cache
+        key = outer.tobytes() if isinstance(outer, memoryview) else outer
+        packed = cache.get(key, _MISSING)
         if packed is _MISSING:
             if len(cache) >= MAX_OUTER_SOURCES:
                 cache.clear()
-            packed = cache[raw_bytes] = sockaddr_address(raw)
+            packed = cache[key] = (
+                sockaddr_address(outer) if isinstance(outer, memoryview) else packed_address(outer)
+            )
         return packed  # type: ignore[return-value]
-
-    def _packed_outer(self, text: str) -> bytes | None:
-        cache = self._outer_cache
-        packed = cache.get(text)
-        if packed is None:
-            if len(cache) >= MAX_OUTER_SOURCES:
-                cache.clear()
-            packed = cache[text] = packed_address(text)
-        return packed
 
     def expire(self, now: float) -> list[FlowRecord]:
         """Records of the flows that ended by ``now``."""
