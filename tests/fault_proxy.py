@@ -13,6 +13,11 @@ every connection from the moment they are set:
 - ``reset``: new connections are reset (RST) as soon as they are accepted.
 
 ``reset_connections()`` resets every open connection at once (a middlebox or broker restart).
+
+``rewrite_produce(error_code, partitions)`` makes the proxy speak Kafka: it frames both directions,
+remembers which requests are Produce requests (and their version), and rewrites the error code of
+the chosen partitions in their responses, so the client's own code path sees a broker error (the
+broker has stored the batch all the same: a retry is a duplicate, as after a lost acknowledgement).
 Only loopback addresses are used.
 """
 
@@ -24,11 +29,32 @@ import socket
 import struct
 import threading
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
+
+from aiokafka.protocol import produce
 
 Mode = Literal["pass", "delay", "hang", "blackhole", "reset"]
 T = TypeVar("T")
 CHUNK = 65536
+PRODUCE = 0  # Kafka API key of Produce
+PRODUCE_RESPONSES: dict[int, Any] = {
+    version: getattr(produce, f"ProduceResponse_v{version}")
+    for version in range(9)
+    if hasattr(produce, f"ProduceResponse_v{version}")
+}
+"""The Produce response layouts aiokafka knows (all without tagged fields)."""
+
+
+@dataclass
+class ProduceRewrite:
+    """Rewrite the error code of these partitions (all when None) in Produce responses, at most
+    ``limit`` partition responses (None: until cleared)."""
+
+    error_code: int
+    partitions: frozenset[int] | None = None
+    limit: int | None = None
+    done: int = 0
 
 
 class FaultProxy:
@@ -48,6 +74,9 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._mode_changed: asyncio.Event | None = None
+        self._rewrite: ProduceRewrite | None = None
+        self.rewritten = 0
+        """Partition responses whose error code the proxy rewrote."""
 
     @property
     def address(self) -> str:
@@ -75,6 +104,25 @@ class FaultProxy:
             assert self._mode_changed is not None
             self._mode_changed.set()
             self._mode_changed = asyncio.Event()
+
+        self._loop.call_soon_threadsafe(apply)
+
+    def rewrite_produce(
+        self, error_code: int, partitions: set[int] | None = None, limit: int | None = None
+    ) -> None:
+        """From now on, Produce responses for ``partitions`` (all when None) carry
+        ``error_code`` instead of the broker's answer, ``limit`` times (None: until
+        ``stop_rewriting``). Takes effect for connections opened afterwards and for open ones."""
+        rule = ProduceRewrite(error_code, frozenset(partitions) if partitions else None, limit)
+
+        def apply() -> None:
+            self._rewrite = rule
+
+        self._loop.call_soon_threadsafe(apply)
+
+    def stop_rewriting(self) -> None:
+        def apply() -> None:
+            self._rewrite = None
 
         self._loop.call_soon_threadsafe(apply)
 
@@ -126,8 +174,11 @@ class FaultProxy:
                 _reset(writer)
                 return
             self._writers.add(up_writer)
+            produce_versions: dict[int, int] = {}  # correlation id -> version, in flight
             await asyncio.gather(
-                self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+                self._pipe(reader, up_writer, requests=produce_versions),
+                self._pipe(up_reader, writer, responses=produce_versions),
+                return_exceptions=True,
             )
         finally:
             for w in (writer, up_writer):
@@ -137,8 +188,17 @@ class FaultProxy:
                         w.close()
 
     async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter | None
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter | None,
+        *,
+        requests: dict[int, int] | None = None,
+        responses: dict[int, int] | None = None,
     ) -> None:
+        """Forward ``reader`` to ``writer``. Kafka framing (``requests``: note the Produce
+        requests in it; ``responses``: rewrite theirs) is on from the first byte, so a rewrite
+        rule set later applies to connections already open."""
+        framing = bytearray()
         try:
             while True:
                 # an established stream stalls whole (TCP would retransmit what a blackhole
@@ -153,6 +213,11 @@ class FaultProxy:
                     continue
                 if self.mode == "delay":
                     await asyncio.sleep(self.delay_s)
+                if requests is not None or responses is not None:
+                    framing += data
+                    data = self._frames(framing, requests, responses)
+                    if not data:
+                        continue
                 writer.write(data)
                 await writer.drain()
                 self.forwarded_bytes += len(data)
@@ -162,6 +227,60 @@ class FaultProxy:
             if writer is not None:
                 with contextlib.suppress(Exception):
                     writer.close()
+
+    def _frames(
+        self,
+        buffer: bytearray,
+        requests: dict[int, int] | None,
+        responses: dict[int, int] | None,
+    ) -> bytes:
+        """Take the complete Kafka frames off ``buffer`` (what is left waits for more bytes) and
+        return them to forward, Produce responses rewritten by the rule in force."""
+        out = bytearray()
+        while len(buffer) >= 4:
+            (size,) = struct.unpack_from(">i", buffer)
+            if len(buffer) < 4 + size:
+                break
+            frame = bytes(buffer[: 4 + size])
+            del buffer[: 4 + size]
+            if requests is not None:
+                api_key, version, correlation = struct.unpack_from(">hhi", frame, 4)
+                if api_key == PRODUCE:
+                    requests[correlation] = version
+            elif responses is not None:
+                (correlation,) = struct.unpack_from(">i", frame, 4)
+                version = responses.pop(correlation, None)
+                if version is not None:
+                    frame = self._rewritten(frame, version)
+            out += frame
+        return bytes(out)
+
+    def _rewritten(self, frame: bytes, version: int) -> bytes:
+        rule = self._rewrite
+        layout = PRODUCE_RESPONSES.get(version)
+        if rule is None or layout is None:
+            return frame
+        response = layout.decode(frame[8:])
+        changed = False
+        topics = []
+        for topic, partitions in response.topics:
+            rewritten = []
+            for partition_info in partitions:
+                fields = list(partition_info)
+                chosen = rule.partitions is None or fields[0] in rule.partitions
+                if chosen and (rule.limit is None or rule.done < rule.limit):
+                    fields[1] = rule.error_code
+                    rule.done += 1
+                    self.rewritten += 1
+                    changed = True
+                rewritten.append(tuple(fields))
+            topics.append((topic, rewritten))
+        if not changed:
+            return frame
+        fields = [response.get_item(name) for name in layout.SCHEMA.names]
+        fields[layout.SCHEMA.names.index("topics")] = topics
+        body = layout(*fields).encode()
+        return struct.pack(">i", len(body) + 4) + frame[4:8] + body
 
 
 async def _wrap(coro: Callable[[], Awaitable[Any]]) -> Any:
