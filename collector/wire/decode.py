@@ -100,14 +100,18 @@ _IPV6_EXT_SHORT = int(Drop.IPV6_EXT_SHORT)
 _IPV6_EXT_CHAIN = int(Drop.IPV6_EXT_CHAIN)
 
 
-def decode(buf: bytes | bytearray | memoryview, n: int) -> Decoded | int:
-    """Decode the first ``n`` bytes of ``buf`` (a whole VXLAN payload).
+def decode(buf: bytes | bytearray | memoryview, n: int, start: int = 0) -> Decoded | int:
+    """Decode the first ``n`` bytes of ``buf``: a VXLAN payload from ``start`` on (0 for a VXLAN
+    datagram; past the GENEVE and inner IP/UDP headers for a Gateway Load Balancer's, which is read
+    in place rather than sliced).
 
     Returns ``(key, ip_len, tcp_flags)`` or, for a datagram that cannot be accounted, a ``Drop``
     value as a plain int. Never raises for any content of ``buf``.
     """
-    if n >= _FAST_V4_LEN:
-        flags, word, etype, vihl, ip_len, frag, proto, addrs, tflags = _FAST_V4.unpack_from(buf, 0)
+    if n - start >= _FAST_V4_LEN:
+        flags, word, etype, vihl, ip_len, frag, proto, addrs, tflags = _FAST_V4.unpack_from(
+            buf, start
+        )
         if flags & _FLAG_I:
             head = word & _VNI_BITS | proto
             if etype == _ETHERTYPE_IPV4:
@@ -123,8 +127,8 @@ def decode(buf: bytes | bytearray | memoryview, n: int) -> Decoded | int:
                     if proto in _ICMP_PROTOS:
                         return _ICMP_KEY_V4(head, addrs), ip_len, 0
                     return _NO_PORTS_KEY_V4(head, addrs), ip_len, 0
-            elif etype == _ETHERTYPE_IPV6 and n >= _FAST_V6_LEN:
-                vtc, plen, proto, addrs, tflags = _FAST_V6.unpack_from(buf, _L3)
+            elif etype == _ETHERTYPE_IPV6 and n - start >= _FAST_V6_LEN:
+                vtc, plen, proto, addrs, tflags = _FAST_V6.unpack_from(buf, start + _L3)
                 if vtc >> 4 == 6 and proto not in _IPV6_EXT:
                     head = word & _VNI_BITS | proto
                     if proto == _TCP_PROTO:
@@ -134,24 +138,24 @@ def decode(buf: bytes | bytearray | memoryview, n: int) -> Decoded | int:
                     if proto in _ICMP_PROTOS:
                         return _ICMP_KEY_V6(head, addrs), plen + _IPV6_LEN, 0
                     return _NO_PORTS_KEY_V6(head, addrs), plen + _IPV6_LEN, 0
-    return decode_walk(buf, n)
+    return decode_walk(buf, n, start)
 
 
-def decode_walk(buf: bytes | bytearray | memoryview, n: int) -> Decoded | int:
+def decode_walk(buf: bytes | bytearray | memoryview, n: int, start: int = 0) -> Decoded | int:
     """``decode`` layer by layer: VLAN tags, IPv4 options, IPv6 extension headers, short captures.
 
     Gives the same result as ``decode`` for every input; ``decode`` only adds a fast path.
     """
-    if n < _ETH:
+    if n < start + _ETH:
         return _VXLAN_SHORT
-    flags, word = _VXLAN.unpack_from(buf, 0)
+    flags, word = _VXLAN.unpack_from(buf, start)
     if not flags & _FLAG_I:
         return _VXLAN_FLAGS
     vni = word >> 8
-    if n < _L3:
+    if n < start + _L3:
         return _ETHERNET_SHORT
-    (etype,) = _U16.unpack_from(buf, _ETHERTYPE)
-    off = _L3
+    (etype,) = _U16.unpack_from(buf, start + _ETHERTYPE)
+    off = start + _L3
     if etype in _VLAN_TPIDS:
         tags = 0
         while etype in _VLAN_TPIDS:

@@ -27,6 +27,17 @@ class Drop(enum.IntEnum):
     UNKNOWN_VNI = 14  # sessions are configured and none has this VNI
     FILTER_REJECT = 15  # the session's mirror filter rejects the flow (or no rule matches)
     UNKNOWN_DIRECTION = 16  # the session has a filter but the direction cannot be told
+    # GENEVE reasons (RFC 8926; a Gateway Load Balancer's datagrams): the outer layer is malformed
+    GENEVE_SHORT = 17  # fewer than 8 bytes: no GENEVE header
+    GENEVE_VERSION = 18  # RFC 8926 s3.4: a version other than 0
+    GENEVE_CONTROL = 19  # RFC 8926 s3.4: the O bit: a control message, not data
+    GENEVE_OPTION_OVERRUN = 20  # the options (or one option) run past their length or the datagram
+    GENEVE_CRITICAL_OPTION = 21  # RFC 8926 s3.5: a critical option this collector does not process
+    GENEVE_PROTOCOL = 22  # protocol type is neither IPv4, IPv6 nor Ethernet
+    GENEVE_INNER_SHORT = 23  # the inner IP (or Ethernet) and UDP headers are cut off
+    GENEVE_INNER_HEADER = 24  # the inner IP header is invalid (version, header length)
+    GENEVE_INNER_FRAGMENT = 25  # the inner mirror datagram is an IP fragment: no VXLAN header here
+    GENEVE_INNER_NOT_VXLAN = 26  # the inner packet is not UDP to the VXLAN port 4789
 
     @property
     def label(self) -> str:
@@ -36,7 +47,12 @@ class Drop(enum.IntEnum):
     @property
     def is_decode_error(self) -> bool:
         """True for reasons that mean the datagram itself is malformed."""
-        return self <= Drop.IPV6_EXT_CHAIN
+        return self <= Drop.IPV6_EXT_CHAIN or self >= Drop.GENEVE_SHORT
+
+    @property
+    def is_geneve(self) -> bool:
+        """True for reasons of the GENEVE layer (the VXLAN datagram inside was not reached)."""
+        return self >= Drop.GENEVE_SHORT
 
 
 DROP_COUNT = len(Drop)
