@@ -31,9 +31,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from collector import goflow2
-from collector.ipfix_elements import MessageEncoder, max_message_bytes
-from collector.records import FlowRecord, encoder_for, flow_id, record_separator
+from collector.encoders import encoder_for, goflow2, record_separator
+from collector.encoders.ipfix import MessageEncoder, max_message_bytes
+from collector.records import FlowRecord, flow_id
 
 TARGET_RATIO = 1.0
 SESSIONS = (

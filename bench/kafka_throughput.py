@@ -35,8 +35,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.harness import Broker
 from collector.config import KafkaConfig, RecordsConfig
+from collector.encoders import CONTENT_TYPES, encoder_for
 from collector.io.kafka import KafkaSink, use_fast_lz4
-from collector.records import CONTENT_TYPES, FlowRecord, address_text, encoder_for, flow_id
+from collector.records import FlowRecord, address_text, flow_id
 
 TARGET_RECORDS_PER_S = 150_000
 TARGET_RATIO = 3.0

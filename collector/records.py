@@ -1,22 +1,20 @@
-"""Flow records: the public schema consumers read, its encoders and decoders.
+"""Flow records: the public schema consumers read, its JSON/msgpack round trip, its JSON Schema.
 
 ``FlowRecord`` is the contract of the Kafka topic and of the JSON-lines outputs. Fields are only ever
 added (with defaults), never renamed or removed; ``schema_version`` changes if that ever has to break.
-Consumers can ``from collector.records import FlowRecord, decode``.
+Consumers can ``from collector.records import FlowRecord, decode``. The value formats a sink writes
+(JSON, msgpack, VPC flow-log lines, goflow2) and IPFIX are in ``collector.encoders``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import socket
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
-from collector import goflow2
-from collector.flowlog import FlowLogFormat
 from collector.terms import (
     ACCEPT,
     ACTIONS,
@@ -194,7 +192,6 @@ class FlowRecord(msgspec.Struct, kw_only=True, gc=False):
 __all__ = [
     "ACTIONS",
     "CLOSING_END_REASONS",
-    "CONTENT_TYPES",
     "DIRECTIONS",
     "END_REASONS",
     "SCHEMA_VERSION",
@@ -205,7 +202,6 @@ __all__ = [
     "address_text",
     "decode",
     "encode",
-    "encoder_for",
     "endpoints_flow_id",
     "flow_id",
     "json_schema",
@@ -241,14 +237,6 @@ _msgpack_encoder = msgspec.msgpack.Encoder()
 _json_decoder = msgspec.json.Decoder(FlowRecord)
 _msgpack_decoder = msgspec.msgpack.Decoder(FlowRecord)
 
-Format = Literal["json", "msgpack", "vpc-flow-log", "goflow2"]
-CONTENT_TYPES = {
-    "json": "application/json",
-    "msgpack": "application/msgpack",
-    "vpc-flow-log": "text/plain; format=vpc-flow-log",
-    "goflow2": goflow2.CONTENT_TYPE,
-}
-
 
 def encode(record: FlowRecord, fmt: Literal["json", "msgpack"] = "json") -> bytes:
     """One record as JSON (no trailing newline) or msgpack."""
@@ -260,26 +248,6 @@ def decode(data: bytes, fmt: Literal["json", "msgpack"] = "json") -> FlowRecord:
     if fmt == "json":
         return _json_decoder.decode(data)
     return _msgpack_decoder.decode(data)
-
-
-def encoder_for(fmt: str, vpc_flow_log_format: str | None = None) -> Callable[[FlowRecord], bytes]:
-    """The value encoder for a configured format."""
-    if fmt == "json":
-        return _json_encoder.encode
-    if fmt == "msgpack":
-        return _msgpack_encoder.encode
-    if fmt == "vpc-flow-log":
-        encoder: Callable[[FlowRecord], bytes] = FlowLogFormat.parse(vpc_flow_log_format).encode
-        return encoder
-    if fmt == "goflow2":
-        return goflow2.encode
-    raise ValueError(fmt)
-
-
-def record_separator(fmt: str) -> bytes:
-    """What follows each record in a file or on stdout: a newline, except for the binary
-    ``goflow2`` stream, whose records carry their own length."""
-    return b"" if fmt == "goflow2" else b"\n"
 
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"

@@ -14,11 +14,12 @@ from typing import BinaryIO
 import msgspec
 
 from collector.config import Config
+from collector.encoders import encoder_for, record_separator
 from collector.io.pcap import CaptureStats, read_vxlan
 from collector.io.sink import SinkStatus
 from collector.logs import setup_logging
 from collector.pipeline import Pipeline
-from collector.records import FlowRecord, encoder_for, record_separator
+from collector.records import FlowRecord
 from collector.sessions import build_sessions
 from collector.wire.drops import Drop
 

@@ -27,9 +27,10 @@ from typing import Any, TextIO
 import msgspec
 
 from collector.config import Config, KafkaConfig
+from collector.encoders import CONTENT_TYPES
 from collector.errors import ConfigError
 from collector.io.exporter_end import END_MARKER, decode_end
-from collector.records import CONTENT_TYPES, FlowRecord, decode
+from collector.records import FlowRecord, decode
 from collector.wire.l4 import TCP_FLAG_NAMES
 
 POLL_MS = 200
@@ -269,7 +270,7 @@ def formatter(fmt: str, config: Config) -> Callable[[FlowRecord], str]:
         encoder = msgspec.json.Encoder()
         return lambda r: encoder.encode(r).decode()
     if fmt == "vpc-flow-log":
-        from collector.flowlog import FlowLogFormat  # noqa: PLC0415
+        from collector.encoders.flowlog import FlowLogFormat  # noqa: PLC0415
 
         flow_log = FlowLogFormat.parse(config.records.vpc_flow_log_format)
         return lambda r: flow_log.encode(r).decode()
@@ -419,7 +420,7 @@ def run_tail(args: argparse.Namespace, config: Config) -> int:
     if args.timeout_s is not None and args.timeout_s <= 0:
         raise ConfigError("--timeout-s", "must be positive")
     if args.format == "vpc-flow-log":
-        from collector.flowlog import FlowLogFormat  # noqa: PLC0415
+        from collector.encoders.flowlog import FlowLogFormat  # noqa: PLC0415
 
         FlowLogFormat.parse(config.records.vpc_flow_log_format)  # a bad format fails before I/O
     stats = TailStats()

@@ -21,8 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.encode import make_records
-from collector import goflow2, ipfix_elements
-from collector.ipfix_elements import (
+from collector.encoders import goflow2, ipfix
+from collector.encoders.ipfix import (
     HEADER,
     SET_HEADER,
     TEMPLATE_V4,
@@ -260,7 +260,7 @@ def test_ipfix_fast_paths_equal_the_reference(batch: list[FlowRecord]) -> None:
 
 
 def test_ipfix_kind_tables_are_bounded_and_change_no_byte(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ipfix_elements, "_CACHE_MAX", 8)
+    monkeypatch.setattr(ipfix, "_CACHE_MAX", 8)
     encoder = new_encoder(1500, False, 32473)
     batch = [
         make_record(protocol=1, src_port=0, dst_port=0, icmp_type=t, icmp_code=c, ip_version=v, **a)

@@ -11,9 +11,10 @@ from flow_samples import make_record
 from hypothesis import given
 from hypothesis import strategies as st
 
+from collector.encoders import encoder_for
+from collector.encoders.flowlog import DEFAULT_FORMAT, FIELDS, FlowLogFormat, aws_tcp_flags
 from collector.errors import ConfigError
-from collector.flowlog import DEFAULT_FORMAT, FIELDS, FlowLogFormat, aws_tcp_flags
-from collector.records import FlowRecord, decode, encoder_for
+from collector.records import FlowRecord, decode
 
 V3_TO_V5 = (
     "${version} ${vpc-id} ${subnet-id} ${instance-id} ${interface-id} ${account-id} ${type} "

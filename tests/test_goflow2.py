@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kafka_fixtures import KafkaBroker, read_topic, unique_topic
 
-from collector import goflow2
+from collector.encoders import goflow2
 from collector.records import FlowRecord, decode
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -33,8 +33,8 @@ from scapy.packet import Raw
 from scapy.utils import wrpcap
 
 from collector.config import IpfixConfig
+from collector.encoders.ipfix import TEMPLATE_V4, TEMPLATE_V6, MessageEncoder, max_message_bytes
 from collector.io.ipfix import IpfixSink, parse_ipfix_spec
-from collector.ipfix_elements import TEMPLATE_V4, TEMPLATE_V6, MessageEncoder, max_message_bytes
 from collector.records import FlowRecord, decode
 from tests.packets import icmp, tcp, udp
 from tests.service_harness import Collector, free_port

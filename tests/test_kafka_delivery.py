@@ -12,8 +12,9 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
 from kafka_fixtures import make_records
 
+from collector.encoders import CONTENT_TYPES, encoder_for
 from collector.io.kafka.delivery import Batch, Delivery, Parked, key_hash
-from collector.records import CONTENT_TYPES, decode, encoder_for
+from collector.records import decode
 
 JSON = CONTENT_TYPES["json"]
 NOW_MS = 1_764_100_000_000

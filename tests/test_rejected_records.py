@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from collector.records import FlowRecord, encoder_for
+from collector.encoders import encoder_for
+from collector.records import FlowRecord
 from tests.pipeline_support import T0, drops, make_pipeline, tcp, udp
 
 ENI, PEER, OTHER = "10.0.1.10", "198.51.100.7", "203.0.113.9"

@@ -22,9 +22,10 @@ from hypothesis import strategies as st
 from kafka_fixtures import KafkaBroker, create_topic, make_records, unique_topic
 
 from collector.config import KafkaConfig, RecordsConfig
-from collector.flowlog import FlowLogFormat
+from collector.encoders import CONTENT_TYPES
+from collector.encoders.flowlog import FlowLogFormat
 from collector.io.kafka import KafkaSink
-from collector.records import CONTENT_TYPES, FlowRecord, encode
+from collector.records import FlowRecord, encode
 from collector.tail import SequenceTracker, decode_value, table_header, table_row
 
 ROOT = Path(__file__).resolve().parent.parent

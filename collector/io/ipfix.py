@@ -35,9 +35,9 @@ from collections import deque
 from typing import Literal
 
 from collector.config import IpfixConfig
+from collector.encoders.ipfix import MessageEncoder, max_message_bytes
 from collector.errors import ConfigError, SinkError
 from collector.io.sink import SinkStatus
-from collector.ipfix_elements import MessageEncoder, max_message_bytes
 from collector.records import FlowRecord
 
 log = logging.getLogger("collector.ipfix")

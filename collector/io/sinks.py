@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable
 
 from collector.config import Config, KafkaConfig
+from collector.encoders import encoder_for, record_separator
 from collector.errors import ConfigError, SinkError
 from collector.io.sink import Sink, SinkStatus
-from collector.records import FlowRecord, encoder_for, record_separator
+from collector.records import FlowRecord
 
 
 class StreamSink:

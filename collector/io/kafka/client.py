@@ -45,9 +45,9 @@ from aiokafka.errors import for_code as kafka_error_for_code
 from aiokafka.protocol.metadata import MetadataRequest
 
 from collector.config import KafkaConfig
+from collector.encoders import encoder_for
 from collector.errors import ConfigError, SinkError
 from collector.io.exporter_end import END_MARKER, ExporterEnd, encode_end
-from collector.records import encoder_for
 
 log = logging.getLogger(__name__)
 

@@ -39,6 +39,7 @@ from typing import Any
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from collector.config import KafkaConfig, RecordsConfig
+from collector.encoders import CONTENT_TYPES, encoder_for
 from collector.errors import SinkError
 from collector.io.kafka import client, workarounds
 from collector.io.kafka.delivery import Batch, Delivery, Parked, wall_ms
@@ -46,7 +47,7 @@ from collector.io.kafka.spooling import RateLimitedLog, SinkSpool
 from collector.io.kafka.state import CONNECTED, SPOOLING, Health, State, health
 from collector.io.sink import SinkStatus
 from collector.io.spool import SpoolReadError
-from collector.records import CONTENT_TYPES, FlowRecord, encoder_for
+from collector.records import FlowRecord
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,13 @@ LOG_EVERY_S = 10.0
 RECENT_S = 60.0
 """A drop or a permanent failure keeps the sink 'failed' in status() for this long."""
 WATCH_INTERVAL_S = 0.5
+PARTITIONS_REFRESH_S = 30.0
+"""The topic's partitions are read from metadata this often (and after an unknown error), not
+only at connect: partitions added mid-run are used."""
+UNKNOWN_ERROR_ATTEMPTS = 5
+"""Attempts at a batch the broker refuses with an error the sink does not know (neither known
+retriable nor known permanent): then it goes to the dead-letter spool, so it cannot block what
+follows it forever. With the retry backoff that is about 6 s."""
 CLOSE_TIMEOUT_S = 5.0
 
 
@@ -121,6 +129,9 @@ class KafkaSink:
         self._connect_task: asyncio.Task[None] | None = None
         self._end_marker_task: asyncio.Task[None] | None = None
         self._ratelimited = RateLimitedLog(log, LOG_EVERY_S)
+        self._refresh_partitions = False  # an unknown error: partitions are read again
+        self.dead_lettered_by_reason: dict[str, int] = {}
+        """Records dead-lettered, by the broker's error (a bounded set: error class names)."""
 
     def __repr__(self) -> str:
         return f"KafkaSink({self.name!r}, spool={str(self.spool.path)!r})"
@@ -404,28 +415,27 @@ class KafkaSink:
             self._wake.clear()
             wait_s: float | None = None
             now = time.monotonic()
-            room = self._config.queue_records - delivery.unacked_count
-            if delivery.unacked_bytes >= self._config.queue_bytes:
+            # retries held back count too: a partition in trouble holds at most this much
+            room = self._config.queue_records - delivery.unacked_count - delivery.retry_count
+            if delivery.unacked_bytes + delivery.retry_bytes >= self._config.queue_bytes:
                 room = 0
             state = self.state
             if state not in CONNECTED or not delivery.partitions:
                 wait_s = None
-            elif delivery.retry:  # retries go out even while stalled: they probe for the broker
-                if now < self._retry_after:
-                    wait_s = self._retry_after - now
-                else:
-                    created_ms = wall_ms(delivery.retry[0].first_s)
-                    return self._built(delivery.rebuild_retries(max(room, 1), created_ms))
+            elif delivery.retry and now >= self._retry_after:
+                # retries go out even while stalled: they probe for the broker
+                created_ms = wall_ms(delivery.retry[0].first_s)
+                return self._built(delivery.rebuild_retries(max(room, 1), created_ms))
             elif state is State.STALLED or room <= 0:
                 wait_s = WATCH_INTERVAL_S if state is State.STALLED else None
             elif state is State.REPLAYING and now < self._spool_retry_at:
                 wait_s = self._spool_retry_at - now
             elif state is State.REPLAYING:
-                batches = await self._from_spool(room)
+                batches = self._past_retries(await self._from_spool(room))
                 if batches:
                     return batches
                 if not (self._config.wal and self.state is State.REPLAYING):
-                    continue  # drained (now DIRECT), or a read error (wait for _spool_retry_at)
+                    continue  # drained (now DIRECT), held, or a read error (wait)
                 # write-ahead: the log is drained; the next written slice wakes the pump
             elif delivery.pending:
                 linger_s = self._config.linger_ms / 1000
@@ -436,14 +446,27 @@ class KafkaSink:
                     or now - oldest >= linger_s
                 ):
                     created_ms = wall_ms(oldest)
-                    return self._built(delivery.from_pending(min(room, CYCLE_RECORDS), created_ms))
+                    batches = delivery.from_pending(min(room, CYCLE_RECORDS), created_ms)
+                    batches = self._past_retries(self._built(batches))
+                    if batches:
+                        return batches
+                    continue
                 wait_s = oldest + linger_s - now
+            if delivery.retry and self.state in CONNECTED:  # the next retry is due then
+                due_s = max(0.0, self._retry_after - now)
+                wait_s = due_s if wait_s is None else min(wait_s, due_s)
             if wait_s is None:
                 await self._wake.wait()
             else:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait_s):
                         await self._wake.wait()
+
+    def _past_retries(self, batches: list[Batch]) -> list[Batch]:
+        """Batches for partitions whose records wait for a retry queue behind them (per-partition
+        order); the others go now: a partition in trouble holds only its own records."""
+        delivery = self.delivery
+        return delivery.hold_behind_retries(batches, delivery.held_partitions())
 
     async def _from_spool(self, room: int) -> list[Batch]:
         """The next spooled records, in order; leaves REPLAYING when the spool has nothing unread
@@ -561,7 +584,12 @@ class KafkaSink:
                 self._last_error,
             )
             self.spool.ack(batch.segment, count)
+        elif not _known_retriable(exc) and batch.attempts + 1 >= UNKNOWN_ERROR_ATTEMPTS:
+            self._dead_letter(batch, exc)
         else:
+            if not _known_retriable(exc):  # unknown: retried a bounded number of times
+                batch.attempts += 1
+                self._refresh_partitions = True
             count = delivery.to_retry(batch)
             now = time.monotonic()
             self._retry_after = max(self._retry_after, now + self._backoff_s)
@@ -586,7 +614,12 @@ class KafkaSink:
 
     def _dead_letter(self, batch: Batch, exc: BaseException) -> None:
         """Records the broker refuses for a reason waiting does not fix (authorization, policy,
-        timestamp) go to the dead-letter spool, so the rest keep flowing behind them."""
+        timestamp), or for one the sink does not know after UNKNOWN_ERROR_ATTEMPTS, go to the
+        dead-letter spool, so the rest keep flowing behind them; counted per reason."""
+        reason = type(exc).__name__
+        self.dead_lettered_by_reason[reason] = self.dead_lettered_by_reason.get(reason, 0) + len(
+            batch.values
+        )
         count = self.delivery.dead_letter(batch)
         self.spool.dead_letter(
             Parked(batch.content_type, batch.keys, batch.values, batch.exporters, batch.sequences),
@@ -604,11 +637,17 @@ class KafkaSink:
         STALL_S since they started waiting. Only an acknowledgement ends it."""
         busy = False
         probed_s = 0.0
+        refreshed_s = time.monotonic()
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
             if self._end_marker_due():
                 self._end_marker_task = asyncio.create_task(self._publish_end_marker())
             now = time.monotonic()
+            if self.state in CONNECTED and (
+                self._refresh_partitions or now - refreshed_s > PARTITIONS_REFRESH_S
+            ):
+                refreshed_s, self._refresh_partitions = now, False
+                await self._read_partitions()
             if not self.delivery.waiting():
                 busy = False
                 continue
@@ -626,6 +665,32 @@ class KafkaSink:
             if self.state is State.STALLED and now - probed_s > STALL_S:
                 probed_s = now
                 await self._probe_while_stalled()
+
+    async def _read_partitions(self) -> None:
+        """Read the topic's partitions from fresh metadata; a changed list is used from the next
+        batch on (a failure keeps the old one: the next period tries again)."""
+        producer = self._producer
+        try:
+            async with asyncio.timeout(self._config.connect_timeout_s):
+                await producer.client.force_metadata_update()
+                partitions = sorted(await producer.partitions_for(self._topic))
+        except (KafkaError, OSError, TimeoutError) as exc:
+            self._ratelimited(
+                "metadata",
+                logging.WARNING,
+                "cannot read the partitions of %r: %s",
+                self._topic,
+                exc,
+            )
+            return
+        if partitions and partitions != self.delivery.partitions and producer is self._producer:
+            log.warning(
+                "topic %r now has %d partitions (was %d)",
+                self._topic,
+                len(partitions),
+                len(self.delivery.partitions),
+            )
+            self.delivery.partitions = partitions
 
     async def _probe_while_stalled(self) -> None:
         """A stalled broker that refuses connections is gone: replace the producer (see
@@ -696,3 +761,11 @@ class KafkaSink:
         spooled = sum(len(b.values) for b in delivery.unacked if b.segment is not None)
         spooled += sum(len(b.values) for b in delivery.retry if b.segment is not None)
         return delivery.memory_records() + self.spool.parking - spooled
+
+
+def _known_retriable(exc: BaseException) -> bool:
+    """Errors waiting fixes, retried without a bound (the sink spools meanwhile: see _watch):
+    the network, timeouts, a leader moving, a producer session or topic to replace."""
+    return isinstance(
+        exc, (*client.TOPIC_GONE_ERRORS, *client.PRODUCER_FATAL)
+    ) or client.is_retriable(exc)

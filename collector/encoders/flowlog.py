@@ -17,10 +17,11 @@ from collector.errors import ConfigError
 from collector.terms import DEFAULT_FLOW_LOG_FORMAT, UNKNOWN
 from collector.wire.l4 import IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
 
-if TYPE_CHECKING:  # records imports this module for its encoder; the getters only read attributes
+if TYPE_CHECKING:  # the getters only read attributes
     from collector.records import FlowRecord
 
 CONFIG_KEY = "records.vpc_flow_log_format"
+CONTENT_TYPE = "text/plain; format=vpc-flow-log"
 
 DEFAULT_FORMAT = DEFAULT_FLOW_LOG_FORMAT
 
@@ -158,3 +159,8 @@ class FlowLogFormat:
     def encode(self, record: FlowRecord) -> bytes:
         """One line, no trailing newline."""
         return " ".join([get(record) for get in self._getters]).encode()
+
+
+def encoder(vpc_flow_log_format: str | None = None) -> Callable[[FlowRecord], bytes]:
+    """The value encoder of a configured format (None: AWS's default); ConfigError names the key."""
+    return FlowLogFormat.parse(vpc_flow_log_format).encode

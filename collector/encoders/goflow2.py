@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -307,6 +308,11 @@ def encode(r: FlowRecord) -> bytes:
     except _OutOfRangeError:
         message = reference_message(r)
     return _SMALL[len(message)] + message  # a FlowMessage of these fields is < 200 bytes
+
+
+def encoder(_: str | None = None) -> Callable[[FlowRecord], bytes]:
+    """The value encoder (goflow2 takes no options)."""
+    return encode
 
 
 def flow_message(r: FlowRecord) -> bytes:
