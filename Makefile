@@ -13,10 +13,13 @@ CONFIG ?= deploy/examples/collector.toml
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Everything in .venv comes from requirements-dev.lock (exact versions, every file's hash), so an
+# upstream release never changes what `make test` runs; the project itself is installed without
+# build isolation, with the locked setuptools, wheel and Cython.
+$(STAMP): pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements-dev.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 # tshark decodes the golden captures in the tests; installed from the distribution when missing.
@@ -72,18 +75,24 @@ lint-deploy: install $(CHECKOV)
 	BC_SKIP_MAPPING=TRUE $(CHECKOV) --quiet --compact --skip-download --framework dockerfile \
 	  -f deploy/Dockerfile
 
-# deploy/requirements.lock: the exact dependency set of the deployed package (runtime + aws +
-# msk-iam extras) with every file's hash, from pyproject.toml. Existing pins are kept; refresh
-# them with `make lock LOCK_FLAGS=--upgrade`. tests/test_deploy_lock.py checks it matches pyproject.
+# The two locks, from pyproject.toml, every file pinned by hash; only `make lock` changes them.
+# requirements-dev.lock: what .venv runs (runtime, aws, bench and dev extras, and the build
+# requirements). deploy/requirements.lock: what the stack installs (runtime, aws and msk-iam extras),
+# resolved under the dev lock, so every package both hold has one version: the tested one.
+# Existing pins are kept; refresh them with `make lock LOCK_FLAGS=--upgrade`.
+# tests/test_deploy_lock.py checks each lock against pyproject and the two against each other.
 PIP_COMPILE := .cache/piptools/bin/pip-compile
 $(PIP_COMPILE):
 	$(PYTHON) -m venv .cache/piptools
 	.cache/piptools/bin/pip install --quiet 'pip-tools>=7.4,<8'
 
+LOCK_COMMON := --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+  --no-emit-find-links
 lock: $(PIP_COMPILE)
-	env -u PIP_FIND_LINKS $(PIP_COMPILE) --quiet $(LOCK_FLAGS) --generate-hashes --allow-unsafe \
-	  --strip-extras --extra aws --extra msk-iam --no-emit-index-url --no-emit-find-links \
-	  --output-file deploy/requirements.lock pyproject.toml
+	env -u PIP_FIND_LINKS $(PIP_COMPILE) $(LOCK_COMMON) $(LOCK_FLAGS) --all-build-deps \
+	  --extra aws --extra bench --extra dev --output-file requirements-dev.lock pyproject.toml
+	env -u PIP_FIND_LINKS $(PIP_COMPILE) $(LOCK_COMMON) $(LOCK_FLAGS) -c requirements-dev.lock \
+	  --extra aws --extra msk-iam --output-file deploy/requirements.lock pyproject.toml
 
 # dist/collector-bundle-VERSION.tar.gz for the CloudFormation stack (deploy/README.md, Bundle).
 bundle: install
