@@ -14,6 +14,7 @@ without one. The sink (``sink.py``) decides when to call what.
 
 from __future__ import annotations
 
+import bisect
 import time
 import zlib
 from collections import deque
@@ -52,6 +53,12 @@ class Batch:
     """When the producer took the batch; 0 while it is being built or handed over."""
     abandoned: bool = False
     """Taken back (spooled, or retried by another producer); a late callback no longer counts."""
+    attempts: int = 0
+    """Times the broker refused these records with an error the sink does not know (bounded:
+    see UNKNOWN_ERROR_ATTEMPTS in sink.py)."""
+    order: int = 0
+    """Position of the batch's first record in the order records were submitted (kept by every
+    rebuild): what is retried goes out oldest first, whatever took it back."""
 
 
 @dataclass(slots=True)
@@ -103,6 +110,8 @@ class Delivery:
         self.failed = 0
         self.dead_lettered = 0
         self.latencies: list[float] = []
+        self.orders = 0
+        """The last ``Batch.order`` given out."""
         self.max_record_bytes = 1 << 62
         """Largest record (key, value, headers) a batch may hold; the sink sets the topic's."""
         self.oversized: list[tuple[int | None, int]] = []
@@ -201,15 +210,23 @@ class Delivery:
         timestamp_ms: int,
         *,
         partition: int | None = None,
+        attempts: int = 0,
+        order: int | None = None,
     ) -> list[Batch]:
-        """Tracked batches of already encoded records (a spool chunk, a retried batch)."""
+        """Tracked batches of already encoded records (a spool chunk, a retried batch, which
+        keeps its ``attempts`` and ``order``)."""
         if partition is not None:
             chosen = [partition] * len(records.keys)
         else:
             partitions = self.partitions
             count = len(partitions)
             chosen = [partitions[key_hash(k) % count] for k in records.keys]
-        return self.track(self.fill(records, chosen, first_s, segment, timestamp_ms))
+        batches = self.fill(records, chosen, first_s, segment, timestamp_ms)
+        for batch in batches:
+            batch.attempts = attempts
+            if order is not None:
+                batch.order = order
+        return self.track(batches)
 
     def rebuild_retries(self, room: int, timestamp_ms: int) -> list[Batch]:
         """Fresh batches for the oldest retries, at least one, about ``room`` records in all;
@@ -228,6 +245,8 @@ class Delivery:
                     old.segment,
                     timestamp_ms,
                     partition=old.partition if old.partition in self.partitions else None,
+                    attempts=old.attempts,
+                    order=old.order,
                 )
             )
         return out
@@ -321,6 +340,9 @@ class Delivery:
 
     def track(self, batches: list[Batch]) -> list[Batch]:
         for batch in batches:
+            if not batch.order:
+                self.orders += 1
+                batch.order = self.orders
             batch.builder.close()
             self.unacked[batch] = None
             self.unacked_count += len(batch.values)
@@ -359,10 +381,10 @@ class Delivery:
         return count
 
     def to_retry(self, batch: Batch) -> int:
-        """``batch`` goes out again later, behind the retries already waiting."""
+        """``batch`` goes out again later, in submission order among the retries waiting."""
         count = self._untrack(batch)
         self.retried += count
-        self.retry.append(batch)
+        bisect.insort(self.retry, batch, key=_submitted)
         self.retry_count += count
         self.retry_bytes += batch.size
         return count
@@ -376,9 +398,9 @@ class Delivery:
             return False
         self._untrack(batch)
         half = count // 2
-        # to the front, second half first: later batches of the partition (failed behind this
-        # one, out of sequence) must not overtake it
-        for part in (slice(half, count), slice(0, half)):
+        # in submission order (the halves keep the batch's place): later batches of the
+        # partition (failed behind this one, out of sequence) must not overtake it
+        for part in (slice(0, half), slice(half, count)):
             piece = Batch(
                 batch.partition,
                 batch.content_type,
@@ -388,9 +410,11 @@ class Delivery:
                 values=batch.values[part],
                 exporters=batch.exporters[part],
                 sequences=batch.sequences[part],
+                attempts=batch.attempts,
+                order=batch.order,
             )
             piece.size = sum(map(len, piece.keys)) + sum(map(len, piece.values))
-            self.retry.appendleft(piece)
+            bisect.insort(self.retry, piece, key=_submitted)
             self.retry_count += len(piece.values)
             self.retry_bytes += piece.size
         self.retried += count
@@ -398,28 +422,41 @@ class Delivery:
 
     def take_back_unacked(self) -> None:
         """After a producer is gone, every batch it did not finish is retried by the next one
-        (the old object is marked abandoned so a late callback cannot count it twice)."""
+        (the old object is marked abandoned so a late callback cannot count it twice). The retry
+        queue stays in submission order: a batch taken back goes out before anything newer for
+        its partition that failed earlier."""
         for batch in list(self.unacked):
             if batch.abandoned:
                 continue
             batch.abandoned = True
             self._untrack(batch)
             self.retried += len(batch.values)
-            self.retry_count += len(batch.values)
-            self.retry_bytes += batch.size
-            self.retry.append(
-                Batch(
-                    batch.partition,
-                    batch.content_type,
-                    batch.first_s,
-                    batch.segment,
-                    keys=batch.keys,
-                    values=batch.values,
-                    exporters=batch.exporters,
-                    sequences=batch.sequences,
-                    size=batch.size,
-                )
-            )
+            self._queue_retry(_copy(batch))
+        self.retry = deque(sorted(self.retry, key=_submitted))
+
+    def _queue_retry(self, batch: Batch) -> None:
+        self.retry.append(batch)
+        self.retry_count += len(batch.values)
+        self.retry_bytes += batch.size
+
+    def held_partitions(self) -> set[int]:
+        """Partitions with records waiting for a retry: newer records for them wait behind."""
+        return {batch.partition for batch in self.retry}
+
+    def hold_behind_retries(self, batches: list[Batch], held: set[int]) -> list[Batch]:
+        """New batches for a partition in ``held`` queue behind its retries (never sent ahead of
+        them); returns the others, to send now: one partition's trouble holds only its own
+        records."""
+        if not held:
+            return batches
+        out = []
+        for batch in batches:
+            if batch.partition in held:
+                self._untrack(batch)
+                self._queue_retry(_copy(batch))
+            else:
+                out.append(batch)
+        return out
 
     def park_memory(self, slice_records: int) -> list[Parked]:
         """Everything held only in memory, for the spool, oldest first: in-flight batches
@@ -442,6 +479,27 @@ class Delivery:
         while (parked := self.encode_pending(slice_records)) is not None:
             out.append(parked)
         return out
+
+
+def _submitted(batch: Batch) -> int:
+    return batch.order
+
+
+def _copy(batch: Batch) -> Batch:
+    """The records of ``batch`` without its builder (rebuilt for the next send)."""
+    return Batch(
+        batch.partition,
+        batch.content_type,
+        batch.first_s,
+        batch.segment,
+        keys=batch.keys,
+        values=batch.values,
+        exporters=batch.exporters,
+        sequences=batch.sequences,
+        size=batch.size,
+        attempts=batch.attempts,
+        order=batch.order,
+    )
 
 
 def _parked(batch: Batch) -> Parked:
