@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 
 from collector.config import Config
 from collector.flows import Account, FlowTable, RecordMaker
@@ -18,11 +19,19 @@ from collector.sessions import Session, SessionMap
 from collector.terms import UNKNOWN
 from collector.wire.drops import DROP_COUNT, Drop
 from collector.wire.flowkey import PORTS_KEY_V4, FlowKey, key_vni, unpack_key
+from collector.wire.geneve import endpoint_text, gwlb_options
 
 MAX_OUTER_SOURCES = (
     4096  # outer source (text, sockaddr) -> packed caches; spoofed sources cannot grow them
 )
 MAX_CACHED_SESSIONS = 4096  # anonymous sessions come and go (SessionMap bounds them alike)
+# Labels of the per-session and per-endpoint counters: a sender chooses VNIs (2**24) and, on the
+# GENEVE port, endpoint ids; past these bounds the rest is counted under OTHER.
+MAX_ANONYMOUS_SESSION_LABELS = 256
+MAX_ENDPOINT_LABELS = 1024
+OTHER_VNI = -1
+OTHER_ENDPOINT = "other"
+NO_ENDPOINT = ""  # records of VXLAN datagrams (no GWLB endpoint)
 _LONGEST_V4_KEY = PORTS_KEY_V4.size
 _MISSING = object()
 _UNKNOWN_VNI = int(Drop.UNKNOWN_VNI)
@@ -33,13 +42,29 @@ _UNKNOWN_DIRECTION = int(Drop.UNKNOWN_DIRECTION)
 class Stats:
     """Plain integer counters of one pipeline; exported to metrics in batches, never per packet."""
 
-    __slots__ = ("datagrams", "drops", "records", "rx_bytes")
+    __slots__ = (
+        "datagrams",
+        "drops",
+        "endpoint_records",
+        "geneve_datagrams",
+        "geneve_drops",
+        "records",
+        "rx_bytes",
+        "session_datagrams",
+    )
 
     def __init__(self) -> None:
-        self.datagrams = 0
+        self.datagrams = 0  # every encapsulation
         self.rx_bytes = 0
-        self.drops = [0] * DROP_COUNT
+        self.drops = [0] * DROP_COUNT  # every encapsulation
         self.records: dict[str, int] = {}
+        self.geneve_datagrams = 0  # of ``datagrams``: those of the GENEVE listener
+        self.geneve_drops = [0] * DROP_COUNT  # of ``drops``: those of GENEVE datagrams
+        self.session_datagrams: dict[int, int] = {}
+        """Per VNI (OTHER_VNI: anonymous VNIs past the label bound): the packets of the session's
+        flows, counted when their record is made (the flow ended: timeouts, FIN/RST, eviction)."""
+        self.endpoint_records: dict[str, int] = {}
+        """Records per GWLB endpoint id (NO_ENDPOINT: VXLAN; OTHER_ENDPOINT past the bound)."""
 
     @property
     def kept(self) -> int:
@@ -59,6 +84,12 @@ class Pipeline:
         self.account: Account = self.table.packet_path(self.stats.drops, self._new_flow)
         """``feed`` without the datagram and byte counters: receive loops that read in batches
         add those once per batch (``stats.datagrams``, ``stats.rx_bytes``)."""
+        self.account_geneve: Account = self.table.geneve_packet_path(
+            self.stats.drops, self.stats.geneve_drops, self._new_geneve_flow
+        )
+        """``account`` for a GENEVE datagram (``stats.geneve_datagrams`` counted by the loop)."""
+        self._geneve_drops = self.stats.geneve_drops
+        self._endpoint_sessions: dict[tuple[int, int], Session] = {}
         self._drops = self.stats.drops
         self._records = RecordMaker(exporter)
         self._outer_cache: dict[str | bytes, bytes | None] = {}
@@ -77,6 +108,62 @@ class Pipeline:
         stats.rx_bytes += n
         self.account(buf, n, now, outer_src)
 
+    def feed_geneve(
+        self,
+        buf: bytes | bytearray | memoryview,
+        n: int,
+        now: float,
+        outer_src: bytes | str | memoryview | None,
+    ) -> None:
+        """Account one GENEVE datagram of a Gateway Load Balancer (``outer_src`` is the GWLB's
+        address: never used for direction)."""
+        stats = self.stats
+        stats.datagrams += 1
+        stats.geneve_datagrams += 1
+        stats.rx_bytes += n
+        self.account_geneve(buf, n, now, outer_src)
+
+    def _new_geneve_flow(
+        self,
+        key: FlowKey,
+        ip_len: int,
+        tcp_flags: int,
+        now: float,
+        buf: bytes | bytearray | memoryview,
+        n: int,
+        src_at: int,
+        src_len: int,
+    ) -> None:
+        """A new flow in a GENEVE datagram: its session carries the GWLB endpoint, and direction
+        is judged from the mirror datagram's source (the source ENI), as for VXLAN."""
+        session = self._session_cache.get(key[:3])
+        if session is None:
+            session = self._session_of(key)
+            if session is None:
+                self._drops[_UNKNOWN_VNI] += 1
+                self._geneve_drops[_UNKNOWN_VNI] += 1
+                return
+        endpoint = gwlb_options(buf, n).endpoint_id
+        if endpoint is not None:
+            session = self._with_endpoint(session, endpoint)
+        mirror_source = bytes(buf[src_at : src_at + src_len])
+        reason = self._decide(key, ip_len, tcp_flags, now, session, mirror_source)
+        if reason:
+            self._geneve_drops[reason] += 1
+
+    def _with_endpoint(self, session: Session, endpoint: int) -> Session:
+        """The session as seen through one GWLB endpoint (its records name the endpoint), cached
+        so that the records of its flows share one template."""
+        cache = self._endpoint_sessions
+        found = cache.get((id(session), endpoint))
+        if found is None or found.vni != session.vni or found.name != session.name:
+            if len(cache) >= MAX_CACHED_SESSIONS:
+                cache.clear()
+            found = cache[(id(session), endpoint)] = replace(
+                session, gwlb_endpoint_id=endpoint_text(endpoint)
+            )
+        return found
+
     def _new_flow(
         self,
         key: FlowKey,
@@ -94,6 +181,18 @@ class Pipeline:
                 return
         if outer_src is not None and outer_src.__class__ is not bytes:
             outer_src = self._outer_address(outer_src)  # type: ignore[arg-type]
+        self._decide(key, ip_len, tcp_flags, now, session, outer_src)
+
+    def _decide(
+        self,
+        key: FlowKey,
+        ip_len: int,
+        tcp_flags: int,
+        now: float,
+        session: Session,
+        outer_src: bytes | None,
+    ) -> int:
+        """Direction and filter decide a new flow: added, or rejected (the Drop value, else 0)."""
         if len(key) <= _LONGEST_V4_KEY:
             src, dst = key[4:8], key[8:12]
         else:
@@ -104,7 +203,7 @@ class Pipeline:
             if direction == UNKNOWN:
                 self.table.reject(key, ip_len, tcp_flags, now, _UNKNOWN_DIRECTION)
                 self._drops[_UNKNOWN_DIRECTION] += 1
-                return
+                return _UNKNOWN_DIRECTION
             _, _, _, proto, sport, dport, _ = unpack_key(key)
             rule = mirror_filter.match(
                 direction,
@@ -121,8 +220,9 @@ class Pipeline:
                     recorded = (session, direction, -1 if rule is None else rule.number)
                 self.table.reject(key, ip_len, tcp_flags, now, _FILTER_REJECT, recorded)
                 self._drops[_FILTER_REJECT] += 1
-                return
+                return _FILTER_REJECT
         self.table.add(key, ip_len, tcp_flags, now, session, direction)
+        return 0
 
     def _session_of(self, key: FlowKey) -> Session | None:
         """The session of a key's VNI (None: unknown, dropped), cached by the key's VNI octets."""
@@ -169,12 +269,29 @@ class Pipeline:
         if not ended:
             return []
         records = []
-        counts = self.stats.records
+        stats = self.stats
+        counts = stats.records
+        per_session = stats.session_datagrams
+        per_endpoint = stats.endpoint_records
         sequence = self.sequence
         make = self._records.make
         for key, flow, reason in ended:
             sequence += 1
             counts[reason] = counts.get(reason, 0) + 1
+            session = flow.session
+            assert session is not None  # only recorded not-kept flows end
+            vni = session.vni
+            if (
+                session.name is None
+                and vni not in per_session
+                and len(per_session) >= MAX_ANONYMOUS_SESSION_LABELS
+            ):
+                vni = OTHER_VNI  # configured sessions always have their own count
+            per_session[vni] = per_session.get(vni, 0) + flow.packets
+            endpoint = session.gwlb_endpoint_id or NO_ENDPOINT
+            if endpoint not in per_endpoint and len(per_endpoint) >= MAX_ENDPOINT_LABELS:
+                endpoint = OTHER_ENDPOINT
+            per_endpoint[endpoint] = per_endpoint.get(endpoint, 0) + 1
             records.append(make(key, flow, reason, sequence))
         self.sequence = sequence
         return records
@@ -189,6 +306,7 @@ class Pipeline:
         """Swap the session map (reload, EC2 enrichment); cached not-kept decisions are remade."""
         self.sessions = sessions
         self._session_cache.clear()
+        self._endpoint_sessions.clear()
         self.table.forget_decisions()
         self._records.forget_sessions()
 

@@ -160,6 +160,15 @@ class FlowRecord(msgspec.Struct, kw_only=True, gc=False):
         str | None,
         Meta(description="AWS Region."),
     ] = None
+    gwlb_endpoint_id: Annotated[
+        str | None,
+        Meta(
+            description=(
+                "The Gateway Load Balancer endpoint (vpce-...) the mirrored traffic came through "
+                "(GENEVE from a GWLB): which source VPC or account; null for VXLAN datagrams."
+            )
+        ),
+    ] = None
     tags: Annotated[
         dict[str, str],
         Meta(description="Session tags from the configuration."),

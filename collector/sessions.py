@@ -13,7 +13,15 @@ from collector.errors import ConfigError
 from collector.filter import MirrorFilter, load_filter
 from collector.terms import EGRESS, INGRESS, UNKNOWN, Direction
 
-AWS_CONTEXT_FIELDS = ("instance_id", "subnet_id", "vpc_id", "az_id", "account_id", "region")
+AWS_CONTEXT_FIELDS = (
+    "instance_id",
+    "subnet_id",
+    "vpc_id",
+    "az_id",
+    "account_id",
+    "region",
+    "gwlb_endpoint_id",
+)
 
 
 class OptionalFields(TypedDict, total=False):
@@ -25,6 +33,7 @@ class OptionalFields(TypedDict, total=False):
     az_id: str
     account_id: str
     region: str
+    gwlb_endpoint_id: str
     icmp_type: int
     icmp_code: int
     tags: dict[str, str]
@@ -70,6 +79,9 @@ class Session:
     account_id: str | None = None
     region: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    gwlb_endpoint_id: str | None = None
+    """The GWLB endpoint (vpce-...) this session's traffic came through, on the GENEVE path: the
+    pipeline derives one session per endpoint from the configured one."""
     record_context: OptionalFields = field(init=False, repr=False, compare=False)
     """The AWS context fields records of this session carry, the unset ones left out: a record is
     built once per flow, and every keyword left to its default makes that cheaper."""
