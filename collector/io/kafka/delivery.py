@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import bisect
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from collector.io.kafka.partitioner import kafka_hash, partitions_for
 from collector.records import FlowRecord
 
 RECORD_OVERHEAD_BYTES = 96
@@ -73,11 +73,9 @@ class Parked:
 
 
 def key_hash(key: bytes) -> int:
-    """The partitioning hash of a key: flow ids are 16 hex digits of a hash already."""
-    try:
-        return int(key, 16)
-    except ValueError:
-        return zlib.crc32(key)
+    """The partitioning hash of a key: Kafka's own (partitioner.py), so the partition is this
+    modulo the partition count, as the Java client's default partitioner picks it."""
+    return kafka_hash(key)
 
 
 class Delivery:
@@ -176,17 +174,11 @@ class Delivery:
         encode = self.encode
         flow_ids = [r.flow_id for r in records]
         keys = [f.encode() for f in flow_ids]
-        try:  # flow_id is 16 hex digits of a hash: the number itself spreads keys evenly
-            hashes = [int(f, 16) for f in flow_ids]
-        except ValueError:
-            hashes = [key_hash(k) for k in keys]
         values = [encode(r) for r in records]
         if values:
             average = (sum(map(len, values)) + sum(map(len, keys))) / len(values)
             self.record_bytes += (average - self.record_bytes) * 0.25
-        partitions = self.partitions
-        count = len(partitions)
-        chosen = [partitions[h % count] for h in hashes]
+        chosen = partitions_for(keys, self.partitions)
         batches = self.fill(
             Parked(
                 self.content_type,
@@ -218,9 +210,7 @@ class Delivery:
         if partition is not None:
             chosen = [partition] * len(records.keys)
         else:
-            partitions = self.partitions
-            count = len(partitions)
-            chosen = [partitions[key_hash(k) % count] for k in records.keys]
+            chosen = partitions_for(records.keys, self.partitions)
         batches = self.fill(records, chosen, first_s, segment, timestamp_ms)
         for batch in batches:
             batch.attempts = attempts
