@@ -12,6 +12,7 @@ from cfnlint.decode import decode
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK = ROOT / "deploy" / "cloudformation" / "collector-stack.yaml"
+SOURCE_STACK = ROOT / "deploy" / "cloudformation" / "mirror-source-stack.yaml"
 
 
 # A parameter set for the stack as an operator would pass it (the rest keep their defaults).
@@ -42,8 +43,8 @@ SUBNET_ATTRIBUTES = {
 }
 
 
-def load_stack() -> dict[str, Any]:
-    template, errors = decode(str(STACK))
+def load_stack(path: Path = STACK) -> dict[str, Any]:
+    template, errors = decode(str(path))
     assert not errors, errors
     assert isinstance(template, dict)
     return template
@@ -82,6 +83,12 @@ class Resolver:
             **{name: f"{name.lower()}-id" for name in template["Resources"]},
             "MirrorFilterA": "tmf-0123456789abcdef0",
             **parameters,
+            # a CommaDelimitedList parameter is a list to the functions that take it
+            **{
+                name: str(parameters[name]).split(",")
+                for name, spec in template["Parameters"].items()
+                if spec["Type"] == "CommaDelimitedList" and name in parameters
+            },
         }
         self.conditions: dict[str, bool] = {}
         for name in template["Conditions"]:
