@@ -243,6 +243,14 @@ class AwsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Region of the EC2 API; default: the SDK's own resolution."""
     refresh_interval_s: PositiveSeconds = 300.0
     """How often the EC2 view is refreshed in the background."""
+    follow_filters: bool = False
+    """Re-read every ``[filters.NAME]`` that names a ``filter_id`` from the EC2 API
+    (DescribeTrafficMirrorFilters) every ``filter_refresh_interval_s`` and apply a changed rule set
+    through the reload path: a stack update that changes a filter reaches running collectors.
+    Needs boto3 and ``ec2:DescribeTrafficMirrorFilters``."""
+    filter_refresh_interval_s: PositiveSeconds = 60.0
+    """How often followed filters are read from the EC2 API (one call per collector, not per
+    worker)."""
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
