@@ -19,9 +19,16 @@ What is never lost silently:
 - a failed write (disk full, I/O error) is cut back to the last whole entry, or the segment is closed
   so no later append extends a torn one; ``append`` returns exactly how many entries reached the
   file, and the caller counts the rest as dropped;
-- a read error (EMFILE, EIO) is transient: ``read`` raises SpoolReadError and the segment stays for
-  the next attempt; only a segment verified damaged (bad header, torn or corrupt entry) is moved to
-  ``quarantine/`` once its good entries are acknowledged: kept, counted, noted for the log;
+- a read error of the process (EMFILE, ENFILE, ENOMEM) is transient: ``read`` raises
+  SpoolReadError and the segment stays for the next attempt, however often;
+- a read error of the segment itself (ENOENT, EACCES, EIO, ...) is retried ``MAX_READ_ATTEMPTS``
+  times (``read`` raises SpoolReadError meanwhile), then the segment is set aside: moved to
+  ``quarantine/`` (or, when it is gone, forgotten), counted with its size, noted for the log, and
+  the read goes on with the next segment. A restart does not try it again;
+- a segment verified damaged (bad header, torn or corrupt entry) is moved to ``quarantine/`` once
+  its good entries are acknowledged: kept, counted, noted for the log;
+- a name in ``quarantine/`` is never overwritten: a segment whose name is taken there gets
+  ``<id>-<n>.seg`` (ids start again at 1 in a spool that was emptied);
 - a segment is deleted only once every entry read from it is acknowledged; a restart replays
   unacknowledged segments whole, so a partly delivered segment yields detectable duplicates (same
   exporter and sequence), never a gap.
@@ -42,7 +49,6 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
 MAGIC = b"VMCSPOOL"
 VERSION = 2
@@ -59,6 +65,13 @@ MAX_KEY_BYTES = 0xFFFF
 MAX_ENTRY_BYTES = 64 * 1024 * 1024
 """A length field above this is taken as corruption, not as a huge record (protects memory)."""
 MAX_NOTES = 100
+MAX_READ_ATTEMPTS = 3
+"""Failed reads of one segment, for reasons of its own (ENOENT, EACCES, EIO), before it is set
+aside: a segment the disk will not give back must not hold up every segment behind it."""
+MAX_QUARANTINE_NAMES = 1000
+"""Names tried for one quarantined segment (``<id>.seg``, ``<id>-1.seg``, ...)."""
+PROCESS_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EINTR, errno.EAGAIN})
+"""Read errors that say something about the process, not about the segment: never set it aside."""
 
 
 class SpoolError(Exception):
@@ -70,7 +83,8 @@ class SpoolLockedError(SpoolError):
 
 
 class SpoolReadError(SpoolError):
-    """A segment could not be read right now (EMFILE, EIO); it is kept and read again later."""
+    """A segment could not be read right now (EMFILE, EIO); it is kept and read again later (a
+    segment that fails for reasons of its own: up to MAX_READ_ATTEMPTS times)."""
 
 
 @dataclass(slots=True)
@@ -102,6 +116,7 @@ class _Segment:
     damaged: bool = False
     entries_read: int = 0
     entries_acked: int = 0
+    read_failures: int = 0  # for reasons of the segment's own (see PROCESS_ERRNOS)
 
 
 @dataclass(slots=True)
@@ -113,9 +128,15 @@ class SpoolCounters:
     skipped_bytes: int = 0
     """Bytes not replayed because they were torn or corrupt."""
     quarantined_segments: int = 0
-    """Damaged segments moved to quarantine/ (kept for inspection, never replayed again)."""
+    """Segments set aside for good, never replayed again: damaged ones (their good entries were
+    replayed) and unreadable ones, moved to quarantine/ for inspection, or missing."""
+    unreadable_segments: int = 0
+    """Segments set aside after MAX_READ_ATTEMPTS failed reads (ENOENT, EACCES, EIO): their
+    entries were not replayed."""
+    unreadable_bytes: int = 0
+    """Size of the unreadable segments when they were indexed: what replay could not give back."""
     read_errors: int = 0
-    """Transient read failures (the segment was kept and read again later)."""
+    """Failed reads (the segment was kept and read again later, or set aside at the last)."""
     write_errors: int = 0
     """Failed appends (disk full, I/O error); their entries were not written and not counted."""
     last_write_error: str = ""
@@ -180,7 +201,7 @@ class Spool:
             self._next_id = max(self._next_id, segment.ident + 1)
             self._segments.append(segment)
             self._bytes += segment.size
-            with contextlib.suppress(SpoolReadError):  # read again when its turn comes
+            with contextlib.suppress(OSError):  # read again (and counted) when its turn comes
                 self._read_header(segment)
         for stale in self.directory.glob("*" + SUFFIX + ".tmp"):
             with contextlib.suppress(OSError):
@@ -371,10 +392,14 @@ class Spool:
         for segment in list(self._segments):  # _parse may retire an all-damaged segment
             if segment.read_done:
                 continue
-            if not segment.header_read and not self._read_header(segment):
-                continue  # quarantined
-            if segment.data is None:
-                segment.data = self._load(segment)
+            try:
+                if not segment.header_read and not self._read_header(segment):
+                    continue  # quarantined
+                if segment.data is None:
+                    segment.data = self._load(segment)
+            except OSError as exc:
+                self._read_failed(segment, exc)  # raises, unless the segment was set aside
+                continue
             chunk = self._parse(segment, max_entries)
             if chunk.values:
                 return chunk
@@ -402,28 +427,67 @@ class Spool:
 
     def _quarantine(self, segment: _Segment) -> None:
         """Move a damaged segment aside: kept for inspection, never replayed again."""
-        target = self.directory / QUARANTINE
+        self.counters.quarantined_segments += 1
         try:
-            target.mkdir(mode=DIR_MODE, exist_ok=True)
-            os.rename(segment.path, target / segment.path.name)
+            moved = self._move_to_quarantine(segment.path)
         except OSError as exc:
             self._note(f"{segment.path.name}: cannot quarantine ({exc.strerror}); left in place")
             return
-        self.counters.quarantined_segments += 1
-        self._note(f"{segment.path.name}: moved to {QUARANTINE}/")
+        self._note(f"{segment.path.name}: moved to {QUARANTINE}/{moved}")
+
+    def _move_to_quarantine(self, path: Path) -> str:
+        """Move ``path`` into quarantine/ under a name nothing there has; returns that name. A hard
+        link fails rather than replace (EEXIST), so no name is ever overwritten; where the file
+        system has no hard links, a name checked free is renamed to (only this spool's lock
+        holder writes there)."""
+        target = self.directory / QUARANTINE
+        target.mkdir(mode=DIR_MODE, exist_ok=True)
+        stem = path.name.removesuffix(SUFFIX)
+        for n in range(MAX_QUARANTINE_NAMES):
+            name = path.name if n == 0 else f"{stem}-{n}{SUFFIX}"
+            try:
+                os.link(path, target / name, follow_symlinks=False)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise
+                if os.path.lexists(target / name):
+                    continue
+                os.rename(path, target / name)
+                return name
+            path.unlink()
+            return name
+        raise OSError(errno.EEXIST, f"{MAX_QUARANTINE_NAMES} quarantined copies of {path.name}")
+
+    def _set_aside(self, segment: _Segment, exc: OSError) -> None:
+        """Give up on a segment that failed MAX_READ_ATTEMPTS reads: counted with its size,
+        quarantined when it is still there, and the read goes on with the next one."""
+        self.counters.unreadable_segments += 1
+        self.counters.unreadable_bytes += segment.size
+        self._note(
+            f"{segment.path.name}: unreadable after {segment.read_failures} attempts"
+            f" ({exc.strerror}); set aside ({segment.size} bytes not replayed), replay goes on"
+            " with the next segment"
+        )
+        if exc.errno == errno.ENOENT and not os.path.lexists(segment.path):
+            self.counters.quarantined_segments += 1  # gone: nothing to move, nothing to retry
+        else:
+            self._quarantine(segment)
+        segment.read_done = True
+        segment.data = None
+        self._bytes -= segment.size
+        self._segments.remove(segment)
 
     def _read_header(self, segment: _Segment) -> bool:
-        """Read the header; False (and quarantined) when it is verified bad. Raises
-        SpoolReadError when the file cannot be read now."""
-        try:
-            with open(segment.path, "rb") as fh:
-                head = fh.read(_HEADER.size)
-                ctype = b""
-                if len(head) == _HEADER.size:
-                    magic, version, _, ctype_len, created = _HEADER.unpack(head)
-                    ctype = fh.read(ctype_len)
-        except OSError as exc:
-            self._read_failed(segment, exc)
+        """Read the header; False (and quarantined) when it is verified bad. Raises OSError
+        when the file cannot be read now."""
+        with open(segment.path, "rb") as fh:
+            head = fh.read(_HEADER.size)
+            ctype = b""
+            if len(head) == _HEADER.size:
+                magic, version, _, ctype_len, created = _HEADER.unpack(head)
+                ctype = fh.read(ctype_len)
         if (
             len(head) == _HEADER.size
             and len(ctype) == ctype_len
@@ -440,16 +504,20 @@ class Spool:
         self._maybe_retire(segment)
         return False
 
-    def _read_failed(self, segment: _Segment, exc: OSError) -> NoReturn:
+    def _read_failed(self, segment: _Segment, exc: OSError) -> None:
+        """Raises SpoolReadError (the segment is kept for another try), or returns when the
+        segment failed for reasons of its own too often and was set aside."""
         self.counters.read_errors += 1
+        if exc.errno not in PROCESS_ERRNOS:
+            segment.read_failures += 1
+            if segment.read_failures >= MAX_READ_ATTEMPTS:
+                self._set_aside(segment, exc)
+                return
         self._note(f"{segment.path.name}: cannot read now ({exc.strerror}); kept, trying again")
         raise SpoolReadError(f"cannot read {segment.path}: {exc.strerror}") from exc
 
     def _load(self, segment: _Segment) -> bytes:
-        try:
-            data = segment.path.read_bytes()
-        except OSError as exc:
-            self._read_failed(segment, exc)
+        data = segment.path.read_bytes()
         segment.offset = _HEADER.size + len(segment.content_type.encode())
         return data
 
