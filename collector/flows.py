@@ -34,26 +34,19 @@ from collector.terms import (
     Direction,
     EndReason,
 )
-from collector.wire import geneve
 from collector.wire.decode import decode
 from collector.wire.flowkey import PORTS_KEY_V4, PORTS_KEY_V6, FlowKey, unpack_key
+from collector.wire.geneve import decode_gwlb
 from collector.wire.l4 import NO_ICMP, TCP_FIN, TCP_RST
 
 Source = bytes | str | memoryview | None
 """The outer source of a datagram as the receive path has it (packed, text, raw sockaddr)."""
 Account = Callable[[bytes | bytearray | memoryview, int, float, Source], None]
 NewFlow = Callable[[FlowKey, int, int, float, Source], None]
-GeneveNewFlow = Callable[
-    [FlowKey, int, int, float, bytes | bytearray | memoryview, int, int, int], None
-]
-"""(key, ip_len, tcp_flags, now, buf, n, offset and length of the mirror source's address)."""
+GeneveNewFlow = Callable[[FlowKey, int, int, float, bytes | bytearray | memoryview, int], None]
+"""(key, ip_len, tcp_flags, now, the datagram's buffer and length)."""
 
 _ENDS_FLOW = TCP_FIN | TCP_RST
-_GWLB_FAST = geneve.GWLB_FAST.unpack_from
-_GWLB_FAST_LEN = geneve.GWLB_FAST_LEN
-_GWLB_EXPECTED, _GWLB_EXPECTED_DF = geneve.GWLB_EXPECTED
-_GWLB_SRC = geneve.GWLB_INNER_SRC
-_locate_walk = geneve.locate_walk
 # When the table is full, this share of max_flows is evicted at once (at least one flow): finding
 # the oldest flow walks the slots deleted before it, so one eviction per new flow would cost a walk
 # per packet under a flood; a batch pays that walk once.
@@ -202,14 +195,12 @@ class FlowTable:
         self, drops: list[int], geneve_drops: list[int], new_flow: GeneveNewFlow
     ) -> Account:
         """``packet_path`` for a Gateway Load Balancer's GENEVE datagrams: the same accounting
-        after ``wire.geneve`` found the VXLAN header, which ``decode`` then reads in place.
-
-        The GWLB's layout is recognised by one read and one tuple comparison; any other layout
-        is walked (``locate_walk``). A new flow is handed the buffer and where the mirror source's
-        address is: direction is judged from it (never from the GWLB's address), and the GWLB
-        endpoint is read from the options once per flow. Drops count in ``drops`` (every
-        encapsulation) and in ``geneve_drops`` too. The flow update is ``packet_path``'s, written
-        out again: a shared helper would cost a Python call per packet.
+        after ``wire.geneve.decode_gwlb``, which reads the VXLAN datagram in place (for the
+        GWLB's layout, in the same read as the GENEVE header). A new flow is handed the buffer:
+        the mirror source's address (direction is judged from it, never from the GWLB's) and the
+        GWLB endpoint are read from it once per flow. Drops count in ``drops`` (every
+        encapsulation) and in ``geneve_drops`` too. The flow update is ``packet_path``'s,
+        written out again: a shared helper would cost a Python call per packet.
         """
         get = self._flows.get
         get_not_kept = self._not_kept.get
@@ -222,18 +213,7 @@ class FlowTable:
             now: float,
             outer_src: bytes | str | memoryview | None,
         ) -> None:
-            if n >= _GWLB_FAST_LEN and (
-                (fields := _GWLB_FAST(buf, 0)) == _GWLB_EXPECTED or fields == _GWLB_EXPECTED_DF
-            ):
-                start, src_at, src_len = _GWLB_FAST_LEN, _GWLB_SRC, 4
-            else:
-                located = _locate_walk(buf, n)
-                if located.__class__ is int:
-                    drops[located] += 1
-                    geneve_drops[located] += 1
-                    return
-                start, src_at, src_len = located  # type: ignore[misc]
-            result = decode(buf, n, start)
+            result = decode_gwlb(buf, n)
             if result.__class__ is int:
                 drops[result] += 1
                 geneve_drops[result] += 1
@@ -265,7 +245,7 @@ class FlowTable:
                 drops[cached.reason] += 1
                 geneve_drops[cached.reason] += 1
                 return
-            new_flow(key, ip_len, tcp_flags, now, buf, n, src_at, src_len)
+            new_flow(key, ip_len, tcp_flags, now, buf, n)
 
         return account
 

@@ -19,7 +19,7 @@ from collector.sessions import Session, SessionMap
 from collector.terms import UNKNOWN
 from collector.wire.drops import DROP_COUNT, Drop
 from collector.wire.flowkey import PORTS_KEY_V4, FlowKey, key_vni, unpack_key
-from collector.wire.geneve import endpoint_text, gwlb_options
+from collector.wire.geneve import endpoint_text, gwlb_options, locate
 
 MAX_OUTER_SOURCES = (
     4096  # outer source (text, sockaddr) -> packed caches; spoofed sources cannot grow them
@@ -131,8 +131,6 @@ class Pipeline:
         now: float,
         buf: bytes | bytearray | memoryview,
         n: int,
-        src_at: int,
-        src_len: int,
     ) -> None:
         """A new flow in a GENEVE datagram: its session carries the GWLB endpoint, and direction
         is judged from the mirror datagram's source (the source ENI), as for VXLAN."""
@@ -146,6 +144,10 @@ class Pipeline:
         endpoint = gwlb_options(buf, n).endpoint_id
         if endpoint is not None:
             session = self._with_endpoint(session, endpoint)
+        located = locate(buf, n)
+        if located.__class__ is int:  # the packet path located it: cannot happen
+            return
+        _, src_at, src_len = located  # type: ignore[misc]
         mirror_source = bytes(buf[src_at : src_at + src_len])
         reason = self._decide(key, ip_len, tcp_flags, now, session, mirror_source)
         if reason:

@@ -8,10 +8,12 @@ the mirror datagram exactly as the source sent it, IP header first (protocol typ
 
 ``locate`` finds where the VXLAN header starts so that ``decode`` reads it in place, at an offset
 into the same buffer (no slice, no copy). Its first try is one precompiled read covering the layout
-the GWLB always sends (8 octets of header, its three options, an inner IPv4 header without options
-and the UDP header); anything else is walked field by field (``locate_walk``), with the same result.
-``gwlb_options`` reads the AWS options once per new flow. ``decode_geneve`` is the readable form for
-tools and tests.
+the GWLB always sends (8 octets of header, 32 of options, an inner IPv4 header without options and
+the UDP header) and one tuple comparison; anything else is walked field by field (``locate_walk``),
+with the same result. Options are walked TLV by TLV, their lengths checked, when the header's C bit
+says a critical one is present (RFC 8926 s3.4: then they must be parsed; without it a receiver may
+skip them, which the per-packet path does); ``gwlb_options`` reads the AWS options once per new
+flow. ``decode_geneve`` is the readable form for tools and tests.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import struct
 from typing import NamedTuple
 
 from collector.errors import DecodeError
-from collector.wire import ethernet, ip, l4, vxlan
-from collector.wire.decode import Packet, decode_packet
+from collector.wire import ethernet, flowkey, ip, l4, vxlan
+from collector.wire.decode import Decoded, Packet, decode, decode_packet
 from collector.wire.drops import Drop
 
 GENEVE_PORT = 6081  # RFC 8926 s3.3: IANA-assigned destination port
@@ -54,32 +56,29 @@ U32 = struct.Struct("!I")
 ENDPOINT_ID_DIGITS = 17  # how AWS writes an endpoint id: vpce- and 17 hex digits
 
 
-def _option_word(option_type: int) -> int:
-    """The first 4 octets of a GWLB option as the GWLB writes it (not critical)."""
-    return AWS_OPTION_CLASS << 16 | option_type << 8 | GWLB_OPTION_LENGTHS[option_type] // 4
-
-
-# The layout every GWLB datagram has: version 0, 8 words of options (the three AWS options in
-# order), no flags, an IPv4 inner packet; the inner IPv4 header without options; UDP. One read
-# takes the header word, the three option words, the inner version/IHL, fragment field, protocol
-# and the UDP destination port; the options' data and the inner addresses stay in the buffer.
+# The layout every GWLB datagram has: version 0, 8 words of options (the three AWS options), no
+# O or C flag, an IPv4 inner packet; the inner IPv4 header without options; UDP. One read takes
+# the header word, the inner version/IHL, fragment field, protocol and UDP destination port; the
+# options and the inner addresses stay in the buffer.
 GWLB_OPTIONS_LEN = 32
 GWLB_HEAD = (GWLB_OPTIONS_LEN // 4) << 24 | PROTOCOL_IPV4  # first 4 octets: 0x08 0x00 0x0800
-GWLB_OPTION_WORDS = (
-    _option_word(GWLB_ENDPOINT_ID),
-    _option_word(GWLB_ATTACHMENT_ID),
-    _option_word(GWLB_FLOW_COOKIE),
-)
-GWLB_FAST = struct.Struct("!I4xI8xI8xI4xB5xHxB10x2xH4x")
+GWLB_FAST = struct.Struct("!I36xB5xHxB12xH4x")
 GWLB_FAST_LEN = GWLB_FAST.size  # 68: where VXLAN starts in the GWLB layout
+IPV4_DONT_FRAGMENT = 0x4000  # RFC 791: DF, set or not: either way not a fragment
 GWLB_INNER_IP = HEADER_LEN + GWLB_OPTIONS_LEN  # 40: the mirror datagram's IPv4 header
 GWLB_INNER_SRC = GWLB_INNER_IP + 12  # its source address: the mirror source ENI's
 IPV4_NO_OPTIONS = 0x45
+UDP = l4.IPPROTO_UDP
+VXLAN_PORT = vxlan.VXLAN_PORT
+# what GWLB_FAST reads from a GWLB datagram, whole (DF set or clear): one tuple comparison
+GWLB_EXPECTED = tuple(
+    (GWLB_HEAD, IPV4_NO_OPTIONS, frag, UDP, VXLAN_PORT) for frag in (IPV4_DONT_FRAGMENT, 0)
+)
+GWLB_LOCATED = (GWLB_FAST_LEN, GWLB_INNER_SRC, 4)
 IPV4_MF_OFFSET = 0x3FFF  # RFC 791: more-fragments bit and fragment offset: any fragment
 IPV6_SRC_OFFSET = 8
 IPV4_SRC_OFFSET = 12
 UDP_HEADER_LEN = 8
-VXLAN_PORT = vxlan.VXLAN_PORT
 MAX_OPTIONS = 63  # 252 octets of options hold at most 63 option headers: the walk is bounded
 
 _B = struct.Struct("!B")
@@ -99,26 +98,110 @@ _INNER_HEADER = int(Drop.GENEVE_INNER_HEADER)
 _INNER_FRAGMENT = int(Drop.GENEVE_INNER_FRAGMENT)
 _NOT_VXLAN = int(Drop.GENEVE_INNER_NOT_VXLAN)
 
-Located = tuple[int, int]
-"""(offset of the VXLAN header, offset of the inner source address) in the datagram."""
+Located = tuple[int, int, int]
+"""(offset of the VXLAN header, offset and length of the mirror datagram's IP source address)."""
+
+
+# decode_gwlb's one read: GWLB_FAST's fields, then decode's fast-path read of the VXLAN datagram
+# (VXLAN flags and VNI word, inner ethertype, IPv4 fields, addresses and ports, TCP flags)
+_GWLB_DECODE = struct.Struct(GWLB_FAST.format + "B3xI12xHBxH2xHxB2x12s9xB")
+_GWLB_DECODE_LEN = _GWLB_DECODE.size  # 124
+_FAST_V6 = struct.Struct("!B3xHBx36s9xB")  # decode's IPv6 fast-path read, at the inner IPv6 header
+_GWLB_L3 = GWLB_FAST_LEN + vxlan.VXLAN_HEADER_LEN + ethernet.ETHERNET_HEADER_LEN
+_GWLB_FAST_V6_LEN = _GWLB_L3 + _FAST_V6.size
+_DF = IPV4_DONT_FRAGMENT
+_FLAG_I = vxlan.FLAG_I
+_VNI_BITS = vxlan.VNI_BITS
+_ETHERTYPE_IPV4 = ethernet.ETHERTYPE_IPV4
+_ETHERTYPE_IPV6 = ethernet.ETHERTYPE_IPV6
+_IPV4_MIN = ip.IPV4_MIN_HEADER_LEN
+_IPV4_FRAGMENT = ip.IPV4_FRAGMENT_OFFSET_MASK
+_IPV6_LEN = ip.IPV6_HEADER_LEN
+_IPV6_EXT = ip.IPV6_EXTENSION_HEADERS
+_TCP_PROTO = l4.IPPROTO_TCP
+_ICMP_PROTOS = frozenset({l4.IPPROTO_ICMP, l4.IPPROTO_ICMPV6})
+_KEY_V4 = flowkey.COPIED_PORTS_V4.pack
+_ICMP_KEY_V4 = flowkey.COPIED_ICMP_V4.pack
+_BARE_KEY_V4 = flowkey.COPIED_BARE_V4.pack
+_NO_PORTS_KEY_V4 = flowkey.COPIED_NO_PORTS_V4.pack
+_KEY_V6 = flowkey.COPIED_PORTS_V6.pack
+_ICMP_KEY_V6 = flowkey.COPIED_ICMP_V6.pack
+_NO_PORTS_KEY_V6 = flowkey.COPIED_NO_PORTS_V6.pack
+
+
+def decode_gwlb(buf: bytes | bytearray | memoryview, n: int) -> Decoded | int:
+    """``decode`` of the VXLAN datagram inside a GENEVE datagram of ``n`` bytes, or a Drop value.
+
+    The GWLB's layout around the common mirrored packet (what ``decode``'s fast path takes) is
+    read in one ``unpack_from``: the GENEVE path then costs one read, as the VXLAN path does, plus
+    the comparisons that check the GENEVE and inner IP/UDP headers. The branches below are
+    ``decode``'s fast path at offset 68 (tests check both give the same result on every input);
+    anything else is ``locate`` then ``decode`` at the offset it found.
+    """
+    if n >= _GWLB_DECODE_LEN:
+        (
+            head,
+            outer_vihl,
+            outer_frag,
+            outer_proto,
+            dport,
+            flags,
+            word,
+            etype,
+            vihl,
+            ip_len,
+            frag,
+            proto,
+            addrs,
+            tflags,
+        ) = _GWLB_DECODE.unpack_from(buf, 0)
+        if (
+            head == GWLB_HEAD
+            and dport == VXLAN_PORT
+            and outer_vihl == IPV4_NO_OPTIONS
+            and outer_proto == UDP
+            and (outer_frag == _DF or not outer_frag)
+            and flags & _FLAG_I
+        ):
+            if etype == _ETHERTYPE_IPV4:
+                if vihl == IPV4_NO_OPTIONS and ip_len >= _IPV4_MIN:
+                    head = word & _VNI_BITS | proto
+                    if frag & _IPV4_FRAGMENT:
+                        if proto in _ICMP_PROTOS:
+                            return _BARE_KEY_V4(head, addrs), ip_len, 0
+                        return _NO_PORTS_KEY_V4(head, addrs), ip_len, 0
+                    if proto == _TCP_PROTO:
+                        return _KEY_V4(head, addrs), ip_len, tflags
+                    if proto == UDP:
+                        return _KEY_V4(head, addrs), ip_len, 0
+                    if proto in _ICMP_PROTOS:
+                        return _ICMP_KEY_V4(head, addrs), ip_len, 0
+                    return _NO_PORTS_KEY_V4(head, addrs), ip_len, 0
+            elif etype == _ETHERTYPE_IPV6 and n >= _GWLB_FAST_V6_LEN:
+                vtc, plen, proto, addrs, tflags = _FAST_V6.unpack_from(buf, _GWLB_L3)
+                if vtc >> 4 == 6 and proto not in _IPV6_EXT:
+                    head = word & _VNI_BITS | proto
+                    if proto == _TCP_PROTO:
+                        return _KEY_V6(head, addrs), plen + _IPV6_LEN, tflags
+                    if proto == UDP:
+                        return _KEY_V6(head, addrs), plen + _IPV6_LEN, 0
+                    if proto in _ICMP_PROTOS:
+                        return _ICMP_KEY_V6(head, addrs), plen + _IPV6_LEN, 0
+                    return _NO_PORTS_KEY_V6(head, addrs), plen + _IPV6_LEN, 0
+            return decode(buf, n, GWLB_FAST_LEN)
+    located = locate(buf, n)
+    if located.__class__ is int:
+        return located
+    return decode(buf, n, located[0])  # type: ignore[index]
 
 
 def locate(buf: bytes | bytearray | memoryview, n: int) -> Located | int:
     """Where the VXLAN header and the mirror source's address are in a GENEVE datagram of ``n``
     bytes, or a ``Drop`` value as a plain int. Never raises for any content of ``buf``."""
     if n >= GWLB_FAST_LEN:
-        head, o1, o2, o3, vihl, frag, proto, dport = GWLB_FAST.unpack_from(buf, 0)
-        if (
-            head == GWLB_HEAD
-            and o1 == GWLB_OPTION_WORDS[0]
-            and o2 == GWLB_OPTION_WORDS[1]
-            and o3 == GWLB_OPTION_WORDS[2]
-            and vihl == IPV4_NO_OPTIONS
-            and not frag & IPV4_MF_OFFSET
-            and proto == l4.IPPROTO_UDP
-            and dport == VXLAN_PORT
-        ):
-            return GWLB_FAST_LEN, GWLB_INNER_SRC
+        fields = GWLB_FAST.unpack_from(buf, 0)
+        if fields == GWLB_EXPECTED[0] or fields == GWLB_EXPECTED[1]:
+            return GWLB_LOCATED
     return locate_walk(buf, n)
 
 
@@ -134,9 +217,10 @@ def locate_walk(buf: bytes | bytearray | memoryview, n: int) -> Located | int:
     off = HEADER_LEN + ((first & OPT_LEN_MASK) << 2)
     if n < off:
         return _OPTION_OVERRUN
-    checked = check_options(buf, off)
-    if checked:
-        return checked
+    if flags & FLAG_C:
+        checked = check_options(buf, off)
+        if checked:
+            return checked
     if protocol == PROTOCOL_ETHERNET:  # an Ethernet frame around the mirror datagram
         if n < off + ethernet.ETHERNET_HEADER_LEN:
             return _INNER_SHORT
@@ -153,7 +237,7 @@ def locate_walk(buf: bytes | bytearray | memoryview, n: int) -> Located | int:
             return _INNER_HEADER
         if frag & IPV4_MF_OFFSET:
             return _INNER_FRAGMENT
-        src = off + IPV4_SRC_OFFSET
+        src, size = off + IPV4_SRC_OFFSET, 4
         off += ihl
     elif protocol == PROTOCOL_IPV6:
         if n < off + ip.IPV6_HEADER_LEN:
@@ -163,7 +247,7 @@ def locate_walk(buf: bytes | bytearray | memoryview, n: int) -> Located | int:
             return _INNER_HEADER
         if proto == ip.IPPROTO_FRAGMENT:
             return _INNER_FRAGMENT
-        src = off + IPV6_SRC_OFFSET
+        src, size = off + IPV6_SRC_OFFSET, 16
         off += ip.IPV6_HEADER_LEN
     else:
         return _PROTOCOL
@@ -174,7 +258,7 @@ def locate_walk(buf: bytes | bytearray | memoryview, n: int) -> Located | int:
     _, dport = _PORTS.unpack_from(buf, off)
     if dport != VXLAN_PORT:
         return _NOT_VXLAN
-    return off + UDP_HEADER_LEN, src
+    return off + UDP_HEADER_LEN, src, size
 
 
 def check_options(buf: bytes | bytearray | memoryview, end: int) -> int:
@@ -256,16 +340,6 @@ def decode_geneve(data: bytes | bytearray | memoryview) -> GenevePacket:
     located = locate(data, n)
     if isinstance(located, int):
         raise DecodeError(Drop(located))
-    start, src = located
-    size = 16 if _inner_protocol(data) == PROTOCOL_IPV6 else 4
+    start, src, size = located
     source = str(ipaddress.ip_address(bytes(data[src : src + size])))
     return GenevePacket(gwlb_options(data, n), source, decode_packet(memoryview(data)[start:]))
-
-
-def _inner_protocol(data: bytes | bytearray | memoryview) -> int:
-    """The inner packet's ethertype of a datagram ``locate`` accepted (through Ethernet)."""
-    first, _, protocol, _ = HEADER.unpack_from(data, 0)
-    if protocol == PROTOCOL_ETHERNET:
-        off = HEADER_LEN + ((first & OPT_LEN_MASK) << 2) + ethernet.ETHERTYPE_OFFSET
-        (protocol,) = _U16.unpack_from(data, off)
-    return int(protocol)
