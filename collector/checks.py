@@ -13,7 +13,10 @@ from collector.sessions import build_sessions
 
 def validate(config: Config) -> None:
     """Addresses, sink spec, sessions and filters (with their AWS JSON); a ConfigError names the key."""
-    parse_hostport(config.listen, "listen")
+    for key, address in config.listeners:
+        parse_hostport(address, key)
+    if not config.listeners:
+        raise ConfigError("listen", "listen and geneve_listen are both off: nothing to receive")
     parse_hostport(config.health, "health")
     make_sink(config.sink, config)
     build_sessions(config)

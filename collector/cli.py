@@ -24,7 +24,14 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="receive VXLAN on UDP and publish flow records")
     run.add_argument("--config", metavar="FILE", help="TOML config file")
-    run.add_argument("--listen", metavar="HOST:PORT", help="UDP listen address (0.0.0.0:4789)")
+    run.add_argument(
+        "--listen", metavar="HOST:PORT", help="UDP address for VXLAN (0.0.0.0:4789; off: none)"
+    )
+    run.add_argument(
+        "--geneve-listen",
+        metavar="HOST:PORT",
+        help="UDP address for GENEVE from a Gateway Load Balancer (0.0.0.0:6081; off: none)",
+    )
     run.add_argument("--health", metavar="HOST:PORT", help="HTTP health/metrics (0.0.0.0:8080)")
     run.add_argument("--workers", type=int, metavar="N", help="worker processes (0 = one per CPU)")
     run.add_argument(
@@ -64,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "listen": getattr(args, "listen", None),
+        "geneve_listen": getattr(args, "geneve_listen", None),
         "health": getattr(args, "health", None),
         "workers": getattr(args, "workers", None),
         "sink": getattr(args, "sink", None),

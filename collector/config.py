@@ -257,7 +257,11 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The whole configuration."""
 
     listen: str = "0.0.0.0:4789"  # a collector behind an NLB listens on all addresses
-    """UDP address the workers receive VXLAN on."""
+    """UDP address the workers receive VXLAN on (Network Load Balancer and ENI targets); ``""`` or
+    ``off`` turns this listener off."""
+    geneve_listen: str = "0.0.0.0:6081"
+    """UDP address the workers receive GENEVE on (RFC 8926: what a Gateway Load Balancer sends its
+    targets); ``""`` or ``off`` turns this listener off. At least one of the two must be on."""
     health: str = "0.0.0.0:8080"
     """HTTP address of /healthz and /metrics."""
     workers: Annotated[int, msgspec.Meta(ge=0)] = 0
@@ -294,6 +298,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A worker whose event loop lags more than this is reported unresponsive."""
     vxlan_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 4789
     """UDP port whose datagrams a pcap replay treats as VXLAN."""
+    geneve_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 6081
+    """UDP port whose datagrams a pcap replay treats as GENEVE from a Gateway Load Balancer."""
     flows: FlowsConfig = FlowsConfig()
     """Flow table settings."""
     records: RecordsConfig = RecordsConfig()
@@ -312,6 +318,15 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Directory relative paths in the file are resolved against (set by the loader)."""
 
     @property
+    def listeners(self) -> list[tuple[str, str]]:
+        """The listeners that are on, as (config key, address): ``listen`` (VXLAN) first."""
+        return [
+            (key, address)
+            for key, address in (("listen", self.listen), ("geneve_listen", self.geneve_listen))
+            if listener_on(address)
+        ]
+
+    @property
     def sink_flush_timeout_s(self) -> float:
         """How long a stopping worker waits for its sink: the flush timeout of the sink's own
         section; stdout and file sinks write synchronously, so theirs is 0."""
@@ -320,6 +335,15 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if self.sink.startswith("ipfix"):
             return self.ipfix.flush_timeout_s
         return 0.0
+
+
+LISTENER_OFF = frozenset({"", "off"})
+GENEVE_LISTENER = "geneve_listen"  # the config key of the GENEVE listener (``listen``: VXLAN)
+
+
+def listener_on(address: str) -> bool:
+    """Whether a listener address turns the listener on (``""`` and ``off`` do not)."""
+    return address.strip().lower() not in LISTENER_OFF
 
 
 ENV_PREFIX = "COLLECTOR_"

@@ -50,13 +50,16 @@ def set_receive_buffer(sock: socket.socket, size: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
-def open_socket(listen: str, recv_buffer_bytes: int, *, reuse_port: bool = True) -> socket.socket:
-    """A non-blocking UDP socket bound to ``listen`` with SO_REUSEPORT and a large receive buffer."""
-    host, port = parse_hostport(listen, "listen")
+def open_socket(
+    listen: str, recv_buffer_bytes: int, *, reuse_port: bool = True, key: str = "listen"
+) -> socket.socket:
+    """A non-blocking UDP socket bound to ``listen`` with SO_REUSEPORT and a large receive buffer
+    (errors name the config ``key``: ``listen`` or ``geneve_listen``)."""
+    host, port = parse_hostport(listen, key)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise ConfigError("listen", f"cannot resolve {host!r}: {exc.strerror}") from exc
+        raise ConfigError(key, f"cannot resolve {host!r}: {exc.strerror}") from exc
     family, _, _, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -76,7 +79,7 @@ def open_socket(listen: str, recv_buffer_bytes: int, *, reuse_port: bool = True)
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise ConfigError("listen", f"cannot bind UDP {listen}: {exc.strerror}") from exc
+        raise ConfigError(key, f"cannot bind UDP {listen}: {exc.strerror}") from exc
     sock.setblocking(False)
     return sock
 
@@ -383,12 +386,15 @@ class MmsgIngest:
         max_datagram_bytes: int,
         vlen: int = 64,
         coalesce_s: float = 0.001,
+        geneve: bool = False,
     ) -> None:
         self.batch = MmsgBatch(vlen, max_datagram_bytes)
         self.loop = loop
         self.sock = sock
         self.fd = sock.fileno()
-        self.account = pipeline.account
+        # a GENEVE socket (a Gateway Load Balancer's datagrams) takes the GENEVE packet path
+        self.geneve = geneve
+        self.account = pipeline.account_geneve if geneve else pipeline.account
         self.stats = pipeline.stats
         self.max_batch = max(max_batch, vlen)
         self.vlen = vlen
@@ -483,6 +489,8 @@ class MmsgIngest:
             for slot, name, n in zip(slots, names, sizes, strict=False):
                 account(slot, n, now, name)
             stats.datagrams += k
+            if self.geneve:
+                stats.geneve_datagrams += k
             stats.rx_bytes += sum(sizes)
             total += k
             if k < vlen:
@@ -504,14 +512,17 @@ async def start_ingest(
     max_batch: int,
     max_datagram_bytes: int,
     coalesce_s: float,
+    geneve: bool = False,
 ) -> Ingest:
     """Start the receive path ``mode`` asks for on ``sock``; ``.path`` names the one that runs
-    (``mmsg`` without recvmmsg(2) falls back to ``reader``, with a warning)."""
+    (``mmsg`` without recvmmsg(2) falls back to ``reader``, with a warning). ``geneve``: the
+    socket receives a Gateway Load Balancer's GENEVE datagrams (same paths, GENEVE decoding)."""
+    feed = pipeline.feed_geneve if geneve else pipeline.feed
     if mode == "mmsg" and not recvmmsg_available():
         log.warning("recvmmsg unavailable; using the reader receive path")
         mode = "reader"
     if mode == "protocol":
-        protocol = ProtocolIngest(pipeline.feed, unmap=_dual_stack(sock))
+        protocol = ProtocolIngest(feed, unmap=_dual_stack(sock))
         await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
         return protocol
     if mode == "mmsg":
@@ -522,11 +533,12 @@ async def start_ingest(
             max_batch=max_batch,
             max_datagram_bytes=max_datagram_bytes,
             coalesce_s=coalesce_s,
+            geneve=geneve,
         )
         mmsg.start()
         return mmsg
     reader = ReaderIngest(
-        loop, sock, pipeline.feed, max_batch=max_batch, max_datagram_bytes=max_datagram_bytes
+        loop, sock, feed, max_batch=max_batch, max_datagram_bytes=max_datagram_bytes
     )
     reader.start()
     return reader
