@@ -122,9 +122,15 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Producer settings for ``kafka://`` sinks."""
 
     acks: Literal["all", "1", "0"] = "all"
-    """Acknowledgements the broker must give before a record counts as delivered."""
+    """Acknowledgements the broker must give before a record counts as delivered. ``1`` and ``0``
+    need ``allow_unsafe_acks``; with ``0`` nothing is ever counted delivered (only sent)."""
     enable_idempotence: bool = True
-    """Idempotent producer: broker-side de-duplication of retried batches."""
+    """Idempotent producer: broker-side de-duplication of retried batches. Turning it off needs
+    ``allow_unsafe_acks``."""
+    allow_unsafe_acks: bool = False
+    """Accept settings that can lose acknowledged records: ``acks = "1"`` (a leader that fails
+    before its followers copied a batch loses it), ``acks = "0"`` (no acknowledgement at all) and
+    ``enable_idempotence = false`` (retries can store a batch twice or out of order)."""
     compression: Literal["lz4", "zstd", "gzip", "none"] = "lz4"
     """Batch compression codec."""
     linger_ms: Annotated[int, msgspec.Meta(ge=0)] = 20
@@ -135,10 +141,12 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Client id shown in broker logs and quotas."""
     topic_partitions: Count = 6
     """Partitions of the topic when the collector creates it."""
-    topic_replication_factor: Count = 1
-    """Replication factor of the topic when the collector creates it."""
+    topic_replication_factor: Count | None = None
+    """Replication factor of the topic when the collector creates it; unset: the cluster's own
+    ``default.replication.factor``. Either is checked against the number of brokers first."""
     create_topic: bool = True
-    """Create a missing topic at start."""
+    """Create a missing topic at start, and again when it is deleted while the collector runs
+    (logged as a warning and counted); off: a deleted topic is an error, records are spooled."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     """Transport security."""
     tls_ca_file: str | None = None
