@@ -11,16 +11,28 @@ CONFIG ?= deploy/examples/collector.toml
 
 .PHONY: install system-deps lint lint-deploy format test run replay-demo kafka kafka-stop tail bench bench-locust lock bundle clean
 
-install: $(STAMP)
+BUILT := $(VENV)/.built
+# The compiled modules (collector/build.py: COMPILED_MODULES), each typed by the .pxd beside it:
+# an edit of either rebuilds them (a stale extension module would shadow the edited .py).
+COMPILED_SOURCES := $(wildcard collector/*.pxd collector/*/*.pxd) \
+  $(patsubst %.pxd,%.py,$(wildcard collector/*.pxd collector/*/*.pxd))
+
+install: $(BUILT)
 
 # Everything in .venv comes from requirements-dev.lock (exact versions, every file's hash), so an
-# upstream release never changes what `make test` runs; the project itself is installed without
-# build isolation, with the locked setuptools, wheel and Cython.
+# upstream release never changes what `make test` runs.
 $(STAMP): pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements-dev.lock
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# The project, editable, without build isolation (the locked setuptools, wheel and Cython):
+# setup.py compiles the hot modules in place when a C compiler is there, and the last line says
+# which build runs (a pure-Python one loudly). COLLECTOR_BUILD_PURE=1 skips the compilation.
+$(BUILT): $(STAMP) setup.py collector/build.py $(COMPILED_SOURCES)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@$(PY) -m collector.build
+	touch $(BUILT)
 
 # tshark decodes the golden captures in the tests; installed from the distribution when missing.
 system-deps:
@@ -54,8 +66,8 @@ $(PROMTOOL):
 	@rm -rf .cache/promtool/deb
 
 lint: install
-	$(VENV)/bin/ruff format --check collector tests bench
-	$(VENV)/bin/ruff check collector tests bench
+	$(VENV)/bin/ruff format --check collector tests bench setup.py
+	$(VENV)/bin/ruff check collector tests bench setup.py
 	$(VENV)/bin/mypy
 
 format: install
@@ -98,8 +110,16 @@ lock: $(PIP_COMPILE)
 bundle: install
 	deploy/image/build-bundle
 
+# The whole suite against the build `make install` made (compiled where a C compiler is: then
+# tests/test_build.py insists on it), then the core tests against the pure-Python modules.
+REQUIRE_COMPILED := $(shell command -v cc >/dev/null 2>&1 && echo 1)
+PURE_TESTS := tests/test_build.py tests/test_build_differential.py tests/test_flows.py \
+  tests/test_golden.py tests/test_fuzz.py tests/test_filter.py tests/test_sessions.py \
+  tests/test_records.py tests/test_encode_paths.py tests/test_replay.py tests/test_ingest_paths.py \
+  tests/test_rejected_records.py tests/test_geneve.py
 test: install system-deps $(PROMTOOL) lint lint-deploy
-	$(PY) -m pytest -q
+	COLLECTOR_REQUIRE_COMPILED=$(REQUIRE_COMPILED) $(PY) -m pytest -q
+	COLLECTOR_PURE_PYTHON=1 $(PY) -m pytest -q $(wildcard $(PURE_TESTS))
 
 kafka:
 	deploy/kafka/kafkactl start
@@ -129,4 +149,5 @@ fleet-demo: install system-deps
 	$(PY) -m bench.fleet --plot docs/fleet-load.png
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build
+	find collector \( -name '*.so' -o -name '*.c' -o -name '*.html' \) -delete

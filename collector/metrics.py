@@ -22,6 +22,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from collector import __version__
+from collector.build import compiled
 from collector.io.sink import SinkStatus
 from collector.records import END_REASONS
 from collector.wire.drops import DROP_COUNT, Drop
@@ -287,6 +289,14 @@ class Aggregate(Collector):
         return out
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        build = GaugeMetricFamily(
+            "collector_build_info",
+            "The build that runs: compiled is true when every hot module runs compiled (Cython),"
+            " false for the pure-Python build (no C compiler at install, or COLLECTOR_PURE_PYTHON=1).",
+            labels=["version", "compiled"],
+        )
+        build.add_metric([__version__, "true" if compiled() else "false"], 1)
+        yield build
         yield from self._ingest_families()
         yield from self._sink_families()
         yield from self._worker_families()

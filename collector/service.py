@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 import uvloop
 
+from collector.build import compiled, describe
 from collector.checks import validate
 from collector.config import Config, load_config, parse_hostport
 from collector.errors import CollectorError, ConfigError
@@ -353,8 +354,11 @@ class Supervisor:
                 "health": self.config.health,
                 "workers": self.workers,
                 "sink": self._sink_label(),
+                "compiled": compiled(),
             },
         )
+        if not compiled():
+            log.warning(describe())
         monitor = asyncio.create_task(self._monitor())
         await self.done.wait()
         monitor.cancel()

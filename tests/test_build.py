@@ -1,0 +1,78 @@
+"""The two builds: compiled modules (Cython, from the same .py files) and the pure-Python one.
+
+`make test` runs the whole suite against the compiled build (COLLECTOR_REQUIRE_COMPILED=1 where a C
+compiler is, so a build that silently fell back to pure Python fails here) and the core tests again
+with COLLECTOR_PURE_PYTHON=1.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from collector import build
+
+ROOT = Path(__file__).resolve().parent.parent
+PURE = os.environ.get("COLLECTOR_PURE_PYTHON") == "1"
+
+
+def _build_in_child(**env: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", "import collector.build as b; print(b.compiled_modules())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        timeout=60,
+    )
+    return out.stdout.strip()
+
+
+def test_every_compiled_module_has_its_typing_beside_it() -> None:
+    """A module is compiled with the .pxd beside it, and a .pxd names a compiled module."""
+    declared = {
+        ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for path in (ROOT / "collector").rglob("*.pxd")
+    }
+    assert declared == set(build.COMPILED_MODULES)
+    for name in build.COMPILED_MODULES:
+        assert (ROOT / Path(*name.split("."))).with_suffix(".py").is_file(), name
+
+
+def test_pure_python_switch_loads_every_module_from_its_source() -> None:
+    modules = _build_in_child(COLLECTOR_PURE_PYTHON="1")
+    assert "True" not in modules, modules
+    for name in build.COMPILED_MODULES:
+        assert f"'{name}': False" in modules
+
+
+def test_this_run_has_the_build_it_asks_for() -> None:
+    modules = build.compiled_modules()
+    if PURE:
+        assert not any(modules.values()), modules
+        assert "COLLECTOR_PURE_PYTHON=1 asked for it" in build.describe()
+    elif os.environ.get("COLLECTOR_REQUIRE_COMPILED") == "1":
+        assert all(modules.values()), (
+            f"a C compiler is here but the build is not compiled: {build.describe()}"
+        )
+        assert build.describe().startswith("compiled build:")
+    else:  # neither asked for: whichever make install made, said as it is
+        assert build.describe().startswith(
+            "compiled build:" if all(modules.values()) else "PURE-PYTHON BUILD:"
+        )
+
+
+def test_no_compiled_module_is_older_than_its_source() -> None:
+    """An edited .py or .pxd whose extension module was not rebuilt would test the old code."""
+    assert build.stale_modules() == [], "compiled modules older than their source: make install"
+
+
+def test_metrics_say_which_build_runs() -> None:
+    from collector.metrics import Aggregate
+
+    text = Aggregate().render().decode()
+    compiled = "false" if PURE or not build.compiled() else "true"
+    assert f'collector_build_info{{compiled="{compiled}",version="' in text
