@@ -15,7 +15,7 @@ import functools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import msgspec
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -52,12 +52,22 @@ class WorkerSnapshot(msgspec.Struct, kw_only=True):
     spool_limit_bytes: int = 0
     """Largest spool this worker's sink may hold (0: the sink has no spool)."""
     sink: SinkStatus = msgspec.field(default_factory=SinkStatus)
+    geneve_datagrams: int = 0
+    """Of ``datagrams``: those received on the GENEVE listener (a Gateway Load Balancer's)."""
+    geneve_drops: list[int] = msgspec.field(default_factory=lambda: [0] * DROP_COUNT)
+    """Of ``drops``: those of GENEVE datagrams."""
+    session_datagrams: dict[int, int] = msgspec.field(default_factory=dict)
+    """Per VNI (-1: anonymous VNIs past the worker's label bound): packets of the session's
+    flows, counted as their records are made."""
+    endpoint_records: dict[str, int] = msgspec.field(default_factory=dict)
+    """Records per GWLB endpoint id ("": VXLAN datagrams, "other": past the label bound)."""
     stopping: bool = False
     """Set on the last snapshot of a worker that flushed everything before it exited."""
 
 
 COUNTER_FIELDS = (
     "datagrams",
+    "geneve_datagrams",
     "rx_bytes",
     "evictions",
     "recv_errors",
@@ -114,7 +124,10 @@ class Totals:
             (*COUNTER_FIELDS, "kernel_drops", *SINK_COUNTERS), 0
         )
         self.drops = [0] * DROP_COUNT
+        self.geneve_drops = [0] * DROP_COUNT
         self.records: dict[str, int] = {}
+        self.session_datagrams: dict[int, int] = {}
+        self.endpoint_records: dict[str, int] = {}
         # what a worker held when it exited without flushing (crash, kill): lost for good
         self.lost_flows = 0
         self.lost_queued = 0
@@ -131,10 +144,34 @@ class Totals:
             self.drops[i] += n
         for reason, n in snap.records.items():
             self.records[reason] = self.records.get(reason, 0) + n
+        for i, n in enumerate(snap.geneve_drops):
+            self.geneve_drops[i] += n
+        fold_labels(self.session_datagrams, snap.session_datagrams, OTHER_VNI)
+        fold_labels(self.endpoint_records, snap.endpoint_records, OTHER_ENDPOINT)
         if not snap.stopping:
             self.lost_flows += snap.flows_active
             held = snap.sink.unwritten_records  # only in memory: on disk is not lost
             self.lost_queued += held if held >= 0 else snap.sink.queue_records
+
+
+# Bounds on the label values the supervisor exports, over every worker incarnation (each worker
+# bounds its own): VNIs and, on the GENEVE port, endpoint ids are chosen by whoever sends.
+MAX_SESSION_SERIES = 4096
+MAX_ENDPOINT_SERIES = 4096
+OTHER_VNI = -1  # pipeline.OTHER_VNI: the VNIs past a bound
+OTHER_ENDPOINT = "other"  # pipeline.OTHER_ENDPOINT
+NO_ENDPOINT = ""  # pipeline.NO_ENDPOINT: records of VXLAN datagrams
+
+
+_Label = TypeVar("_Label", int, str)
+
+
+def fold_labels(total: dict[_Label, int], counts: dict[_Label, int], other: _Label) -> None:
+    """Add ``counts`` into ``total``; a label past the bound is counted under ``other``."""
+    bound = MAX_SESSION_SERIES if other == OTHER_VNI else MAX_ENDPOINT_SERIES
+    for label, n in counts.items():
+        key = label if label in total or len(total) < bound else other
+        total[key] = total.get(key, 0) + n
 
 
 # ---- process metrics ---------------------------------------------------------------------------
@@ -235,6 +272,8 @@ class Aggregate(Collector):
         self.kernel_drops = KernelDrops()
         self.retired = Totals(self.kernel_drops)
         self.workers: dict[int, WorkerView] = {}
+        self.session_names: dict[int, str] = {}
+        """VNI -> configured session name (the supervisor sets it at start and on reload)."""
         self.draining = False
         self.healthy = False
         self.read_process = read_process
@@ -277,6 +316,28 @@ class Aggregate(Collector):
             for i, n in enumerate(snap.drops):
                 drops[i] += n
         return drops
+
+    def geneve_drops(self) -> list[int]:
+        """Drops of GENEVE datagrams per reason over live and exited workers."""
+        drops = list(self.retired.geneve_drops)
+        for snap in self._live():
+            for i, n in enumerate(snap.geneve_drops):
+                drops[i] += n
+        return drops
+
+    def session_datagrams(self) -> dict[int, int]:
+        """Datagrams per VNI over live and exited workers (bounded, see fold_labels)."""
+        out = dict(self.retired.session_datagrams)
+        for snap in self._live():
+            fold_labels(out, snap.session_datagrams, OTHER_VNI)
+        return out
+
+    def endpoint_records(self) -> dict[str, int]:
+        """Records per GWLB endpoint id over live and exited workers (bounded)."""
+        out = dict(self.retired.endpoint_records)
+        for snap in self._live():
+            fold_labels(out, snap.endpoint_records, OTHER_ENDPOINT)
+        return out
 
     def records(self) -> dict[str, int]:
         """Records emitted per end reason over live and exited workers."""
@@ -359,6 +420,59 @@ class Aggregate(Collector):
         for end_reason, n in sorted(self.records().items()):
             emitted.add_metric([end_reason], n)
         yield emitted
+        yield from self._encapsulation_families(datagrams, drops)
+
+    def _encapsulation_families(
+        self, datagrams: int, drops: list[int]
+    ) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        """Per encapsulation (VXLAN from an NLB or ENI target, GENEVE from a Gateway Load
+        Balancer), per session and per GWLB endpoint."""
+        geneve = self.total("geneve_datagrams")
+        received = CounterMetricFamily(
+            "collector_encapsulation_datagrams_received",
+            "UDP datagrams received, by encapsulation: vxlan (listen), geneve (geneve_listen).",
+            labels=["encapsulation"],
+        )
+        received.add_metric(["vxlan"], datagrams - geneve)
+        received.add_metric(["geneve"], geneve)
+        yield received
+        geneve_drops = self.geneve_drops()
+        dropped = CounterMetricFamily(
+            "collector_encapsulation_packets_dropped",
+            "Packets not counted into flows, by encapsulation and reason (the geneve_* reasons"
+            " are the GENEVE layer's).",
+            labels=["encapsulation", "reason"],
+        )
+        for reason in Drop:
+            if not reason.is_geneve:
+                dropped.add_metric(["vxlan", reason.label], drops[reason] - geneve_drops[reason])
+            dropped.add_metric(["geneve", reason.label], geneve_drops[reason])
+        yield dropped
+        per_session = CounterMetricFamily(
+            "collector_session_datagrams",
+            "Mirrored packets per session, counted as the records of its flows are made (a flow"
+            " ends on the active/inactive timeouts, TCP FIN/RST or eviction): a session whose"
+            " count stops rising has gone silent. session is empty for VNIs accepted without a"
+            ' session; vni "other" holds such VNIs past the label bound.',
+            labels=["session", "vni"],
+        )
+        names = self.session_names
+        for vni, n in sorted(self.session_datagrams().items()):
+            if vni == OTHER_VNI:
+                per_session.add_metric(["", "other"], n)
+            else:
+                per_session.add_metric([names.get(vni, ""), str(vni)], n)
+        yield per_session
+        per_endpoint = CounterMetricFamily(
+            "collector_endpoint_records",
+            "Flow records of GENEVE traffic per Gateway Load Balancer endpoint (vpce-...): which"
+            ' source VPC or account it came through; "other" past the label bound.',
+            labels=["gwlb_endpoint_id"],
+        )
+        for endpoint, n in sorted(self.endpoint_records().items()):
+            if endpoint != NO_ENDPOINT:
+                per_endpoint.add_metric([endpoint], n)
+        yield per_endpoint
 
     def _sink_families(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         yield _counter(

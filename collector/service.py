@@ -55,9 +55,10 @@ class Slot:
         self.started = 0.0
         self.failures = 0
         self.restart_handle: asyncio.TimerHandle | None = None
-        # the supervisor's reference to the worker's socket: when the worker dies, what was queued
-        # on it is counted (retire_socket) instead of vanishing with the worker's file descriptor
-        self.sock: socket.socket | None = None
+        # the supervisor's reference to the worker's sockets (per listener key: ``listen``,
+        # ``geneve_listen``): when the worker dies, what was queued on them is counted
+        # (retire_socket) instead of vanishing with the worker's file descriptors
+        self.socks: dict[str, socket.socket] = {}
 
 
 class Supervisor:
@@ -134,21 +135,33 @@ class Supervisor:
 
     def metrics(self) -> tuple[int, str, bytes]:
         self.aggregate.healthy = self.health()[0] == 200
+        self.aggregate.session_names = {
+            s.vni: s.name or f"vni-{s.vni}" for s in self.config.sessions
+        }
         return 200, "text/plain; version=0.0.4; charset=utf-8", self.aggregate.render()
 
     # ---- workers --------------------------------------------------------------------------
     def spawn(self, slot: Slot) -> None:
         loop = asyncio.get_running_loop()
         parent, child = self.ctx.Pipe()
-        sock = open_socket(self.config.listen, self.config.recv_buffer_bytes)
+        socks: dict[str, socket.socket] = {}
+        try:
+            for key, address in self.config.listeners:
+                socks[key] = open_socket(address, self.config.recv_buffer_bytes, key=key)
+        except ConfigError:
+            for opened in socks.values():
+                opened.close()
+            parent.close()
+            child.close()
+            raise
         process = self.ctx.Process(
             target=worker_main,
-            args=(slot.index, msgspec.msgpack.encode(self.config), child, sock),
+            args=(slot.index, msgspec.msgpack.encode(self.config), child, socks),
             name=f"collector-worker-{slot.index}",
         )
         process.start()
         child.close()
-        slot.sock = sock
+        slot.socks = socks
         slot.process, slot.conn, slot.started = process, parent, time.time()
         view = self.aggregate.workers.setdefault(slot.index, WorkerView(index=slot.index))
         view.alive, view.responsive, view.snapshot = True, False, None
@@ -236,11 +249,17 @@ class Supervisor:
         slot.restart_handle = loop.call_later(delay, self._restart, slot)
 
     def _retire_socket(self, slot: Slot) -> tuple[int, int | None]:
-        """Count and close what a dead worker's socket still holds."""
-        if slot.sock is None:
+        """Count and close what a dead worker's sockets still hold: (datagrams queued, their
+        final kernel drop count, None when one could not be read)."""
+        socks, slot.socks = slot.socks, {}
+        queued = 0
+        drops: int | None = 0
+        for sock in socks.values():
+            sock_queued, sock_drops = retire_socket(sock)
+            queued += sock_queued
+            drops = None if drops is None or sock_drops is None else drops + sock_drops
+        if not socks:
             return 0, None
-        sock, slot.sock = slot.sock, None
-        queued, drops = retire_socket(sock)
         if queued:
             log.error(
                 "datagrams queued for a dead worker are lost",
@@ -286,10 +305,10 @@ class Supervisor:
             if slot.restart_handle is not None:
                 slot.restart_handle.cancel()
                 slot.restart_handle = None
-            if slot.sock is not None:
+            for sock in slot.socks.values():
                 # the worker's final drain must be the last reader of its socket: close ours first
-                slot.sock.close()
-                slot.sock = None
+                sock.close()
+            slot.socks = {}
             if slot.conn is not None:
                 # a worker already gone is accounted for by _on_exit
                 with contextlib.suppress(OSError):
@@ -341,7 +360,8 @@ class Supervisor:
             raise ConfigError(
                 "health", f"cannot listen on {self.config.health}: {exc.strerror}"
             ) from exc
-        open_socket(self.config.listen, 4096).close()  # fail fast, naming `listen`
+        for key, address in self.config.listeners:  # fail fast, naming the listener's key
+            open_socket(address, 4096, key=key).close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.begin_shutdown)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -351,6 +371,7 @@ class Supervisor:
             "collector started",
             extra={
                 "listen": self.config.listen,
+                "geneve_listen": self.config.geneve_listen,
                 "health": self.config.health,
                 "workers": self.workers,
                 "sink": self._sink_label(),

@@ -13,12 +13,13 @@ import random
 import signal
 import socket
 import time
+from collections.abc import Mapping
 from multiprocessing.connection import Connection
 
 import msgspec
 import uvloop
 
-from collector.config import Config
+from collector.config import GENEVE_LISTENER, Config
 from collector.enrich import Enricher
 from collector.errors import CollectorError, ConfigError
 from collector.io.sinks import Sink, SinkStatus, make_sink
@@ -59,10 +60,18 @@ class Worker:
     """The asyncio side of a worker process."""
 
     def __init__(
-        self, index: int, config: Config, conn: Connection, sock: socket.socket | None = None
+        self,
+        index: int,
+        config: Config,
+        conn: Connection,
+        socks: Mapping[str, socket.socket] | None = None,
     ) -> None:
         self.index = index
-        self.given_sock = sock  # opened by the supervisor, which keeps a reference (see service)
+        # per listener key (``listen``: VXLAN, ``geneve_listen``: GENEVE), opened by the
+        # supervisor, which keeps a reference (see service); the worker opens those not given
+        self.given_socks = dict(socks or {})
+        self.socks: dict[str, socket.socket] = {}
+        self.ingests: list[Ingest] = []
         self.config = config
         self.conn = conn
         self.started = time.time()
@@ -103,8 +112,12 @@ class Worker:
             flows_active=len(self.pipeline.table),
             evictions=self.pipeline.table.evictions,
             kernel_drops=self.kernel_drops,
-            recv_errors=self.ingest.errors if self.ingest is not None else 0,
+            recv_errors=sum(ingest.errors for ingest in self.ingests),
             recv_path=self.ingest.path if self.ingest is not None else "",
+            geneve_datagrams=stats.geneve_datagrams,
+            geneve_drops=list(stats.geneve_drops),
+            session_datagrams=dict(stats.session_datagrams),
+            endpoint_records=dict(stats.endpoint_records),
             enrich_refreshes=self.enricher.refreshes if self.enricher else 0,
             enrich_failures=self.enricher.failures if self.enricher else 0,
             loop_lag_s=self.loop_lag_s,
@@ -181,9 +194,9 @@ class Worker:
             else:
                 self.sink.submit(self.pipeline.collect())  # flows ended by TCP FIN/RST
             if now >= next_drops:
-                drops = socket_drops(self.sock)
-                if drops is not None:
-                    self.kernel_drops = drops
+                drops = [socket_drops(sock) for sock in self.socks.values()]
+                if None not in drops:
+                    self.kernel_drops = sum(d for d in drops if d is not None)
                 next_drops = now + KERNEL_DROPS_INTERVAL_S
             self._log_drops(now)
             self.send(Snapshot(self.snapshot()))
@@ -194,10 +207,10 @@ class Worker:
         then takes the CPU the traffic leaves and the receive path never waits for a mass
         expiry, yet expiry always progresses (a table that stays full evicts its oldest flows)."""
         deadline = loop.time() + EXPIRY_YIELD_MAX_S
-        ingest = self.ingest
+        ingests = self.ingests
         while True:  # one turn of the loop at least; the receive path reads a batch per turn
             await asyncio.sleep(0)
-            if ingest is None or not ingest.backlogged or loop.time() >= deadline:
+            if not any(i.backlogged for i in ingests) or loop.time() >= deadline:
                 return
 
     async def _enrich(self, enricher: Enricher) -> None:
@@ -215,24 +228,31 @@ class Worker:
             if self.config.aws.enrich:
                 self.enricher = Enricher(self.config.aws)
             await self.sink.start()
-            self.sock = self.given_sock or open_socket(
-                self.config.listen, self.config.recv_buffer_bytes
-            )
+            for key, address in self.config.listeners:
+                sock = self.given_socks.get(key)
+                if sock is None:
+                    sock = open_socket(address, self.config.recv_buffer_bytes, key=key)
+                self.socks[key] = sock
         except ConfigError as exc:
             self.send(Fatal(f"config error: {exc}", ConfigError.exit_status))
             return 2
         except CollectorError as exc:
             self.send(Fatal(str(exc), 1))
             return 1
-        self.ingest = await start_ingest(
-            loop,
-            self.sock,
-            self.pipeline,
-            mode=self.config.recv_mode,
-            max_batch=self.config.max_batch_datagrams,
-            max_datagram_bytes=self.config.max_datagram_bytes,
-            coalesce_s=self.config.recv_coalesce_ms / 1000,
-        )
+        for key, sock in self.socks.items():
+            self.ingests.append(
+                await start_ingest(
+                    loop,
+                    sock,
+                    self.pipeline,
+                    mode=self.config.recv_mode,
+                    max_batch=self.config.max_batch_datagrams,
+                    max_datagram_bytes=self.config.max_datagram_bytes,
+                    coalesce_s=self.config.recv_coalesce_ms / 1000,
+                    geneve=key == GENEVE_LISTENER,
+                )
+            )
+        self.ingest = self.ingests[0]
         loop.add_reader(self.conn.fileno(), self._on_message)
         log.info(
             "worker started",
@@ -246,20 +266,23 @@ class Worker:
         for task in tasks:
             task.cancel()
         # stop receiving, account what the kernel already queued for us, then flush everything
-        self.ingest.stop()
-        drained = 0
-        while drained < FINAL_DRAIN_DATAGRAMS:  # the protocol path's transport drains nothing
-            got = self.ingest.read()
-            if not got:
-                break
-            drained += got
+        for ingest in self.ingests:
+            ingest.stop()
+        for ingest in self.ingests:
+            drained = 0
+            while drained < FINAL_DRAIN_DATAGRAMS:  # the protocol path's transport drains nothing
+                got = ingest.read()
+                if not got:
+                    break
+                drained += got
         self.sink.submit(self.pipeline.flush())
         try:
             await self.sink.flush(self.config.sink_flush_timeout_s)
             await self.sink.close()
         except CollectorError as exc:
             log.error("sink flush failed", extra={"worker": self.index, "error": str(exc)})
-        self.sock.close()
+        for sock in self.socks.values():
+            sock.close()
         self.send(Snapshot(self.snapshot(stopping=True)))
         log.info(
             "worker stopped",
@@ -269,7 +292,10 @@ class Worker:
 
 
 def worker_main(
-    index: int, config_raw: bytes, conn: Connection, sock: socket.socket | None = None
+    index: int,
+    config_raw: bytes,
+    conn: Connection,
+    socks: Mapping[str, socket.socket] | None = None,
 ) -> None:
     """Process entry point (spawned by the supervisor)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -277,7 +303,7 @@ def worker_main(
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = msgspec.msgpack.decode(config_raw, type=Config)
     setup_logging(config.log_format, config.log_level)
-    status = uvloop.run(Worker(index, config, conn, sock).run())
+    status = uvloop.run(Worker(index, config, conn, socks).run())
     conn.close()
     raise SystemExit(status)
 

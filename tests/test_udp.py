@@ -322,7 +322,7 @@ def test_expiry_steps_wait_while_the_receive_path_is_behind(
     from collector import worker
 
     async def turns_taken(ingest: Any) -> int:
-        owner = SimpleNamespace(ingest=ingest)
+        owner = SimpleNamespace(ingests=[] if ingest is None else [ingest])
         loop = asyncio.get_running_loop()
         counted = 0
 
