@@ -276,6 +276,10 @@ class Aggregate(Collector):
         """VNI -> configured session name (the supervisor sets it at start and on reload)."""
         self.draining = False
         self.healthy = False
+        self.filter_versions: dict[str, tuple[str, str]] = {}
+        """Mirror filter name -> (TrafficMirrorFilterId or "", version of the rules in use)."""
+        self.filter_refreshes = 0
+        self.filter_refresh_failures = 0
         self.read_process = read_process
         self.process_counters = ProcessCounters()
         self.registry = CollectorRegistry(auto_describe=False)
@@ -361,7 +365,30 @@ class Aggregate(Collector):
         yield from self._ingest_families()
         yield from self._sink_families()
         yield from self._worker_families()
+        yield from self._filter_families()
         yield from self._process_families()
+
+    def _filter_families(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        info = GaugeMetricFamily(
+            "collector_filter_version_info",
+            "The rule set each mirror filter uses now: version is a hash of its rules (the same"
+            " rules give the same version on every collector); filter_id the AWS filter it"
+            " follows, empty for inline rules.",
+            labels=["filter", "filter_id", "version"],
+        )
+        for name, (filter_id, version) in sorted(self.filter_versions.items()):
+            info.add_metric([name, filter_id, version], 1)
+        yield info
+        yield _counter(
+            "collector_filter_refreshes",
+            "Reads of the followed mirror filters from the EC2 API (aws.follow_filters).",
+            self.filter_refreshes,
+        )
+        yield _counter(
+            "collector_filter_refresh_failures",
+            "Failed reads of the followed mirror filters (the rules in use stayed).",
+            self.filter_refresh_failures,
+        )
 
     def _ingest_families(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         yield _counter(

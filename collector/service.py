@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 import uvloop
 
+from collector.aws_filters import FilterFollower, filter_versions
 from collector.build import compiled, describe
 from collector.checks import validate
 from collector.config import Config, load_config, parse_hostport
@@ -75,6 +76,11 @@ class Supervisor:
         self.exit_status = 0
         self.fatal_message = ""
         self.http = HealthServer({"/healthz": self.healthz, "/metrics": self.metrics})
+        # the config as its file gives it; self.config is what the workers use (the same, with
+        # the followed filters' rules from AWS in place of their file copies)
+        self.file_config = config
+        self.filter_follower: FilterFollower | None = None
+        self._publish_filter_versions()
 
     # ---- health and metrics -------------------------------------------------------------
     def health(self) -> tuple[int, dict[str, Any]]:
@@ -332,24 +338,72 @@ class Supervisor:
         try:
             config = load_config(self.config_path, overrides=self.overrides)
             validate(config)
+            file_config = msgspec.structs.replace(
+                self.file_config,
+                sessions=config.sessions,
+                filters=config.filters,
+                flows=config.flows,
+                base_dir=config.base_dir,
+            )
+            in_use = self._in_use(file_config)
+            validate(in_use)  # the file's inline rules next to the rules followed from AWS
         except ConfigError as exc:
             log.error("reload refused; keeping the running config", extra={"error": str(exc)})
             return
-        self.config = msgspec.structs.replace(
-            self.config,
-            sessions=config.sessions,
-            filters=config.filters,
-            flows=config.flows,
-            base_dir=config.base_dir,
-        )
-        message = encode(Reload(self.config))
+        self.file_config = file_config
+        self._push(in_use)
+        log.info("config reloaded", extra={"sessions": len(config.sessions)})
+
+    def _in_use(self, file_config: Config) -> Config:
+        if self.filter_follower is None:
+            return file_config
+        return self.filter_follower.overlay(file_config)
+
+    def _push(self, config: Config) -> None:
+        """Make ``config`` the running one: every worker gets it through the reload message."""
+        self.config = config
+        message = encode(Reload(config))
         for slot in self.slots.values():
             if slot.conn is not None:
                 try:
                     slot.conn.send_bytes(message)
                 except OSError:
                     continue
-        log.info("config reloaded", extra={"sessions": len(config.sessions)})
+        self._publish_filter_versions()
+
+    def _publish_filter_versions(self) -> None:
+        follower = self.filter_follower
+        versions = (
+            follower.versions(self.file_config)
+            if follower is not None
+            else filter_versions(self.file_config)
+        )
+        self.aggregate.filter_versions = {
+            name: (v.filter_id, v.version) for name, v in versions.items()
+        }
+        if follower is not None:
+            self.aggregate.filter_refreshes = follower.refreshes
+            self.aggregate.filter_refresh_failures = follower.failures
+
+    async def _follow_filters(self, follower: FilterFollower) -> None:
+        """Read the followed filters from the EC2 API on a period (in a thread: it blocks) and
+        push a changed rule set through the reload path."""
+        while not self.stopping:
+            changed = await asyncio.to_thread(follower.refresh, self.file_config)
+            if changed and not self.stopping:
+                self._push(follower.overlay(self.file_config))
+                log.info(
+                    "mirror filters reloaded from AWS",
+                    extra={
+                        "versions": ",".join(
+                            f"{name}={version}"
+                            for name, (_, version) in sorted(self.aggregate.filter_versions.items())
+                        )
+                    },
+                )
+            else:
+                self._publish_filter_versions()
+            await asyncio.sleep(self.config.aws.filter_refresh_interval_s)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -367,6 +421,10 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         for slot in self.slots.values():
             self.spawn(slot)
+        follow = None
+        if self.config.aws.follow_filters and FilterFollower.followed(self.config):
+            self.filter_follower = FilterFollower(self.config.aws)
+            follow = asyncio.create_task(self._follow_filters(self.filter_follower))
         log.info(
             "collector started",
             extra={
@@ -383,6 +441,8 @@ class Supervisor:
         monitor = asyncio.create_task(self._monitor())
         await self.done.wait()
         monitor.cancel()
+        if follow is not None:
+            follow.cancel()
         await self.http.close()
         if self.fatal_message:
             raise _FatalError(self.fatal_message, self.exit_status)

@@ -1,0 +1,233 @@
+"""Running collectors follow their mirror filters in AWS (``[aws] follow_filters``).
+
+The stack writes filter A's rules to a file at boot; a stack update that widens the filter changes
+AWS only. Here the real collector runs against moto's EC2 (a moto server on loopback, reached
+through AWS_ENDPOINT_URL): the filter's rules change in the EC2 API, and without a restart the
+collector's /metrics shows the new version and a flow the old rules rejected is kept.
+
+moto 5 implements CreateTrafficMirrorFilter and DescribeTrafficMirrorFilters but not
+CreateTrafficMirrorFilterRule: its filters always answer with empty rule lists. The test puts the
+rules on moto's filter object, where moto's own DescribeTrafficMirrorFilters serialises them, so
+the collector still parses an EC2 API answer (botocore reads moto's XML by the EC2 model).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto.ec2.models import ec2_backends
+from moto.server import ThreadedMotoServer
+
+from collector.aws_filters import rules_version
+from collector.filter import rules_from_aws
+from tests.service_harness import Collector, free_port, tcp, wait_for
+
+ACCOUNT, REGION = "123456789012", "us-east-1"
+SOURCE = "10.0.0.5"
+
+
+def rule(number: int, action: str, destination: str) -> dict[str, Any]:
+    return {
+        "TrafficMirrorFilterRuleId": f"tmfr-{number:017x}",
+        "TrafficDirection": "egress",
+        "RuleNumber": number,
+        "RuleAction": action,
+        "SourceCidrBlock": "0.0.0.0/0",
+        "DestinationCidrBlock": destination,
+    }
+
+
+NARROW = [rule(10, "reject", "10.99.0.0/16"), rule(100, "accept", "10.9.0.0/16")]
+WIDE = [rule(10, "reject", "10.99.0.0/16"), rule(100, "accept", "0.0.0.0/0")]
+
+
+@pytest.fixture
+def ec2_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A moto server on loopback (in this process: the test reaches its backend)."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def set_rules(filter_id: str, rules: list[dict[str, Any]]) -> None:
+    """What CreateTrafficMirrorFilterRule / DeleteTrafficMirrorFilterRule do to the filter."""
+    moto_filter = ec2_backends[ACCOUNT][REGION].traffic_mirror_filters[filter_id]
+    # moto's serialiser reads a shape's members from the object's snake_case attributes
+    moto_filter.egress_filter_rules = [{**r, "TrafficMirrorFilterId": filter_id} for r in rules]
+
+
+def version_in_use(c: Collector) -> dict[str, str]:
+    """The filter_id and version labels of collector_filter_version_info."""
+    for name in c.metrics():
+        if name.startswith("collector_filter_version_info{"):
+            labels = dict(
+                part.split("=", 1) for part in name[name.index("{") + 1 : -1].split(",") if part
+            )
+            return {k: v.strip('"') for k, v in labels.items()}
+    return {}
+
+
+def counted(c: Collector, accepted: int, rejected: int) -> None:
+    def done() -> bool:
+        m = c.metrics()
+        return (
+            m.get('collector_filter_packets_total{action="accept"}', 0) == accepted
+            and m.get('collector_packets_dropped_total{reason="filter_reject"}', 0) == rejected
+        )
+
+    wait_for(done, f"{accepted} accepted and {rejected} rejected")
+
+
+def test_a_changed_rule_set_takes_effect_without_a_restart(
+    ec2_endpoint: str, tmp_path: Path
+) -> None:
+    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=ec2_endpoint)
+    filter_id = ec2.create_traffic_mirror_filter(Description="filter A")["TrafficMirrorFilter"][
+        "TrafficMirrorFilterId"
+    ]
+    set_rules(filter_id, NARROW)
+    # as the stack's boot script does: describe-traffic-mirror-filters into a file
+    described = ec2.describe_traffic_mirror_filters(TrafficMirrorFilterIds=[filter_id])
+    described.pop("ResponseMetadata")
+    (tmp_path / "filter-a.json").write_text(json.dumps(described))
+    narrow_version = rules_version(rules_from_aws(described, filter_id, "f"))
+    wide_version = rules_version(
+        rules_from_aws(
+            {
+                "TrafficMirrorFilters": [
+                    {"TrafficMirrorFilterId": filter_id, "EgressFilterRules": WIDE}
+                ]
+            },
+            filter_id,
+            "f",
+        )
+    )
+    assert narrow_version != wide_version
+
+    config = f"""
+[aws]
+region = "{REGION}"
+follow_filters = true
+filter_refresh_interval_s = 0.2
+
+[flows]
+active_timeout_s = 600
+inactive_timeout_s = 600
+
+[[sessions]]
+vni = 100
+name = "source-a"
+interface_id = "eni-0aaaaaaaaaaaaaaaa"
+addresses = ["{SOURCE}"]
+filter = "filter-a"
+
+[filters.filter-a]
+aws_json = "filter-a.json"
+filter_id = "{filter_id}"
+"""
+    env = {
+        "AWS_ENDPOINT_URL": ec2_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+    with Collector(tmp_path, "--log-format", "json", config=config, workers=2, env=env) as c:
+        wait_for(
+            lambda: c.metric("collector_filter_refreshes_total") >= 1, "a first filter refresh"
+        )
+        assert version_in_use(c) == {
+            "filter": "filter-a",
+            "filter_id": filter_id,
+            "version": narrow_version,
+        }
+        pids = c.worker_pids()
+        # the old rules keep 10.9.0.0/16 and reject the rest
+        c.send(
+            [tcp(100, SOURCE, "10.9.0.1", 40000, 443), tcp(100, SOURCE, "10.50.0.1", 40001, 443)]
+        )
+        counted(c, accepted=1, rejected=1)
+
+        set_rules(filter_id, WIDE)  # the stack update widens filter A in AWS
+        wait_for(
+            lambda: version_in_use(c).get("version") == wide_version,
+            "the widened rule set in use",
+        )
+        # the reload path: each worker logs that it applied the new rules
+        wait_for(
+            lambda: sum('"sessions reloaded"' in line for line in c.logs().splitlines()) == 2,
+            "both workers applied the new rules",
+        )
+        # the same flow to 10.50/16, and a new one: both kept now; the excluded net still not
+        c.send(
+            [
+                tcp(100, SOURCE, "10.50.0.1", 40001, 443),
+                tcp(100, SOURCE, "10.60.0.1", 40002, 443),
+                tcp(100, SOURCE, "10.99.0.1", 40003, 443),
+            ]
+        )
+        counted(c, accepted=3, rejected=2)
+        assert c.worker_pids() == pids  # no restart, no new worker
+        assert c.metric("collector_filter_refresh_failures_total") == 0
+        assert c.stop() == 0
+    kept = {r["dst_addr"] for r in c.records()}
+    assert kept == {"10.9.0.1", "10.50.0.1", "10.60.0.1"}
+
+
+def test_a_failed_refresh_keeps_the_rules_in_use(ec2_endpoint: str, tmp_path: Path) -> None:
+    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=ec2_endpoint)
+    filter_id = ec2.create_traffic_mirror_filter(Description="filter A")["TrafficMirrorFilter"][
+        "TrafficMirrorFilterId"
+    ]
+    set_rules(filter_id, NARROW)
+    described = ec2.describe_traffic_mirror_filters(TrafficMirrorFilterIds=[filter_id])
+    described.pop("ResponseMetadata")
+    (tmp_path / "filter-a.json").write_text(json.dumps(described))
+    config = f"""
+[aws]
+region = "{REGION}"
+follow_filters = true
+filter_refresh_interval_s = 0.2
+
+[[sessions]]
+vni = 100
+addresses = ["{SOURCE}"]
+filter = "filter-a"
+
+[filters.filter-a]
+aws_json = "filter-a.json"
+filter_id = "{filter_id}"
+"""
+    # the filter is deleted in AWS (or the role lost the permission): refreshes fail
+    ec2_backends[ACCOUNT][REGION].traffic_mirror_filters.pop(filter_id)
+    env = {
+        "AWS_ENDPOINT_URL": ec2_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+    with Collector(tmp_path, "--log-format", "json", config=config, env=env) as c:
+        wait_for(
+            lambda: c.metric("collector_filter_refresh_failures_total") >= 2,
+            "failed refreshes counted",
+        )
+        assert version_in_use(c)["version"] == rules_version(
+            rules_from_aws(described, filter_id, "f")
+        )
+        c.send(
+            [tcp(100, SOURCE, "10.9.0.1", 40000, 443), tcp(100, SOURCE, "10.50.0.1", 40001, 443)]
+        )
+        counted(c, accepted=1, rejected=1)
+        assert "mirror filter refresh failed" in c.logs()
+        assert c.stop() == 0
