@@ -5,7 +5,7 @@ It sits below both the command line and the supervisor, so neither imports the o
 
 from __future__ import annotations
 
-from collector.config import Config, parse_hostport
+from collector.config import Config, check_delivery_settings, parse_hostport
 from collector.errors import ConfigError
 from collector.io.sinks import make_sink
 from collector.sessions import build_sessions
@@ -19,6 +19,8 @@ def validate(config: Config) -> None:
         raise ConfigError("listen", "listen and geneve_listen are both off: nothing to receive")
     parse_hostport(config.health, "health")
     make_sink(config.sink, config)
+    if config.sink.startswith("kafka://"):
+        check_delivery_settings(config.kafka)
     build_sessions(config)
     if config.stop_timeout_s <= config.sink_flush_timeout_s:
         raise ConfigError(

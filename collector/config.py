@@ -354,6 +354,34 @@ def listener_on(address: str) -> bool:
     return address.strip().lower() not in LISTENER_OFF
 
 
+def check_delivery_settings(c: KafkaConfig) -> None:
+    """Kafka settings that can lose acknowledged records or store them twice are accepted only
+    with ``kafka.allow_unsafe_acks``; a ConfigError names the key that asks for them."""
+    if c.enable_idempotence and c.acks != "all":
+        raise ConfigError(
+            "kafka.acks",
+            f"the idempotent producer needs acks = 'all', not {c.acks!r} (acks = '1' or '0' also"
+            " need enable_idempotence = false and allow_unsafe_acks = true)",
+        )
+    if c.acks != "all" and not c.allow_unsafe_acks:
+        loss = (
+            "the broker acknowledges nothing, so no record can be counted as delivered"
+            if c.acks == "0"
+            else "a leader that fails before its followers copied a batch loses acknowledged"
+            " records"
+        )
+        raise ConfigError(
+            "kafka.acks",
+            f"acks = {c.acks!r}: {loss}; set kafka.allow_unsafe_acks = true to accept that",
+        )
+    if not c.enable_idempotence and not c.allow_unsafe_acks:
+        raise ConfigError(
+            "kafka.enable_idempotence",
+            "without the idempotent producer a retried batch can be stored twice or out of order;"
+            " set kafka.allow_unsafe_acks = true to accept that",
+        )
+
+
 ENV_PREFIX = "COLLECTOR_"
 _SECTIONS = ("flows", "records", "kafka", "aws", "ipfix")
 _PATH_RE = re.compile(r"at `\$(.*)`")

@@ -12,6 +12,7 @@ import logging
 import os
 import ssl
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,7 @@ from aiokafka.errors import (
 from aiokafka.errors import for_code as kafka_error_for_code
 from aiokafka.protocol.metadata import MetadataRequest
 
-from collector.config import KafkaConfig
+from collector.config import KafkaConfig, check_delivery_settings
 from collector.encoders import encoder_for
 from collector.errors import ConfigError, SinkError
 from collector.io.exporter_end import END_MARKER, ExporterEnd, encode_end
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 TOPIC_EXISTS = 36  # Kafka error code TOPIC_ALREADY_EXISTS
 UNKNOWN_TOPIC = 3  # Kafka error code UNKNOWN_TOPIC_OR_PARTITION
 MAX_MESSAGE_BYTES = "max.message.bytes"
+DEFAULT_REPLICATION_FACTOR = "default.replication.factor"
 DESCRIBE_ATTEMPTS = 10
 DESCRIBE_RETRY_S = 0.2
 BATCH_MARGIN_BYTES = 512
@@ -156,10 +158,7 @@ def check_producer_settings(c: KafkaConfig, records_format: str, flow_log_format
             )
     if c.acks not in ACKS:
         raise ConfigError("kafka.acks", f"unknown acks {c.acks!r}; use all, 1 or 0")
-    if c.enable_idempotence and c.acks != "all":
-        raise ConfigError(
-            "kafka.acks", "the idempotent producer needs acks = 'all' (or enable_idempotence off)"
-        )
+    check_delivery_settings(c)
     check_security(c)
     try:
         encoder_for(records_format, flow_log_format)
@@ -359,6 +358,21 @@ class TopicInfo:
     max_message_bytes: int | None
     """The topic's ``max.message.bytes`` (the largest record batch the broker takes); None when
     the broker would not say (no DescribeConfigs permission)."""
+    replication_factor: int | None = None
+    """The replication factor the collector created the topic with (None: it existed)."""
+    recreated: bool = False
+    """The topic existed earlier in this process and was deleted meanwhile: created again."""
+
+
+_topics_seen: set[str] = set()
+"""Topics ``ensure_topic`` found or created in this process: one found missing later was deleted
+while the collector ran (each worker process keeps its own)."""
+_recreations: Counter[str] = Counter()
+
+
+def topic_recreations(topic: str) -> int:
+    """How often this process created ``topic`` again after it was deleted mid-run."""
+    return _recreations[topic]
 
 
 async def topic_exists(servers: list[str], client: dict[str, Any], topic: str) -> bool:
@@ -376,12 +390,14 @@ async def ensure_topic(
     """Check that ``topic`` exists, creating it when ``kafka.create_topic`` allows, and read its
     ``max.message.bytes``."""
     admin = AIOKafkaAdminClient(bootstrap_servers=servers, **client)
-    created = False
+    factor: int | None = None
+    deleted = False
     try:
         await admin.start()
         if topic not in await admin.list_topics():
-            await _create_topic(admin, topic, c)
-            created = True
+            deleted = topic in _topics_seen
+            factor = await _create_topic(admin, topic, c, deleted=deleted)
+        _topics_seen.add(topic)
         limit = await _max_message_bytes(admin, topic)
     except (TopicAuthorizationFailedError, ClusterAuthorizationFailedError) as exc:
         raise SinkError(
@@ -390,19 +406,69 @@ async def ensure_topic(
         ) from exc
     finally:
         await admin.close()
-    return TopicInfo(created, limit)
+    if factor is None:
+        return TopicInfo(False, limit)
+    source = (
+        "kafka.topic_replication_factor"
+        if c.topic_replication_factor is not None
+        else f"the cluster's {DEFAULT_REPLICATION_FACTOR}"
+    )
+    if deleted:
+        _recreations[topic] += 1
+        log.warning(
+            "topic %r was deleted while the collector ran; created it again (%d partitions,"
+            " replication factor %d from %s): records delivered before the deletion are gone"
+            " from it (recreated %d times)",
+            topic,
+            c.topic_partitions,
+            factor,
+            source,
+            _recreations[topic],
+        )
+    else:
+        log.info(
+            "created topic %r: %d partitions, replication factor %d (%s)",
+            topic,
+            c.topic_partitions,
+            factor,
+            source,
+        )
+    return TopicInfo(True, limit, factor, deleted)
 
 
-async def _create_topic(admin: AIOKafkaAdminClient, topic: str, c: KafkaConfig) -> None:
+async def _create_topic(
+    admin: AIOKafkaAdminClient, topic: str, c: KafkaConfig, *, deleted: bool
+) -> int:
+    """Create the topic with the configured replication factor, or else the cluster's default
+    (never a guess), checked against the brokers that are up; returns the factor used."""
     if not c.create_topic:
+        what = "was deleted while the collector ran" if deleted else "does not exist"
         raise SinkError(
-            f"topic {topic!r} does not exist and kafka.create_topic is off;"
-            f" create it with {c.topic_partitions} partitions",
+            f"topic {topic!r} {what} and kafka.create_topic is off;"
+            f" create it with {c.topic_partitions} partitions (records are spooled meanwhile)",
             retriable=False,
         )
-    response = await admin.create_topics(
-        [NewTopic(topic, c.topic_partitions, c.topic_replication_factor)]
-    )
+    brokers = [b["node_id"] for b in (await admin.describe_cluster())["brokers"]]
+    if c.topic_replication_factor is not None:
+        factor, source = c.topic_replication_factor, "kafka.topic_replication_factor"
+    else:
+        default = await _broker_config(admin, brokers, DEFAULT_REPLICATION_FACTOR)
+        if default is None or not default.isdigit() or int(default) < 1:
+            raise SinkError(
+                f"cannot create topic {topic!r}: the cluster did not say its"
+                f" {DEFAULT_REPLICATION_FACTOR} ({default!r}); set kafka.topic_replication_factor",
+                retriable=False,
+            )
+        factor, source = int(default), f"the cluster's {DEFAULT_REPLICATION_FACTOR}"
+    if factor > len(brokers):
+        up = f"{len(brokers)} broker{'s' if len(brokers) != 1 else ''} up"
+        raise SinkError(
+            f"cannot create topic {topic!r} with replication factor {factor} ({source}): the"
+            f" cluster has {up}; set kafka.topic_replication_factor to at most {len(brokers)}"
+            " or create the topic",
+            retriable=False,
+        )
+    response = await admin.create_topics([NewTopic(topic, c.topic_partitions, factor)])
     for item in response.topic_errors:
         code, message = item[1], item[2] if len(item) > 2 else None
         if code in (0, TOPIC_EXISTS):
@@ -410,11 +476,30 @@ async def _create_topic(admin: AIOKafkaAdminClient, topic: str, c: KafkaConfig) 
         error = kafka_error_for_code(code)
         raise SinkError(
             f"topic {topic!r} does not exist and could not be created"
-            f" ({c.topic_partitions} partitions, replication factor"
-            f" {c.topic_replication_factor}): {error.__name__}"
-            f"{': ' + message if message else ''}; create it or allow the collector to",
+            f" ({c.topic_partitions} partitions, replication factor {factor} from {source}):"
+            f" {error.__name__}{': ' + message if message else ''};"
+            " create it or allow the collector to",
             retriable=False,
         )
+    return factor
+
+
+async def _broker_config(admin: AIOKafkaAdminClient, brokers: list[int], name: str) -> str | None:
+    """One broker's value of a broker config (the cluster-wide default unless overridden per
+    broker); None when no broker would say."""
+    for broker in brokers:
+        resource = ConfigResource(ConfigResourceType.BROKER, str(broker), {name: None})
+        try:
+            (response,) = await admin.describe_configs([resource])
+        except KafkaError:
+            continue
+        for code, _message, _type, _name, entries in response.resources:
+            if code != 0:
+                continue
+            for entry_name, value, *_ in entries:
+                if entry_name == name and value is not None:
+                    return str(value)
+    return None
 
 
 async def _max_message_bytes(admin: AIOKafkaAdminClient, topic: str) -> int | None:
@@ -465,13 +550,6 @@ async def open_producer(
         async with asyncio.timeout(c.connect_timeout_s):
             answering = await probe(servers, client, c)
             info = await ensure_topic(answering, client, topic, c)
-            if info.created:
-                log.info(
-                    "created topic %r: %d partitions, replication factor %d",
-                    topic,
-                    c.topic_partitions,
-                    c.topic_replication_factor,
-                )
             batch_bytes = c.max_batch_bytes
             if info.max_message_bytes is not None:
                 # the broker refuses a record batch above the topic's max.message.bytes
