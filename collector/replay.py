@@ -15,7 +15,7 @@ import msgspec
 
 from collector.config import Config
 from collector.encoders import encoder_for, record_separator
-from collector.io.pcap import CaptureStats, read_vxlan
+from collector.io.pcap import CaptureStats, read_mirrored
 from collector.io.sink import SinkStatus
 from collector.logs import setup_logging
 from collector.pipeline import Pipeline
@@ -33,17 +33,25 @@ def replay(
     emit: Callable[[list[FlowRecord]], None],
     capture: CaptureStats | None = None,
 ) -> Pipeline:
-    """Run a capture through a pipeline; ``emit`` gets records in batches as flows end."""
+    """Run a capture through a pipeline; ``emit`` gets records in batches as flows end.
+
+    UDP to ``vxlan_port`` is VXLAN, UDP to ``geneve_port`` GENEVE from a Gateway Load Balancer
+    (its outer source, the GWLB's address, plays no part: direction comes from the mirror
+    datagram inside); a capture may hold both."""
     pipeline = Pipeline(config, build_sessions(config), exporter=f"replay/{Path(path).name}")
     capture = capture if capture is not None else CaptureStats()
     next_expiry: float | None = None
-    for payload, now, outer_src in read_vxlan(path, config.vxlan_port, capture):
+    ports = config.vxlan_port, config.geneve_port
+    for payload, now, outer_src, geneve in read_mirrored(path, *ports, capture):
         if next_expiry is None:
             next_expiry = now + EXPIRE_EVERY_S
         elif now >= next_expiry:
             emit(pipeline.expire(now))
             next_expiry = now + EXPIRE_EVERY_S
-        pipeline.feed(payload, len(payload), now, outer_src)
+        if geneve:
+            pipeline.feed_geneve(payload, len(payload), now, outer_src)
+        else:
+            pipeline.feed(payload, len(payload), now, outer_src)
     emit(pipeline.flush())
     pipeline.stats.drops[Drop.NOT_VXLAN] += capture.not_vxlan
     pipeline.stats.datagrams += capture.not_vxlan

@@ -1,7 +1,8 @@
-"""Reading captures taken on a collector host (pcap and pcapng), down to the VXLAN payload.
+"""Reading captures taken on a collector host (pcap and pcapng), down to the UDP payload.
 
-The outer layers (link, IPv4/IPv6, UDP) are walked here; everything inside the VXLAN payload is the
-pipeline's business. Frames that are not UDP to the VXLAN port are counted, not raised.
+The outer layers (link, IPv4/IPv6, UDP) are walked here; everything inside the payload (VXLAN, or
+GENEVE from a Gateway Load Balancer around the mirror datagram) is the pipeline's business. Frames
+that are UDP to neither port are counted, not raised.
 """
 
 from __future__ import annotations
@@ -76,6 +77,14 @@ def _network_offset(linktype: int, frame: bytes) -> tuple[int, int] | None:
 
 def vxlan_payload(linktype: int, frame: bytes, port: int) -> tuple[bytes, bytes] | None:
     """(VXLAN payload, outer source address) of a frame that is UDP to ``port``, else None."""
+    found = udp_payload(linktype, frame)
+    if found is None or found[0] != port:
+        return None
+    return found[1], found[2]
+
+
+def udp_payload(linktype: int, frame: bytes) -> tuple[int, bytes, bytes] | None:
+    """(destination port, UDP payload, source address) of a UDP frame, else None."""
     located = _network_offset(linktype, frame)
     if located is None:
         return None
@@ -98,10 +107,8 @@ def vxlan_payload(linktype: int, frame: bytes, port: int) -> tuple[bytes, bytes]
     if len(frame) < udp + 8:
         return None
     dport, length = struct.unpack_from("!2xHH", frame, udp)
-    if dport != port:
-        return None
     end = min(len(frame), udp + max(length, 8))
-    return frame[udp + 8 : end], src
+    return dport, frame[udp + 8 : end], src
 
 
 def _read_exact(fh: BinaryIO, size: int) -> bytes | None:
@@ -242,3 +249,26 @@ def read_vxlan(path: str | Path, port: int, stats: CaptureStats) -> Iterator[Dat
             continue
         payload, src = found
         yield payload, ts, src
+
+
+Mirrored = tuple[bytes, float, bytes | None, bool]
+"""A datagram of a capture: payload, timestamp, outer source, whether it is GENEVE."""
+
+
+def read_mirrored(
+    path: str | Path, vxlan_port: int, geneve_port: int, stats: CaptureStats
+) -> Iterator[Mirrored]:
+    """The VXLAN datagrams and the GENEVE datagrams (as a Gateway Load Balancer's targets see
+    them) of a capture, in capture order; other frames are counted in ``stats.not_vxlan``."""
+    for linktype, ts, frame in read_frames(path, stats):
+        stats.frames += 1
+        found = udp_payload(linktype, frame)
+        if found is not None:
+            dport, payload, src = found
+            if dport == vxlan_port:
+                yield payload, ts, src, False
+                continue
+            if dport == geneve_port:
+                yield payload, ts, src, True
+                continue
+        stats.not_vxlan += 1
