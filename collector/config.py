@@ -123,7 +123,7 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     acks: Literal["all", "1", "0"] = "all"
     """Acknowledgements the broker must give before a record counts as delivered. ``1`` and ``0``
-    need ``allow_unsafe_acks``; with ``0`` nothing is ever counted delivered (only sent)."""
+    need ``allow_unsafe_acks``."""
     enable_idempotence: bool = True
     """Idempotent producer: broker-side de-duplication of retried batches. Turning it off needs
     ``allow_unsafe_acks``."""
