@@ -383,6 +383,11 @@ def check_delivery_settings(c: KafkaConfig) -> None:
 
 
 ENV_PREFIX = "COLLECTOR_"
+# Variables of the build and of the test run, not settings: which modules load compiled
+# (collector/__init__.py, setup.py) and whether the test run insists on the compiled build.
+BUILD_VARIABLES = frozenset(
+    {"COLLECTOR_PURE_PYTHON", "COLLECTOR_BUILD_PURE", "COLLECTOR_REQUIRE_COMPILED"}
+)
 _SECTIONS = ("flows", "records", "kafka", "aws", "ipfix")
 _PATH_RE = re.compile(r"at `\$(.*)`")
 
@@ -403,7 +408,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     }
     out: dict[str, Any] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in BUILD_VARIABLES:
             continue
         key = name[len(ENV_PREFIX) :].lower()
         if key in top:
