@@ -588,13 +588,14 @@ def _cloudwatch_metric_names() -> set[str]:
 def test_cloudwatch_agent_publishes_what_the_stack_reads(collector_run: CollectorRun) -> None:
     agent = json.loads(CLOUDWATCH_AGENT.read_text())
     prometheus = agent["logs"]["metrics_collected"]["prometheus"]
-    (declaration,) = prometheus["emf_processor"]["metric_declaration"]
+    fleet, per_session = prometheus["emf_processor"]["metric_declaration"]
     exposed = exposed_series_names(collector_run.metrics)
     published = set()
-    for selector in declaration["metric_selectors"]:
-        matched = {name for name in exposed if re.fullmatch(selector, name)}
-        assert matched, f"the agent's selector {selector} matches nothing in /metrics"
-        published |= matched
+    for declaration in (fleet, per_session):
+        for selector in declaration["metric_selectors"]:
+            matched = {name for name in exposed if re.fullmatch(selector, name)}
+            assert matched, f"the agent's selector {selector} matches nothing in /metrics"
+            published |= matched
     used = _cloudwatch_metric_names()
     assert "collector_datagrams_received_total" in used
     assert "collector_kernel_drops_total" in used
@@ -603,8 +604,12 @@ def test_cloudwatch_agent_publishes_what_the_stack_reads(collector_run: Collecto
     )
     assert prometheus["emf_processor"]["metric_namespace"] == "VpcMirrorCollector"
     # The scaling policy and the alarms select on the Fleet dimension alone.
-    assert ["Fleet"] in declaration["dimensions"]
-    assert ["Fleet", "InstanceId"] in declaration["dimensions"]
+    assert ["Fleet"] in fleet["dimensions"]
+    assert ["Fleet", "InstanceId"] in fleet["dimensions"]
+    # The silent-source alarms: one series per session (its label) over the fleet.
+    assert per_session["metric_selectors"] == ["^collector_session_datagrams_total$"]
+    assert per_session["dimensions"] == [["Fleet", "session"]]
+    assert "collector_session_datagrams_total" in used
 
 
 def test_cloudwatch_agent_ships_the_logs_to_the_stacks_groups() -> None:
