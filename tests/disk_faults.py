@@ -149,3 +149,11 @@ def permissions_enforced() -> Iterator[None]:
         data[0].effective = saved
         if libc.capset(ctypes.byref(header), data) != 0:
             raise OSError(ctypes.get_errno(), "cannot restore this thread's capabilities")
+
+
+def remount(mountpoint: Path) -> None:
+    """Unmount a (shut down) ext4_loop file system and mount its image again: the disk "comes
+    back" holding exactly what reached it before the failure."""
+    image = mountpoint.with_name(mountpoint.name + ".img")
+    subprocess.run(["umount", str(mountpoint)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
