@@ -11,7 +11,9 @@ oldest id first, and ``quarantine/`` for segments found damaged. A segment is::
              version 2: u16 key length, key, u16 exporter length, exporter, u64 sequence, value
 
 Entries are written with one ``write`` per ``append`` call, so what was appended survives the death
-of the process; a segment is fsynced when it is closed. A crash can still leave a torn entry at the
+of the process; a segment is fsynced when it is closed. When that fsync fails (EIO), the kernel may
+have dropped what was written: the segment's entries are counted in ``unsynced_entries`` (lost, not
+spooled) and the segment is set aside, never replayed. A crash can still leave a torn entry at the
 end of the last segment: the reader checks length and CRC, skips the rest of that segment and counts
 it, and never raises for damage.
 
@@ -138,7 +140,10 @@ class SpoolCounters:
     read_errors: int = 0
     """Failed reads (the segment was kept and read again later, or set aside at the last)."""
     write_errors: int = 0
-    """Failed appends (disk full, I/O error); their entries were not written and not counted."""
+    """Failed appends and fsyncs (disk full, I/O error)."""
+    unsynced_entries: int = 0
+    """Entries that append reported written but whose segment's fsync then failed: counted lost
+    here (the caller adds them to what it dropped), never replayed."""
     last_write_error: str = ""
     notes: list[str] = field(default_factory=list)
     """One line per damaged segment or error, for the log (bounded)."""
@@ -353,6 +358,25 @@ class Spool:
             return False
         return True
 
+    def _lost_at_fsync(self, writer: _Segment) -> None:
+        """A failed fsync means the kernel may have dropped the segment's dirty pages (Linux marks
+        them clean after a failed writeback): its entries are counted lost, never replayed (a
+        replay could hand out a part of them, or garbage), and the file is set aside."""
+        entries = self._writer_entries
+        self.counters.unsynced_entries += entries
+        self.counters.quarantined_segments += 1
+        self._bytes -= writer.size
+        self._note(
+            f"{writer.path.name}: fsync failed ({self.counters.last_write_error}); its {entries}"
+            " entries may not be on disk: counted lost, never replayed"
+        )
+        try:
+            moved = self._move_to_quarantine(writer.path)
+        except OSError as exc:  # a later run replays what the disk kept: a repeat, never a gap
+            self._note(f"{writer.path.name}: cannot quarantine ({exc.strerror}); left in place")
+        else:
+            self._note(f"{writer.path.name}: moved to {QUARANTINE}/{moved}")
+
     def _write_failed(self, path: Path, exc: OSError) -> None:
         self.counters.write_errors += 1
         self.counters.last_write_error = exc.strerror or errno.errorcode.get(exc.errno or 0, "?")
@@ -363,9 +387,11 @@ class Spool:
         if writer is None:
             return
         fd, self._writer_fd = self._writer_fd, -1
+        synced = True
         try:
             os.fsync(fd)
-        except OSError as exc:  # what was written is still in the page cache: keep the segment
+        except OSError as exc:
+            synced = False
             self._write_failed(writer.path, exc)
         finally:
             os.close(fd)
@@ -373,6 +399,8 @@ class Spool:
             with contextlib.suppress(OSError):
                 writer.path.unlink()
             self._bytes -= writer.size
+        elif not synced:
+            self._lost_at_fsync(writer)
         else:
             self._segments.append(writer)
             with contextlib.suppress(OSError):  # durability of the name; the data is synced
