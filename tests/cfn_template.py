@@ -76,6 +76,10 @@ class Resolver:
         self.attributes = dict(attributes or {})
         self.refs: dict[str, Any] = {
             "AWS::StackName": "mirror-test",
+            "AWS::StackId": (
+                "arn:aws:cloudformation:eu-west-1:123456789012:stack/mirror-test/"
+                "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9"
+            ),
             "AWS::Region": "eu-west-1",
             "AWS::AccountId": "123456789012",
             "AWS::Partition": "aws",

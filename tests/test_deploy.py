@@ -622,12 +622,13 @@ def test_cloudwatch_agent_ships_the_logs_to_the_stacks_groups() -> None:
         "/var/log/collector-bootstrap.log": "@LOG_GROUP_PREFIX@/bootstrap",
         "/var/log/messages": "@LOG_GROUP_PREFIX@/system",
     }
+    resolver = Resolver(load_stack(), {**parameter_defaults(load_stack()), **EXAMPLE_PARAMETERS})
     groups = {
-        resource["Properties"]["LogGroupName"]["Fn::Sub"]
-        for resource in load_stack()["Resources"].values()
-        if resource["Type"] == "AWS::Logs::LogGroup"
+        resource["Properties"]["LogGroupName"]
+        for resource in resolver.resources("AWS::Logs::LogGroup").values()
     }
-    prefix = "/vpc-mirror-collector/${AWS::StackName}"
+    # named after the stack and its id: a new stack of the same name does not meet the kept ones
+    prefix = "/vpc-mirror-collector/mirror-test/0a1b2c3d"
     rendered = {
         group.replace("@LOG_GROUP_PREFIX@", prefix)
         for group in [
@@ -636,7 +637,7 @@ def test_cloudwatch_agent_ships_the_logs_to_the_stacks_groups() -> None:
         ]
     }
     assert rendered == groups
-    script, _ = user_data_source(load_stack())
+    script = resolver.resolve({"Fn::Sub": user_data_source(load_stack())})
     assert f"LOG_GROUP_PREFIX={prefix}" in script
     assert "/var/log/collector-bootstrap.log" in script
     # The journal reaches /var/log/messages through rsyslog, which the installer sets up.
