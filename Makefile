@@ -113,7 +113,7 @@ bundle: install
 # The whole suite against the build `make install` made (compiled where a C compiler is: then
 # tests/test_build.py insists on it), then the core tests against the pure-Python modules.
 REQUIRE_COMPILED := $(shell command -v cc >/dev/null 2>&1 && echo 1)
-PURE_TESTS := tests/test_build.py tests/test_build_differential.py tests/test_flows.py \
+PURE_TESTS := tests/test_build.py tests/test_flows.py \
   tests/test_golden.py tests/test_fuzz.py tests/test_filter.py tests/test_sessions.py \
   tests/test_records.py tests/test_encode_paths.py tests/test_replay.py tests/test_ingest_paths.py \
   tests/test_rejected_records.py tests/test_geneve.py
