@@ -274,7 +274,8 @@ def check_options(buf: bytes | bytearray | memoryview, end: int) -> int:
         off += OPTION_HEADER_LEN + ((length & OPTION_LEN_MASK) << 2)
         if off > end:
             return _OPTION_OVERRUN
-        if option_type & OPTION_CRITICAL and not _understood(option_class, option_type, length):
+        kind = option_type & ~OPTION_CRITICAL
+        if option_type & OPTION_CRITICAL and not _understood(option_class, kind, length):
             return _CRITICAL  # RFC 8926 s3.5: a critical option we cannot process: drop
     return 0
 
