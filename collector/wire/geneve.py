@@ -231,9 +231,11 @@ def locate_walk(buf: bytes | bytearray | memoryview, n: int) -> Located | int:
     if protocol == PROTOCOL_IPV4:
         if n < off + ip.IPV4_MIN_HEADER_LEN:
             return _INNER_SHORT
-        vihl, ip_len, frag, proto, _, _ = _IPV4.unpack_from(buf, off)
+        # the datagram's own lengths (IP total length, UDP length) are not used: the GENEVE
+        # payload's length bounds the VXLAN datagram, as a VXLAN datagram's bounds it on 4789
+        vihl, _, frag, proto, _, _ = _IPV4.unpack_from(buf, off)
         ihl = (vihl & 15) << 2
-        if vihl >> 4 != 4 or ihl < ip.IPV4_MIN_HEADER_LEN or ip_len < ihl:
+        if vihl >> 4 != 4 or ihl < ip.IPV4_MIN_HEADER_LEN:
             return _INNER_HEADER
         if frag & IPV4_MF_OFFSET:
             return _INNER_FRAGMENT
