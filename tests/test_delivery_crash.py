@@ -14,9 +14,19 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from kafka_fixtures import ROOT, KafkaBroker, read_topic, unique_topic, wait_until
+from kafka_fixtures import (
+    ROOT,
+    KafkaBroker,
+    create_topic,
+    make_records,
+    read_topic,
+    unique_topic,
+    unused_port,
+    wait_until,
+)
 
 from collector.config import KafkaConfig, RecordsConfig
+from collector.io.exporter_end import END_MARKER, ExporterEnd, ExporterState, decode_end
 from collector.io.kafka import KafkaSink
 from collector.io.kafka.sink import MAX_PARKING_RECORDS, SPILL_SLICE_RECORDS
 from collector.io.sink import SinkStatus
@@ -191,3 +201,51 @@ def test_the_supervisor_counts_only_what_the_dead_worker_held_in_memory_alone() 
     clean = SinkStatus(queue_records=5, unwritten_records=5)
     totals.add(WorkerSnapshot(index=2, pid=103, started=1.0, sink=clean, stopping=True))
     assert totals.lost_queued == 160  # a worker that was stopping flushed: nothing lost
+
+
+@pytest.mark.kafka
+async def test_an_end_marker_not_yet_published_survives_the_next_worker_too(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """Worker A dies; worker B claims its slot while no broker answers, so A's end marker cannot
+    be published, and B stops (cleanly) before one answers; worker C, on the same slot with the
+    broker back, must still publish A's end marker: an end marker reaches the topic, however many
+    workers pass over the slot before a broker answers."""
+    topic = unique_topic("marker-kept")
+    await create_topic(kafka_broker.bootstrap, topic, 3)
+    slot = tmp_path / "spool" / topic / "w0"
+    slot.mkdir(parents=True)
+    dead, _ = ExporterState.open(slot)
+    dead.note("dead/w0/1", 4242)
+    dead.close(clean=False)  # A was killed: its state file says it did not end
+
+    config = KafkaConfig(spool_dir=str(tmp_path / "spool"), end_markers=True, linger_ms=5)
+    unreachable = f"127.0.0.1:{unused_port()}"
+    second = KafkaSink([unreachable], topic, config, RecordsConfig())
+    await second.start()  # degraded: no broker, records go to the spool
+    assert second.spool.path == slot
+    assert second.spool.previous_end == ExporterEnd("dead/w0/1", 4242)
+    second.submit(make_records(300, "second/w0/1"))
+    await second.flush(1)
+    await second.close()  # clean: B's own exporter ended
+
+    third = KafkaSink([kafka_broker.bootstrap], topic, config, RecordsConfig())
+    await third.start()
+    try:
+        assert third.spool.path == slot
+        await wait_until(
+            lambda: third.spool.previous_end is None and third.spool.is_empty(),
+            60,
+            "the spooled records delivered and the end marker published",
+        )
+    finally:
+        await third.close()
+    messages = await read_topic(kafka_broker.bootstrap, topic, 301)
+    markers = [
+        decode_end(m.value)
+        for m in messages
+        if dict(m.headers).get("content-type") == END_MARKER.encode()
+    ]
+    assert markers == [ExporterEnd("dead/w0/1", 4242)]
+    records = [m for m in messages if dict(m.headers).get("content-type") != END_MARKER.encode()]
+    assert sorted(int(dict(m.headers)["sequence"]) for m in records) == list(range(1, 301))
