@@ -157,7 +157,7 @@ def test_launch_hook_keeps_a_booting_instance_out_of_service_until_healthz() -> 
 
     # collector-ready completes the launch action with CONTINUE only after /healthz answered 200.
     ready = READY.read_text()
-    healthz = ready.index("until curl -fsS --max-time 2 -o /dev/null http://127.0.0.1:8080/healthz")
+    healthz = ready.index('while code=$(healthz); [ "$code" != 200 ]; do')
     assert ready.index("hook CONTINUE") > healthz
     assert '--lifecycle-hook-name "$LAUNCH_HOOK_NAME"' in ready
     assert ready.index("signal 0") > ready.index("describe-target-health")
