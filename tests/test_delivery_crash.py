@@ -26,7 +26,13 @@ from kafka_fixtures import (
 )
 
 from collector.config import KafkaConfig, RecordsConfig
-from collector.io.exporter_end import END_MARKER, ExporterEnd, ExporterState, decode_end
+from collector.io.exporter_end import (
+    END_MARKER,
+    ExporterEnd,
+    ExporterState,
+    decode_end,
+    pending_ends,
+)
 from collector.io.kafka import KafkaSink
 from collector.io.kafka.sink import MAX_PARKING_RECORDS, SPILL_SLICE_RECORDS
 from collector.io.sink import SinkStatus
@@ -249,3 +255,7 @@ async def test_an_end_marker_not_yet_published_survives_the_next_worker_too(
     assert markers == [ExporterEnd("dead/w0/1", 4242)]
     records = [m for m in messages if dict(m.headers).get("content-type") != END_MARKER.encode()]
     assert sorted(int(dict(m.headers)["sequence"]) for m in records) == list(range(1, 301))
+    assert pending_ends(slot) == []  # published: the next worker does not publish it again
+    again, previous = ExporterState.open(slot)
+    again.close(clean=True)
+    assert previous is None

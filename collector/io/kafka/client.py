@@ -48,7 +48,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 from collector.config import KafkaConfig, check_delivery_settings
 from collector.encoders import encoder_for
 from collector.errors import ConfigError, SinkError
-from collector.io.exporter_end import END_MARKER, ExporterEnd, encode_end
+from collector.io.exporter_end import END_MARKER, ExporterEnd, encode_end, mark_published
 
 log = logging.getLogger(__name__)
 
@@ -579,7 +579,8 @@ async def open_producer(
 
 async def publish_end_marker(producer: Any, topic: str, end: ExporterEnd) -> bool:
     """Publish an exporter's end marker (see collector.io.exporter_end); False when the broker did
-    not take it (the caller tries again at the next connect)."""
+    not take it (the caller tries again at the next connect; the slot's ENDS file keeps it for the
+    next process meanwhile). Once the broker took it, it leaves that file."""
     headers = [
         ("content-type", END_MARKER.encode()),
         ("exporter", end.exporter.encode()),
@@ -592,6 +593,7 @@ async def publish_end_marker(producer: Any, topic: str, end: ExporterEnd) -> boo
     except (KafkaError, OSError) as exc:
         log.warning("end marker for %s not published yet: %s", end.exporter, describe(exc))
         return False
+    mark_published(end)
     log.warning(
         "%s ended without a clean shutdown at sequence %d; published its end marker",
         end.exporter,
