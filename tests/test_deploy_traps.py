@@ -1,0 +1,104 @@
+"""The traps a first deploy walked into (issue 23, part C), each checked on the stack as rendered
+for an operator's parameters (tests/cfn_template.py). The collector side of each trap is tested
+where it lives: the filter refresh in test_filter_refresh.py, the readiness wait in
+test_deploy_ready.py, the silent-session alert in deploy/prometheus/alerts_test.yml."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.cfn_template import heredoc, load_stack, user_data_source
+from tests.test_deploy_gwlb import GWLB
+from tests.test_deploy_stack import render
+
+
+def collector_toml(**overrides: str) -> str:
+    script = render(**overrides).resolve({"Fn::Sub": user_data_source(load_stack())})
+    return heredoc(script, "/etc/collector/collector.toml")
+
+
+# ------------------------------------------------------------------------- 1. a failed first deploy
+
+
+def test_log_groups_and_their_key_outlive_a_rollback_under_names_of_their_own() -> None:
+    template = load_stack()
+    resources = template["Resources"]
+    groups = [n for n, r in resources.items() if r["Type"] == "AWS::Logs::LogGroup"]
+    assert sorted(groups) == ["BootstrapLogGroup", "MetricsLogGroup", "SystemLogGroup"]
+    for name in [*groups, "OpsKey"]:  # without the key the kept logs cannot be read
+        assert resources[name]["DeletionPolicy"] == "Retain", name
+        assert resources[name]["UpdateReplacePolicy"] == "Retain", name
+    resolver = render()
+    names = sorted(
+        r["Properties"]["LogGroupName"] for r in resolver.resources("AWS::Logs::LogGroup").values()
+    )
+    # the stack's name, then the first part of its id: a new stack of the same name does not
+    # collide with the groups a deleted one left behind
+    assert names == [
+        f"/vpc-mirror-collector/mirror-test/0a1b2c3d/{kind}"
+        for kind in ("bootstrap", "metrics", "system")
+    ]
+    output = resolver.resolve(template["Outputs"]["LogGroupPrefix"]["Value"])
+    assert output == "/vpc-mirror-collector/mirror-test/0a1b2c3d/"
+
+
+# ------------------------------------------------------------------------- 2. a silent source
+
+
+def test_each_source_has_a_silent_alarm_on_its_sessions_count() -> None:
+    resolver = render()
+    alarms = resolver.resources("AWS::CloudWatch::Alarm")
+    toml = collector_toml()
+    for source in ("A", "B"):
+        alarm = alarms[f"Source{source}SilentAlarm"]["Properties"]
+        assert alarm["MetricName"] == "collector_session_datagrams_total"
+        dims = {d["Name"]: d["Value"] for d in alarm["Dimensions"]}
+        assert dims == {"Fleet": "mirror-test", "session": f"source-{source.lower()}"}
+        # the session label is the name the stack gives the session in the collector's config
+        assert f'name = "source-{source.lower()}"' in toml
+        assert (alarm["Period"] * alarm["EvaluationPeriods"]) == 15 * 60
+        assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("LessThanThreshold", 1)
+        # no series yet (never counted) says nothing; a silent source stays in alarm
+        assert alarm["TreatMissingData"] == "ignore"
+
+
+# ------------------------------------------------------------------------- 3. the filter follows AWS
+
+
+def test_stack_config_follows_filter_a_in_aws() -> None:
+    toml = collector_toml()
+    aws = toml[toml.index("[aws]") :].split("\n[", 1)[0]
+    assert re.search(r"^follow_filters = true$", aws, re.MULTILINE)
+    assert 'filter_id = "tmf-0123456789abcdef0"' in toml
+    statements = render().resources("AWS::IAM::Role")["CollectorRole"]["Properties"]["Policies"]
+    actions = {
+        a
+        for p in statements
+        for st in p["PolicyDocument"]["Statement"]
+        for a in st.get("Action", [])
+    }
+    assert "ec2:DescribeTrafficMirrorFilters" in actions
+
+
+# ------------------------------------------------------------------------- 4. resource order
+
+
+@pytest.mark.parametrize(
+    ("mode", "listener"),
+    [
+        ({"TargetType": "nlb"}, "vxlanlistener-id"),
+        (GWLB, "genevelistener-id"),
+        ({"TargetType": "eni"}, "none"),
+    ],
+    ids=["nlb", "gwlb-endpoint", "eni"],
+)
+def test_the_group_starts_after_the_listener_of_its_load_balancer(
+    mode: dict[str, str], listener: str
+) -> None:
+    template = load_stack()
+    assert template["Resources"]["CollectorGroup"]["DependsOn"] == "LoadBalancerReady"
+    resolver = render(**mode)
+    ready = resolver.resources("AWS::CloudFormation::WaitConditionHandle")["LoadBalancerReady"]
+    assert resolver.resolve(ready["Metadata"]) == {"Listener": listener}
