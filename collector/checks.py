@@ -5,6 +5,9 @@ It sits below both the command line and the supervisor, so neither imports the o
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from collector.config import Config, check_delivery_settings, parse_hostport
 from collector.errors import ConfigError
 from collector.io.sinks import make_sink
@@ -21,6 +24,7 @@ def validate(config: Config) -> None:
     make_sink(config.sink, config)
     if config.sink.startswith("kafka://"):
         check_delivery_settings(config.kafka)
+        check_spool_fits(config)
     build_sessions(config)
     if config.stop_timeout_s <= config.sink_flush_timeout_s:
         raise ConfigError(
@@ -28,3 +32,39 @@ def validate(config: Config) -> None:
             f"{config.stop_timeout_s} must exceed the sink's flush timeout "
             f"({config.sink_flush_timeout_s}): a stopping worker would be killed while it flushes",
         )
+
+
+def check_spool_fits(config: Config) -> None:
+    """Every worker's spool at its bound (``kafka.spool_max_bytes``) must fit on the volume of
+    ``kafka.spool_dir``, counting what the spools already hold: a spool that cannot fit fills the
+    disk under the collector (and whatever shares the volume) instead of dropping at its bound."""
+    workers = config.workers or os.cpu_count() or 1
+    need = workers * config.kafka.spool_max_bytes
+    spool = Path(config.kafka.spool_dir)
+    volume = spool
+    while not volume.is_dir() and volume != volume.parent:
+        volume = volume.parent
+    try:
+        stats = os.statvfs(volume)
+    except OSError as exc:
+        raise ConfigError("kafka.spool_dir", f"cannot read the volume of {spool}: {exc}") from exc
+    free = stats.f_bavail * stats.f_frsize
+    held = _bytes_under(spool)
+    if need > free + held:
+        raise ConfigError(
+            "kafka.spool_max_bytes",
+            f"{workers} workers x {config.kafka.spool_max_bytes} bytes = {need} bytes of spool do"
+            f" not fit on the volume of {spool} ({free} bytes free, {held} in the spool already):"
+            " lower kafka.spool_max_bytes or workers, or give the spool a larger volume",
+        )
+
+
+def _bytes_under(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += (Path(root) / name).stat().st_size
+            except OSError:
+                continue  # a segment deleted while we looked
+    return total
