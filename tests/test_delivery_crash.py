@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -36,7 +37,10 @@ from collector.io.exporter_end import (
 from collector.io.kafka import KafkaSink
 from collector.io.kafka.sink import MAX_PARKING_RECORDS, SPILL_SLICE_RECORDS
 from collector.io.sink import SinkStatus
+from collector.io.spool import Spool
 from collector.metrics import Totals, WorkerSnapshot
+from collector.records import decode
+from tests.service_harness import Collector, tcp
 
 LOADED_COLLECTOR = textwrap.dedent(
     """
@@ -259,3 +263,45 @@ async def test_an_end_marker_not_yet_published_survives_the_next_worker_too(
     again, previous = ExporterState.open(slot)
     again.close(clean=True)
     assert previous is None
+
+
+# -- a stop fits its budget ---------------------------------------------------------------------
+
+
+def test_a_stop_while_the_broker_hangs_fits_the_stop_timeout(
+    own_kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """SIGTERM while the broker is frozen (SIGSTOP: connections open, nothing answered): the
+    worker's flush and close together end within ``stop_timeout_s`` (the supervisor never SIGKILLs
+    it mid-write), the service exits 0, and every flow's packets are in the spool."""
+    broker = own_kafka_broker
+    pid = int((Path(dict(broker.env)["KAFKA_DATA_DIR"]) / "kafka.pid").read_text())
+    topic = unique_topic("stop-budget")
+    spool_dir = tmp_path / "spool"
+    env = {
+        "COLLECTOR_KAFKA_SPOOL_DIR": str(spool_dir),
+        "COLLECTOR_KAFKA_FLUSH_TIMEOUT_S": "2",
+        "COLLECTOR_STOP_TIMEOUT_S": "4",
+        "COLLECTOR_KAFKA_LINGER_MS": "5",
+    }
+    with Collector(tmp_path, sink=f"kafka://{broker.bootstrap}/{topic}", env=env) as c:
+        sent = c.send(
+            [tcp(21, "10.5.0.1", f"10.6.{i % 200}.1", 1024 + i % 500, 443) for i in range(400)]
+        )
+        c.wait_received(sent)
+        os.kill(pid, signal.SIGSTOP)  # flows end at the stop: their records meet a frozen broker
+        try:
+            code = c.stop()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        logs = c.logs()
+    assert "did not stop; killing" not in logs, logs[-3000:]
+    assert code == 0, logs[-3000:]
+    packets = 0
+    for lock in spool_dir.rglob("LOCK"):
+        spool = Spool(lock.parent, max_bytes=1 << 30, segment_bytes=1 << 24)
+        spool.open()
+        while (chunk := spool.read(10_000)) is not None:
+            packets += sum(decode(v).packets for v in chunk.values)
+        spool.close()
+    assert packets == sent  # every record of the stop: spooled, nothing lost to a kill
