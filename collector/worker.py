@@ -48,6 +48,13 @@ KERNEL_DROPS_INTERVAL_S = 2.0
 EXPIRY_YIELD_MAX_S = 0.05
 DROP_LOG_INTERVAL_S = 10.0
 FINAL_DRAIN_DATAGRAMS = 1_000_000  # bound on datagrams read from the socket queue at shutdown
+STOP_MARGIN_S = 1.5
+"""A stopping worker is done this long before the supervisor's stop_timeout_s runs out: the
+supervisor must see it exit (and the process end, its spool thread's last writes included)
+before it would SIGKILL it mid-write."""
+CLOSE_RESERVE_S = 1.0
+"""Of the stop budget, kept for the sink's close after its flush (the sink hands what is still in
+memory to its spool at the start of close)."""
 
 
 def exporter_name(config: Config, index: int, started: float) -> str:
@@ -263,6 +270,7 @@ class Worker:
         if self.enricher is not None:
             tasks.append(asyncio.create_task(self._enrich(self.enricher)))
         await self.stop_requested.wait()
+        stopping_s = time.monotonic()
         for task in tasks:
             task.cancel()
         # stop receiving, account what the kernel already queued for us, then flush everything
@@ -276,11 +284,7 @@ class Worker:
                     break
                 drained += got
         self.sink.submit(self.pipeline.flush())
-        try:
-            await self.sink.flush(self.config.sink_flush_timeout_s)
-            await self.sink.close()
-        except CollectorError as exc:
-            log.error("sink flush failed", extra={"worker": self.index, "error": str(exc)})
+        await self._flush_and_close_sink(stopping_s)
         for sock in self.socks.values():
             sock.close()
         self.send(Snapshot(self.snapshot(stopping=True)))
@@ -289,6 +293,36 @@ class Worker:
             extra={"worker": self.index, "records": self.pipeline.sequence},
         )
         return 0
+
+    async def _flush_and_close_sink(self, stopping_s: float) -> None:
+        """Flush, then close the sink, both within the stop budget (stop_timeout_s less
+        STOP_MARGIN_S from when the stop began): a sink whose broker hangs must not keep the
+        worker past the supervisor's patience, which ends in a SIGKILL mid-write. A close cut
+        short has already handed its records to the spool thread, which writes them before the
+        process ends."""
+        deadline = stopping_s + self.config.stop_timeout_s - STOP_MARGIN_S
+        flush_s = min(
+            self.config.sink_flush_timeout_s, deadline - CLOSE_RESERVE_S - time.monotonic()
+        )
+        try:
+            if flush_s > 0:
+                await self.sink.flush(flush_s)
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                await self.sink.close()
+        except TimeoutError:
+            log.error(
+                "sink close cut short at the end of the stop budget (stop_timeout_s %.1f s)",
+                self.config.stop_timeout_s,
+                extra={"worker": self.index},
+            )
+        except CollectorError as exc:
+            log.error("sink flush failed", extra={"worker": self.index, "error": str(exc)})
+
+
+def _loop_time(monotonic_s: float) -> float:
+    """A time.monotonic() instant on the running loop's clock."""
+    loop = asyncio.get_running_loop()
+    return loop.time() + (monotonic_s - time.monotonic())
 
 
 def worker_main(
