@@ -9,7 +9,7 @@ TOPIC ?= flows
 KAFKA ?= 127.0.0.1:9092
 CONFIG ?= deploy/examples/collector.toml
 
-.PHONY: install system-deps lint lint-deploy format test run replay-demo kafka kafka-stop tail bench bench-locust lock bundle clean
+.PHONY: install annotate system-deps lint lint-deploy format test run replay-demo kafka kafka-stop tail bench bench-locust lock bundle clean
 
 BUILT := $(VENV)/.built
 # The compiled modules (collector/build.py: COMPILED_MODULES), each typed by the .pxd beside it:
@@ -120,6 +120,12 @@ PURE_TESTS := tests/test_build.py tests/test_flows.py \
 test: install system-deps $(PROMTOOL) lint lint-deploy
 	COLLECTOR_REQUIRE_COMPILED=$(REQUIRE_COMPILED) $(PY) -m pytest -q
 	COLLECTOR_PURE_PYTHON=1 $(PY) -m pytest -q $(wildcard $(PURE_TESTS))
+
+# Cython's annotated HTML of each compiled module (collector/**/*.html): the C each line became,
+# yellow where it calls into the interpreter (ARCHITECTURE.md, "Compiled modules").
+annotate: install
+	$(VENV)/bin/cython -3 -a -X annotation_typing=False $(patsubst %.pxd,%.py,$(wildcard collector/*.pxd collector/*/*.pxd))
+	find collector -name '*.c' -newer $(BUILT) -delete
 
 kafka:
 	deploy/kafka/kafkactl start
