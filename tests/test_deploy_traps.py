@@ -5,11 +5,12 @@ test_deploy_ready.py, the silent-session alert in deploy/prometheus/alerts_test.
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
-from tests.cfn_template import heredoc, load_stack, user_data_source
+from tests.cfn_template import ROOT, heredoc, load_stack, user_data_source
 from tests.test_deploy_gwlb import GWLB
 from tests.test_deploy_stack import render
 
@@ -102,3 +103,48 @@ def test_the_group_starts_after_the_listener_of_its_load_balancer(
     resolver = render(**mode)
     ready = resolver.resources("AWS::CloudFormation::WaitConditionHandle")["LoadBalancerReady"]
     assert resolver.resolve(ready["Metadata"]) == {"Listener": listener}
+
+
+# ------------------------------------------------------------------------- 5. the spool's volume
+
+
+@pytest.mark.parametrize(("size", "mount"), [("0", "/"), ("200", "/var/lib/collector")])
+def test_spool_is_sized_from_its_volume_which_is_watched(size: str, mount: str) -> None:
+    resolver = render(SpoolVolumeSize=size)
+    data = resolver.resources("AWS::EC2::LaunchTemplate")["CollectorLaunchTemplate"]["Properties"]
+    devices = {d["DeviceName"]: d["Ebs"] for d in data["LaunchTemplateData"]["BlockDeviceMappings"]}
+    if size == "0":
+        assert list(devices) == ["/dev/xvda"]
+    else:
+        assert devices["/dev/xvdb"]["VolumeSize"] == "200"
+        assert devices["/dev/xvdb"]["Encrypted"] is True
+    script = resolver.resolve({"Fn::Sub": user_data_source(load_stack())})
+    assert f"SPOOL_MOUNT={mount}" in script
+    assert ("spool_device='/dev/xvdb'" in script) == (size != "0")
+    # every worker's share of the volume goes to the collector, which refuses one that cannot fit
+    assert (
+        'echo "COLLECTOR_KAFKA_SPOOL_MAX_BYTES=$spool_max_bytes" >> /etc/collector/collector.env'
+        in script
+    )
+    assert script.index("spool_max_bytes=$(( spool_bytes / $(nproc) ))") < script.index(
+        "COLLECTOR_KAFKA_SPOOL_MAX_BYTES"
+    )
+    alarm = resolver.resources("AWS::CloudWatch::Alarm")["SpoolVolumeFreeAlarm"]["Properties"]
+    assert alarm["MetricName"] == "disk_used_percent"
+    dims = {d["Name"]: d["Value"] for d in alarm["Dimensions"]}
+    assert dims == {"AutoScalingGroupName": "mirror-test-collectors", "path": mount}
+
+
+def test_cloudwatch_agent_publishes_the_spool_volume_the_alarm_reads() -> None:
+    agent = json.loads(
+        (ROOT / "deploy" / "cloudwatch" / "amazon-cloudwatch-agent.json").read_text()
+    )
+    metrics = agent["metrics"]
+    alarm = load_stack()["Resources"]["SpoolVolumeFreeAlarm"]["Properties"]
+    assert metrics["namespace"] == alarm["Namespace"]
+    assert metrics["metrics_collected"]["disk"]["measurement"] == ["used_percent"]
+    assert metrics["metrics_collected"]["disk"]["resources"] == ["@SPOOL_MOUNT@"]
+    assert [d["Name"] for d in alarm["Dimensions"]] in metrics["aggregation_dimensions"]
+    assert metrics["append_dimensions"] == {"AutoScalingGroupName": "${aws:AutoScalingGroupName}"}
+    setup = (ROOT / "deploy" / "image" / "collector-cloudwatch-setup").read_text()
+    assert "s|@SPOOL_MOUNT@|${SPOOL_MOUNT:-/}|g" in setup
