@@ -1,7 +1,8 @@
 """Freeze, fill, drain: the rate a receiver sustains with the whole machine to itself.
 
     python -m bench.drain [--profiles mixed,new-flows] [--receivers recvmmsg,recvmmsg-2p,uvloop,
-        collector,collector-2w] [--repeat 3] [--count N] [--buffer-bytes 536870912] [--json]
+        collector,collector-2w,collector-geneve] [--geneve] [--repeat 3] [--count N]
+        [--buffer-bytes 536870912] [--json]
 
 On a 2-core machine the senders of the rate sweep (bench.ingest) need about a core, so 2 workers
 can never show two cores of capacity while they run. Here the senders do not compete:
@@ -43,6 +44,12 @@ other process on a shared machine took their cores (a one-core load elsewhere ha
 and leaves one worker alone). The same rule holds for every receiver. The medians are of the clean
 runs; when a receiver has none, of its valid runs, and the target says n/a (rerun).
 
+``collector-geneve`` is one worker fed the same traffic as ``collector`` the way a Gateway Load
+Balancer sends it (bench/fleet_gwlb.py: each datagram in GENEVE on its GENEVE listener); the target
+"GENEVE costs at most 1.1x VXLAN per datagram" compares their drain rates of the same run
+(``--geneve`` measures just these two on mixed). new-flows has no GENEVE form (its datagrams are
+made in the sender processes): ``collector-geneve`` skips it.
+
 Each repetition starts every receiver afresh (no flows left from an earlier fill), warms it up
 with ``WARMUP`` datagrams of the profile at 100,000/s, and the receivers take turns (the order
 rotates per repetition). The figure is the median of the (clean) repetitions.
@@ -55,6 +62,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -63,13 +71,16 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bench.fleet_gwlb import wrap_all
 from bench.harness import (
+    RCVBUF,
     BarePair,
     CollectorReceiver,
     Receiver,
     Senders,
     backlog_drops,
     cpu_seconds,
+    free_port,
     make_receiver,
     process_state,
     run_and_wait_seconds,
@@ -77,8 +88,11 @@ from bench.harness import (
     socket_inodes,
     udp_queues,
 )
+from bench.traffic import PROFILES, build
 
 RECEIVERS = ("recvmmsg", "recvmmsg-2p", "uvloop", "collector", "collector-2w")
+GENEVE_RECEIVER = "collector-geneve"  # one worker, the same traffic in GENEVE (not by default)
+GENEVE_TARGET_RATIO = 1.1  # a GENEVE datagram costs at most this many VXLAN datagrams
 BUFFER_BYTES = 512 << 20  # per socket; Linux doubles it (bookkeeping), SO_RCVBUFFORCE as root
 COUNTS = {"mixed": 600_000, "new-flows": 400_000}  # ~730 MB and ~330 MB of queued skbs
 DEFAULT_COUNT = 400_000
@@ -93,6 +107,30 @@ MAX_WAIT_SHARE = 0.1  # waited for a CPU longer than this share of the drain: di
 DISTURBED_PAUSE_S = 3.0
 ATTEMPTS = 3
 TARGET_RATIO = 1.6
+
+
+def geneve_receiver(rcvbuf: int) -> CollectorReceiver:
+    """One collector worker whose GENEVE listener is on a port of its own; what is sent to
+    ``port`` is what it receives as from a Gateway Load Balancer (its VXLAN socket stays idle)."""
+    port = free_port(socket.SOCK_DGRAM)
+    env = {"COLLECTOR_GENEVE_LISTEN": f"127.0.0.1:{port}"}
+    if rcvbuf != RCVBUF:
+        env["COLLECTOR_RECV_BUFFER_BYTES"] = str(rcvbuf)
+    receiver = CollectorReceiver(1, env=env)
+    receiver.name = GENEVE_RECEIVER
+    receiver.port = port
+    return receiver
+
+
+def sent_profile(receiver: Receiver, profile: str, senders: Senders) -> str:
+    """The profile's datagrams as ``receiver`` takes them: GENEVE-wrapped for collector-geneve
+    (built once per run, the same datagrams as the VXLAN profile's)."""
+    if receiver.name != GENEVE_RECEIVER:
+        return profile
+    name = f"{profile}+geneve"
+    if name not in senders.data:
+        senders.data[name] = wrap_all(senders.data.get(profile) or build(PROFILES[profile], 50_000))
+    return name
 
 
 @dataclass
@@ -254,7 +292,8 @@ def measure(receiver: Receiver, profile: str, count: int, senders: Senders) -> D
     load = os.getloadavg()[0]
     frozen_at = time.perf_counter()
     with frozen(receiver.freeze_pids):
-        fill = senders.send(port, profile, count, 0, sockets=FILL_SOCKETS_PER_SENDER)
+        sending = sent_profile(receiver, profile, senders)
+        fill = senders.send(port, sending, count, 0, sockets=FILL_SOCKETS_PER_SENDER)
         queues = quiet_queues(port)
         cpu0, poller0 = cpu_seconds(receiver.pids), time.thread_time()
         wait0 = run_and_wait_seconds(receiver.pids)[1]
@@ -318,7 +357,9 @@ def receivers_for(names: list[str]) -> list[str]:
 
 def warm(receiver: Receiver, profile: str, senders: Senders) -> None:
     """Flows, caches and page faults before the fill (the same for every receiver)."""
-    sent = senders.send(receiver.port, profile, WARMUP, 100_000).sent
+    sent = senders.send(
+        receiver.port, sent_profile(receiver, profile, senders), WARMUP, 100_000
+    ).sent
     settle(receiver, 0, sent, 0)
 
 
@@ -331,7 +372,11 @@ def drain_once(
     attempt."""
     tries: list[Drain] = []
     for attempt in range(1, ATTEMPTS + 1):
-        receiver = make_receiver(name, rcvbuf=buffer_bytes)
+        receiver = (
+            geneve_receiver(buffer_bytes)
+            if name == GENEVE_RECEIVER
+            else make_receiver(name, rcvbuf=buffer_bytes)
+        )
         try:
             warm(receiver, profile, senders)
             result = measure(receiver, profile, count, senders)
@@ -368,6 +413,8 @@ def run(
             n = count or COUNTS.get(profile, DEFAULT_COUNT)
             order = receivers[rep % len(receivers) :] + receivers[: rep % len(receivers)]
             for name in order:
+                if name == GENEVE_RECEIVER and profile == "new-flows":
+                    continue  # its datagrams are made in the senders: no GENEVE form
                 tries = drain_once(name, profile, n, senders, buffer_bytes)
                 runs += tries
                 chosen.append(kept(tries))
@@ -393,7 +440,7 @@ def run(
             for d in runs
         ],
         "summary": summary,
-        "targets": targets(summary, profiles),
+        "targets": targets(summary, profiles) + geneve_targets(summary, profiles),
     }
 
 
@@ -484,6 +531,40 @@ def targets(summary: dict[str, dict[str, Any]], profiles: list[str]) -> list[dic
     return out
 
 
+def geneve_targets(summary: dict[str, dict[str, Any]], profiles: list[str]) -> list[dict[str, Any]]:
+    """Per profile measured both ways: a GENEVE datagram's cost over a VXLAN datagram's, as
+    the ratio of one worker's drain rates (and of its CPU per packet), in the same run."""
+    out: list[dict[str, Any]] = []
+    for profile in profiles:
+        vxlan, geneve = (
+            summary.get(f"collector/{profile}"),
+            summary.get(f"{GENEVE_RECEIVER}/{profile}"),
+        )
+        if vxlan is None or geneve is None:
+            continue
+        name = f"{profile}: GENEVE costs at most {GENEVE_TARGET_RATIO}x VXLAN per datagram"
+        if not vxlan.get("drain_pps") or not geneve.get("drain_pps"):
+            out.append({"target": name, "value": "no valid run (see drain.runs)", "pass": None})
+            continue
+        ratio = vxlan["drain_pps"] / geneve["drain_pps"]
+        cpu_ratio = (geneve.get("cpu_us_per_packet") or 0.0) / (
+            vxlan.get("cpu_us_per_packet") or float("inf")
+        )
+        disturbed = vxlan.get("disturbed_only") or geneve.get("disturbed_only")
+        out.append(
+            {
+                "target": name,
+                "value": f"{ratio:.3f}x per datagram ({geneve['drain_pps']:,.0f} vs "
+                f"{vxlan['drain_pps']:,.0f}/s drained by one worker; CPU per packet "
+                f"{cpu_ratio:.3f}x)" + ("; every run disturbed, rerun" if disturbed else ""),
+                "ratio": round(ratio, 3),
+                "cpu_ratio": round(cpu_ratio, 3),
+                "pass": None if disturbed else ratio <= GENEVE_TARGET_RATIO,
+            }
+        )
+    return out
+
+
 def line(d: Drain) -> str:
     rate = f"{d.drain_pps:>10,.0f}/s" if d.drain_pps else "   not empty"
     extra = ""
@@ -507,6 +588,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profiles", default="mixed,new-flows")
     parser.add_argument("--receivers", default=",".join(RECEIVERS))
+    parser.add_argument(
+        "--geneve",
+        action="store_true",
+        help=f"only collector and {GENEVE_RECEIVER} on mixed: the GENEVE/VXLAN cost ratio",
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--count", type=int, default=0, help="datagrams per fill (0: per profile)")
     parser.add_argument("--buffer-bytes", type=int, default=BUFFER_BYTES)
@@ -514,9 +600,13 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # finally blocks resume and close
+    profiles = [p for p in args.profiles.split(",") if p]
+    receivers = [r for r in args.receivers.split(",") if r]
+    if args.geneve:
+        profiles, receivers = ["mixed"], ["collector", GENEVE_RECEIVER]
     report = run(
-        [p for p in args.profiles.split(",") if p],
-        [r for r in args.receivers.split(",") if r],
+        profiles,
+        receivers,
         args.repeat,
         Senders(args.procs),
         args.count,

@@ -109,7 +109,7 @@ _GWLB_DECODE_LEN = _GWLB_DECODE.size  # 124
 _FAST_V6 = struct.Struct("!B3xHBx36s9xB")  # decode's IPv6 fast-path read, at the inner IPv6 header
 _GWLB_L3 = GWLB_FAST_LEN + vxlan.VXLAN_HEADER_LEN + ethernet.ETHERNET_HEADER_LEN
 _GWLB_FAST_V6_LEN = _GWLB_L3 + _FAST_V6.size
-_DF = IPV4_DONT_FRAGMENT
+_ALL_BUT_DF = 0xFFFF & ~IPV4_DONT_FRAGMENT  # any other bit: a fragment (or reserved): walked
 _FLAG_I = vxlan.FLAG_I
 _VNI_BITS = vxlan.VNI_BITS
 _ETHERTYPE_IPV4 = ethernet.ETHERTYPE_IPV4
@@ -160,7 +160,7 @@ def decode_gwlb(buf: bytes | bytearray | memoryview, n: int) -> Decoded | int:
             and dport == VXLAN_PORT
             and outer_vihl == IPV4_NO_OPTIONS
             and outer_proto == UDP
-            and (outer_frag == _DF or not outer_frag)
+            and not outer_frag & _ALL_BUT_DF
             and flags & _FLAG_I
         ):
             if etype == _ETHERTYPE_IPV4:
