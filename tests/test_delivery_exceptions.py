@@ -43,8 +43,16 @@ def once(fn: Callable[..., Any], when: Callable[..., bool] = lambda *a, **k: Tru
 def inject(stage: str, sink: KafkaSink, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Arm the fault; returns the wrapper (to check it fired)."""
     delivery = sink.delivery
-    if stage == "encode":
-        wrapper = once(delivery.encode, lambda record: record.sequence == 2500)
+    if stage == "encode":  # a deterministic bug: the encoder raises for one record, always
+        encode = delivery.encode
+
+        def wrapper(record: Any) -> bytes:
+            if record.sequence == 2500:
+                wrapper.fired = lambda: True  # type: ignore[attr-defined]
+                raise InjectedError("cannot encode this one")
+            return encode(record)
+
+        wrapper.fired = lambda: False  # type: ignore[attr-defined]
         delivery.encode = wrapper
     elif stage == "batch build":
         calls = iter(range(10**9))

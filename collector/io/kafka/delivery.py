@@ -15,6 +15,7 @@ without one. The sink (``sink.py``) decides when to call what.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -112,6 +113,9 @@ class Delivery:
         """The last ``Batch.order`` given out."""
         self.max_record_bytes = 1 << 62
         """Largest record (key, value, headers) a batch may hold; the sink sets the topic's."""
+        self.unencodable: list[str] = []
+        """Why each record the encoder raised for since the sink last looked was left out;
+        counted in ``failed`` already."""
         self.oversized: list[tuple[int | None, int]] = []
         """(spool segment, size) of records refused as too large since the sink last looked;
         counted in ``failed`` already."""
@@ -153,28 +157,59 @@ class Delivery:
         return first_s, taken
 
     def encode_pending(self, limit: int) -> Parked | None:
-        """The oldest ``limit`` pending records encoded, for the spool."""
+        """The oldest ``limit`` pending records encoded, for the spool (a record that cannot be
+        encoded is counted as failed: see encoded)."""
         _, records = self.take_pending(limit)
         if not records:
             return None
-        encode = self.encode
+        records, values = self.encoded(records)
         return Parked(
             self.content_type,
             [r.flow_id.encode() for r in records],
-            [encode(r) for r in records],
+            values,
             _exporter_bytes(records),
             [r.sequence for r in records],
         )
 
+    def encoded(self, records: list[FlowRecord]) -> tuple[list[FlowRecord], list[bytes]]:
+        """``records`` and their values, without those the encoder raised for: each is counted
+        as failed and noted in ``unencodable`` (the sink logs the reason). An encoder bug costs
+        the records it cannot encode, counted, never the rest of the cycle."""
+        encode = self.encode
+        with contextlib.suppress(Exception):  # else find the records it fails on, one by one
+            return records, [encode(r) for r in records]
+        kept, values = [], []
+        for record in records:
+            try:
+                value = encode(record)
+            except Exception as exc:  # counted and noted for the log
+                self.failed += 1
+                self.unencodable.append(f"{type(exc).__name__}: {exc}")
+                continue
+            kept.append(record)
+            values.append(value)
+        return kept, values
+
     # -- building batches ----------------------------------------------------------------------
 
     def from_pending(self, limit: int, timestamp_ms: int) -> list[Batch]:
-        """Encode and partition the oldest ``limit`` pending records into tracked batches."""
-        first_s, records = self.take_pending(limit)
-        encode = self.encode
-        flow_ids = [r.flow_id for r in records]
-        keys = [f.encode() for f in flow_ids]
-        values = [encode(r) for r in records]
+        """Encode and partition the oldest ``limit`` pending records into tracked batches. When
+        building fails unexpectedly (a bug), the records go back to the front of ``pending``
+        before the exception goes on: none is lost with the cycle."""
+        first_s, taken = self.take_pending(limit)
+        records, values = self.encoded(taken)
+        try:
+            return self._from_encoded(records, values, first_s, timestamp_ms)
+        except BaseException:
+            if records:
+                self.pending.appendleft((first_s, records))
+                self.pending_count += len(records)
+            raise
+
+    def _from_encoded(
+        self, records: list[FlowRecord], values: list[bytes], first_s: float, timestamp_ms: int
+    ) -> list[Batch]:
+        keys = [r.flow_id.encode() for r in records]
         if values:
             average = (sum(map(len, values)) + sum(map(len, keys))) / len(values)
             self.record_bytes += (average - self.record_bytes) * 0.25
@@ -224,11 +259,8 @@ class Delivery:
         out: list[Batch] = []
         taken = 0
         while self.retry and (taken < room or not out):
-            old = self.retry.popleft()
-            self.retry_count -= len(old.values)
-            self.retry_bytes -= old.size
-            taken += len(old.values)
-            out.extend(
+            old = self.retry[0]
+            out.extend(  # a failure leaves ``old`` first in the queue (a bug: nothing lost)
                 self.from_chunk(
                     _parked(old),
                     old.first_s,
@@ -239,6 +271,10 @@ class Delivery:
                     order=old.order,
                 )
             )
+            self.retry.popleft()
+            self.retry_count -= len(old.values)
+            self.retry_bytes -= old.size
+            taken += len(old.values)
         return out
 
     def fill(

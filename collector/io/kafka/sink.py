@@ -36,7 +36,7 @@ import time
 from functools import partial
 from typing import Any
 
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaConnectionError
 
 from collector.config import KafkaConfig, RecordsConfig
 from collector.encoders import CONTENT_TYPES, encoder_for
@@ -44,16 +44,13 @@ from collector.errors import SinkError
 from collector.io.kafka import client, workarounds
 from collector.io.kafka.delivery import Batch, Delivery, Parked, wall_ms
 from collector.io.kafka.spooling import RateLimitedLog, SinkSpool
-from collector.io.kafka.state import CONNECTED, SPOOLING, Health, State, health
-from collector.io.sink import SinkStatus
-from collector.io.spool import SpoolReadError
+from collector.io.kafka.state import CONNECTED, RECENT_S, SPOOLING, State
+from collector.io.kafka.watch import WATCH_INTERVAL_S, Watching
+from collector.io.spool import SpoolChunk, SpoolReadError
 from collector.records import FlowRecord
 
 log = logging.getLogger(__name__)
 
-STALL_S = 5.0
-"""No acknowledgement for this long while batches are in flight: the broker is slow or away, so new
-records go to the spool instead of piling up in memory."""
 CYCLE_RECORDS = 8192
 """Records encoded per pump cycle without yielding: bounds how long the receive path waits."""
 LINGER_FULL_RECORDS = 4096
@@ -66,12 +63,6 @@ BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
 LOG_EVERY_S = 10.0
 """Repeated warnings (drops, retries, reconnects) are logged at most this often, with a count."""
-RECENT_S = 60.0
-"""A drop or a permanent failure keeps the sink 'failed' in status() for this long."""
-WATCH_INTERVAL_S = 0.5
-PARTITIONS_REFRESH_S = 30.0
-"""The topic's partitions are read from metadata this often (and after an unknown error), not
-only at connect: partitions added mid-run are used."""
 UNKNOWN_ERROR_ATTEMPTS = 5
 """Attempts at a batch the broker refuses with an error the sink does not know (neither known
 retriable nor known permanent): then it goes to the dead-letter spool, so it cannot block what
@@ -79,7 +70,7 @@ follows it forever. With the retry backoff that is about 6 s."""
 CLOSE_TIMEOUT_S = 5.0
 
 
-class KafkaSink:
+class KafkaSink(Watching):
     """``kafka://HOST:PORT[,HOST:PORT]/TOPIC``; see the module docstring for the guarantees."""
 
     def __init__(
@@ -124,22 +115,23 @@ class KafkaSink:
         self._last_error = ""
         self._error = ""
         self._error_s = -RECENT_S
+        self._problem = ""
+        self._kept_chunk: SpoolChunk | None = None  # read, then interrupted: replayed first
+        self._problem_s = -RECENT_S
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._connect_task: asyncio.Task[None] | None = None
         self._end_marker_task: asyncio.Task[None] | None = None
         self._ratelimited = RateLimitedLog(log, LOG_EVERY_S)
         self._refresh_partitions = False  # an unknown error: partitions are read again
+        self.task_restarts = 0
+        """Tasks of the sink (pump, watch, connect loop, aiokafka's sender) found dead and
+        replaced."""
         self.dead_lettered_by_reason: dict[str, int] = {}
         """Records dead-lettered, by the broker's error (a bounded set: error class names)."""
 
     def __repr__(self) -> str:
         return f"KafkaSink({self.name!r}, spool={str(self.spool.path)!r})"
-
-    @property
-    def delivery(self) -> Delivery:
-        assert self._delivery is not None, "start() builds the delivery core"
-        return self._delivery
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -233,10 +225,12 @@ class KafkaSink:
             await asyncio.sleep(backoff)
             try:
                 await self._connect()
-            except SinkError as exc:
+            except Exception as exc:  # SinkError; anything else is a bug: retried all the same
                 self._connect_error = str(exc)
                 self._failures += 1
-                if not exc.retriable:
+                if not isinstance(exc, SinkError):
+                    log.exception("unexpected error connecting to Kafka; retrying")
+                elif not exc.retriable:
                     self._set_error(str(exc))
                 self._ratelimited("connect", logging.WARNING, "%s; retrying", exc)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
@@ -262,12 +256,16 @@ class KafkaSink:
             # the pump may be waiting inside send_batch of the old producer: restart it
             pump = self._tasks[0]
             pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
-            await self._stop_producer(producer, graceful=graceful)
-            self._retiring = None
-            self.delivery.take_back_unacked()
-            self._tasks[0] = asyncio.create_task(self._pump(), name="kafka-pump")
+            try:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
+                await self._stop_producer(producer, graceful=graceful)
+            except Exception:  # the old producer is dropped anyway: carry on with a new one
+                log.exception("error stopping the old Kafka producer")
+            finally:  # whatever happened above, its batches and the pump carry on
+                self._retiring = None
+                self.delivery.take_back_unacked()
+                self._tasks[0] = asyncio.create_task(self._pump(), name="kafka-pump")
             await self._connect_loop()
 
         self._connect_task = asyncio.create_task(reset(), name="kafka-reset")
@@ -345,13 +343,16 @@ class KafkaSink:
                 self._ratelimited("exporter-state", logging.WARNING, "%s: %s", state.path, exc)
         if self.state in SPOOLING or self._memory_full() or self._config.wal:
             self._schedule_spill()
+        if self._tasks and self._tasks[1].done():  # who watches the watcher: the receive path
+            self._tasks[1] = self._restarted(self._tasks[1], self._watch)
         self._wake.set()
 
     def _undelivered(self) -> bool:
         """Records wait for delivery: in memory, or (write-ahead) in the spool."""
         if self.delivery.memory_records() or self.spool.parking:
             return True
-        return self._config.wal and not self.spool.is_empty()
+        replaying = self._config.wal or self.state is State.REPLAYING
+        return replaying and not self.spool.is_empty()
 
     def _memory_full(self) -> bool:
         """Memory holds more than kafka.queue_records records or kafka.queue_bytes bytes."""
@@ -402,8 +403,9 @@ class KafkaSink:
                     await self._dispatch(batches)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a bug must not stop delivery for good
-                log.exception("Kafka delivery loop error; continuing")
+            except Exception:  # a bug must not stop delivery for good; records taken for the
+                # cycle went back where they came from (Delivery, _from_spool), nothing dropped
+                log.exception("Kafka delivery loop error; records kept, trying again")
                 self._failures += 1
                 await asyncio.sleep(BACKOFF_MAX_S)
 
@@ -475,14 +477,19 @@ class KafkaSink:
         while delivery.pending:  # pending records are newer than the spool: they queue behind it
             self.spool.park(delivery.encode_pending(SPILL_SLICE_RECORDS))
         limit = min(room, CYCLE_RECORDS)
+        chunk, self._kept_chunk = self._kept_chunk, None
+        parked_before = self.spool.parked_total
         try:
-            chunk = await self.spool.next_chunk(limit)
+            if chunk is None:
+                chunk = await self._read_chunk(limit)
         except SpoolReadError as exc:  # transient: the same segment is read again, nothing skipped
             self._failures += 1
             self._spool_retry_at = time.monotonic() + BACKOFF_MAX_S
             self._ratelimited("spool-read", logging.WARNING, "%s; trying again", exc)
             return []
         if chunk is None:
+            if self.spool.parked_total != parked_before:  # spilled during the read: read again
+                return []
             if not self._config.wal:  # write-ahead: every record keeps going through the spool
                 self.state = State.DIRECT
                 log.info("spool replay done; publishing directly again")
@@ -492,14 +499,41 @@ class KafkaSink:
             chunk.content_type, chunk.keys, chunk.values, chunk.exporters, chunk.sequences
         )
         created_ms = int(chunk.created_s * 1000)
-        return self._built(delivery.from_chunk(records, first_s, chunk.segment, created_ms))
+        try:
+            batches = delivery.from_chunk(records, first_s, chunk.segment, created_ms)
+        except Exception:  # a bug: the chunk is read (the spool moved on), keep it for later
+            self._kept_chunk = chunk
+            raise
+        return self._built(batches)
+
+    async def _read_chunk(self, limit: int) -> SpoolChunk | None:
+        """The spool's next chunk. A producer reset or close that cancels the pump meanwhile
+        does not lose it: the spool has moved past it, so it is kept for the next pump (its
+        records stay on disk until acknowledged: a crash loses nothing either)."""
+        read = asyncio.ensure_future(self.spool.next_chunk(limit))
+        try:
+            return await asyncio.shield(read)
+        except asyncio.CancelledError:
+            read.add_done_callback(self._keep_chunk)
+            raise
+
+    def _keep_chunk(self, read: asyncio.Future[SpoolChunk | None]) -> None:
+        if not read.cancelled() and read.exception() is None:
+            self._kept_chunk = read.result()
 
     def _built(self, batches: list[Batch]) -> list[Batch]:
-        """Account for the records the core refused to batch as too large for the topic."""
+        """Account for the records the core refused to batch: too large for the topic, or the
+        encoder raised for them (a bug; each counted as failed)."""
+        unencodable, self.delivery.unencodable = self.delivery.unencodable, []
+        for reason in unencodable:
+            self._degrade(f"a record could not be encoded: {reason}")
+            self._ratelimited(
+                "unencodable", logging.ERROR, "dropped a record: cannot encode it (%s)", reason
+            )
         oversized, self.delivery.oversized = self.delivery.oversized, []
         for segment, size in oversized:
             self.spool.ack(segment, 1)
-            self._set_error(f"a record of {size} bytes is larger than the topic takes")
+            self._degrade(f"a record of {size} bytes is larger than the topic takes")
             self._ratelimited(
                 "oversized",
                 logging.ERROR,
@@ -536,6 +570,19 @@ class KafkaSink:
             future.add_done_callback(partial(self._on_done, batch))
 
     def _on_done(self, batch: Batch, future: asyncio.Future[Any]) -> None:
+        """The producer's verdict on ``batch``. An unexpected exception while handling it (a
+        bug) must not strand the batch in ``unacked``: it is sent again (a consumer may see a
+        duplicate, never a gap), counted in failures, logged."""
+        try:
+            self._handle_done(batch, future)
+        except Exception:
+            self._failures += 1
+            log.exception("error handling a Kafka acknowledgement; sending the batch again")
+            if batch in self.delivery.unacked:
+                self.delivery.to_retry(batch)
+            self._wake.set()
+
+    def _handle_done(self, batch: Batch, future: asyncio.Future[Any]) -> None:
         if future.cancelled():
             exc: BaseException | None = KafkaConnectionError("delivery cancelled")
         else:
@@ -572,7 +619,7 @@ class KafkaSink:
         elif isinstance(exc, client.RECORD_ERRORS):
             count = delivery.rejected(batch)
             size = sum(map(len, batch.values)) + sum(map(len, batch.keys))
-            self._set_error(f"the broker rejected {count} records: {self._last_error}")
+            self._degrade(f"the broker rejected {count} records: {self._last_error}")
             self._ratelimited(
                 "rejected",
                 logging.ERROR,
@@ -628,139 +675,7 @@ class KafkaSink:
         )
         self.spool.ack(batch.segment, count)
         where = self.spool.dead_letter_path
-        self._set_error(f"{count} records dead-lettered to {where}: {type(exc).__name__}")
-
-    async def _watch(self) -> None:
-        """Notice a broker that stopped acknowledging (aiokafka retries in-flight batches of an
-        idempotent producer forever, silently) and route new records to the spool meanwhile.
-        Stalled: batches wait for acknowledgement (or a retry) and nothing was acknowledged for
-        STALL_S since they started waiting. Only an acknowledgement ends it."""
-        busy = False
-        probed_s = 0.0
-        refreshed_s = time.monotonic()
-        while True:
-            await asyncio.sleep(WATCH_INTERVAL_S)
-            if self._end_marker_due():
-                self._end_marker_task = asyncio.create_task(self._publish_end_marker())
-            now = time.monotonic()
-            if self.state in CONNECTED and (
-                self._refresh_partitions or now - refreshed_s > PARTITIONS_REFRESH_S
-            ):
-                refreshed_s, self._refresh_partitions = now, False
-                await self._read_partitions()
-            if not self.delivery.waiting():
-                busy = False
-                continue
-            if not busy:
-                busy, self._busy_since = True, now
-            quiet_s = now - max(self._busy_since, self._last_ack_s)
-            if quiet_s > STALL_S and self.state in (State.DIRECT, State.REPLAYING):
-                self.state = State.STALLED
-                self._schedule_spill()
-                log.warning(
-                    "Kafka has not acknowledged anything for %.0f s; spooling new records to %s",
-                    quiet_s,
-                    self.spool.path,
-                )
-            if self.state is State.STALLED and now - probed_s > STALL_S:
-                probed_s = now
-                await self._probe_while_stalled()
-
-    async def _read_partitions(self) -> None:
-        """Read the topic's partitions from fresh metadata; a changed list is used from the next
-        batch on (a failure keeps the old one: the next period tries again)."""
-        producer = self._producer
-        try:
-            async with asyncio.timeout(self._config.connect_timeout_s):
-                await producer.client.force_metadata_update()
-                partitions = sorted(await producer.partitions_for(self._topic))
-        except (KafkaError, OSError, TimeoutError) as exc:
-            self._ratelimited(
-                "metadata",
-                logging.WARNING,
-                "cannot read the partitions of %r: %s",
-                self._topic,
-                exc,
-            )
-            return
-        if partitions and partitions != self.delivery.partitions and producer is self._producer:
-            log.warning(
-                "topic %r now has %d partitions (was %d)",
-                self._topic,
-                len(partitions),
-                len(self.delivery.partitions),
-            )
-            self.delivery.partitions = partitions
-
-    async def _probe_while_stalled(self) -> None:
-        """A stalled broker that refuses connections is gone: replace the producer (see
-        _reset_producer). One that answers is only slow: keep waiting for its acks."""
-        try:
-            async with asyncio.timeout(self._config.connect_timeout_s):
-                servers = await client.probe(self._servers, self._client, self._config)
-                exists = await client.topic_exists(servers, self._client, self._topic)
-        except (SinkError, TimeoutError, KafkaError, OSError) as exc:
-            if self.state is State.STALLED:
-                self._reset_producer(f"Kafka is unreachable ({exc})", graceful=False)
-            return
-        if not exists and self.state is State.STALLED:  # deleted: aiokafka retries forever
-            self._reset_producer(f"topic {self._topic!r} was deleted", graceful=False)
-
-    # -- status --------------------------------------------------------------------------------
-
-    def _set_error(self, message: str) -> None:
-        self._error = message
-        self._error_s = time.monotonic()
-
-    def status(self) -> SinkStatus:
-        """State, detail and counters; hands over (and forgets) the latency observations."""
-        now = time.monotonic()
-        spool_bytes = self.spool.size_bytes
-        delivery = self._delivery
-        recent = now - RECENT_S
-        state: Health
-        if self.spool.write_error_s > recent:
-            state, detail = "failed", f"dropping records: {self.spool.write_error}"
-        elif self.spool.dropped_s > recent:
-            state, detail = "failed", f"dropping records: spool full ({spool_bytes} bytes)"
-        elif self._error and self._error_s > recent:
-            state, detail = "failed", self._error
-        else:
-            retrying = delivery.retry_count if delivery is not None else 0
-            state, detail = health(
-                self.state, spool_bytes, self._connect_error, retrying, self._last_error
-            )
-        if delivery is None:
-            return SinkStatus(state=state, detail=detail, dropped=self.spool.dropped)
-        observations, delivery.latencies = delivery.latencies, []
-        return SinkStatus(
-            state=state,
-            detail=detail,
-            queue_records=delivery.memory_records() + self.spool.parking,
-            spool_bytes=spool_bytes,
-            delivered=delivery.delivered,
-            retried=delivery.retried,
-            failed=delivery.failed,
-            dropped=self.spool.dropped,
-            dead_lettered=self.spool.dead_lettered,
-            quarantined_segments=self.spool.quarantined_segments,
-            failures=self._failures,
-            unwritten_records=self.unwritten_records,
-            latency_observations=observations,
-        )
-
-    @property
-    def unwritten_records(self) -> int:
-        """Records submitted that are neither acknowledged nor on disk: what a crash of this
-        process would lose now (with kafka.wal, only those not yet handed to the spool thread's
-        write; what the spool thread wrote is in the kernel's page cache)."""
-        delivery = self.delivery
-        in_memory_only = delivery.pending_count + self.spool.parking
-        if self._config.wal:
-            return in_memory_only
-        spooled = sum(len(b.values) for b in delivery.unacked if b.segment is not None)
-        spooled += sum(len(b.values) for b in delivery.retry if b.segment is not None)
-        return delivery.memory_records() + self.spool.parking - spooled
+        self._degrade(f"{count} records dead-lettered to {where}: {type(exc).__name__}")
 
 
 def _known_retriable(exc: BaseException) -> bool:

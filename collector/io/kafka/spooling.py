@@ -112,6 +112,11 @@ class SinkSpool:
         return self._submit(write)
 
     @property
+    def parked_total(self) -> int:
+        """Records ever handed to the spool thread (a change means something was spilled)."""
+        return self._parked_in
+
+    @property
     def parking(self) -> int:
         """Records handed to the spool thread and not yet written (or dropped): still memory."""
         return self._parked_in - self._parked_out
@@ -248,9 +253,14 @@ class SinkSpool:
             return
         spool = self._spool
         errors = spool.counters.write_errors
-        written = spool.append(
-            parked.content_type, parked.keys, parked.values, parked.exporters, parked.sequences
-        )
+        try:
+            written = spool.append(
+                parked.content_type, parked.keys, parked.values, parked.exporters, parked.sequences
+            )
+        except Exception as exc:  # a bug: what did not reach the disk is counted, not lost
+            log.exception("spool write failed unexpectedly")
+            self.drop(count, f"the spool write failed: {type(exc).__name__}: {exc}")
+            return
         if written == count:
             return
         self.log_notes()

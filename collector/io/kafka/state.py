@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import enum
+import time
 from typing import Literal
+
+from collector.config import KafkaConfig
+from collector.io.kafka.delivery import Delivery
+from collector.io.kafka.spooling import SinkSpool
+from collector.io.sink import SinkStatus
+
+RECENT_S = 60.0
+"""A drop or a data problem stays in status() for this long ('failed' or 'degraded')."""
 
 
 class State(enum.Enum):
@@ -53,3 +62,90 @@ def health(
     if retrying:
         return "degraded", f"retrying {retrying} records: {last_error}"
     return "ok", ""
+
+
+class Reporting:
+    """What the Kafka sink says of itself: status() for /healthz and /metrics, and the crash
+    window (a part of KafkaSink, kept here to keep sink.py about moving records)."""
+
+    spool: SinkSpool
+    state: State
+    _config: KafkaConfig
+    _delivery: Delivery | None
+    _connect_error: str
+    _last_error: str
+    _error: str
+    _error_s: float
+    _problem: str
+    _problem_s: float
+    _failures: int
+
+    @property
+    def delivery(self) -> Delivery:
+        assert self._delivery is not None, "start() builds the delivery core"
+        return self._delivery
+
+    def _set_error(self, message: str) -> None:
+        self._error = message
+        self._error_s = time.monotonic()
+
+    def _degrade(self, message: str) -> None:
+        """Something went wrong that costs no traffic on this instance: records refused for what
+        they are (too large, not encodable, rejected, dead-lettered; counted and logged) or a
+        task of the sink replaced. /healthz says 'degraded' for RECENT_S, never 'failed': the
+        same record would fail on every collector, 503 would take them all out of the NLB, and an
+        NLB whose targets are all unhealthy fails open. 'failed' means this instance cannot
+        work."""
+        self._problem, self._problem_s = message, time.monotonic()
+
+    def status(self) -> SinkStatus:
+        """State, detail and counters; hands over (and forgets) the latency observations."""
+        now = time.monotonic()
+        spool_bytes = self.spool.size_bytes
+        delivery = self._delivery
+        recent = now - RECENT_S
+        state: Health
+        if self.spool.write_error_s > recent:
+            state, detail = "failed", f"dropping records: {self.spool.write_error}"
+        elif self.spool.dropped_s > recent:
+            state, detail = "failed", f"dropping records: spool full ({spool_bytes} bytes)"
+        elif self._error and self._error_s > recent:
+            state, detail = "failed", self._error
+        else:
+            retrying = delivery.retry_count if delivery is not None else 0
+            state, detail = health(
+                self.state, spool_bytes, self._connect_error, retrying, self._last_error
+            )
+            if state == "ok" and self._problem_s > recent:  # see _degrade
+                state, detail = "degraded", self._problem
+        if delivery is None:
+            return SinkStatus(state=state, detail=detail, dropped=self.spool.dropped)
+        observations, delivery.latencies = delivery.latencies, []
+        return SinkStatus(
+            state=state,
+            detail=detail,
+            queue_records=delivery.memory_records() + self.spool.parking,
+            spool_bytes=spool_bytes,
+            delivered=delivery.delivered,
+            retried=delivery.retried,
+            failed=delivery.failed,
+            dropped=self.spool.dropped,
+            dead_lettered=self.spool.dead_lettered,
+            quarantined_segments=self.spool.quarantined_segments,
+            failures=self._failures,
+            unwritten_records=self.unwritten_records,
+            latency_observations=observations,
+        )
+
+    @property
+    def unwritten_records(self) -> int:
+        """Records submitted that are neither acknowledged nor on disk: what a crash of this
+        process would lose now (with kafka.wal, only those not yet handed to the spool thread's
+        write; what the spool thread wrote is in the kernel's page cache)."""
+        delivery = self.delivery
+        in_memory_only = delivery.pending_count + self.spool.parking
+        if self._config.wal:
+            return in_memory_only
+        spooled = sum(len(b.values) for b in delivery.unacked if b.segment is not None)
+        spooled += sum(len(b.values) for b in delivery.retry if b.segment is not None)
+        return delivery.memory_records() + self.spool.parking - spooled
