@@ -167,7 +167,7 @@ def by_label(metrics: Metrics, name: str, label: str) -> dict[str, float]:
 
 
 class Collector:
-    """``python -m collector run`` on free loopback ports with a /dev/null file sink.
+    """``python -m collector run`` on free loopback ports with a /dev/null file sink (or ``sink``).
 
     Default config otherwise; ``env`` adds ``COLLECTOR_*`` settings. Once healthy, the UDP port
     must be held by exactly the collector's workers, or it starts again on other ports.
@@ -179,8 +179,10 @@ class Collector:
         *,
         env: Mapping[str, str] | None = None,
         start_timeout_s: float = 30.0,
+        sink: str = f"file:{os.devnull}",
     ) -> None:
         self.workers = workers
+        self.sink = sink
         clean = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
         self.env = {**clean, **(env or {})}
         for attempt in range(PORT_ATTEMPTS):
@@ -208,7 +210,7 @@ class Collector:
                 "--health",
                 f"{LOOPBACK}:{self.http}",
                 "--sink",
-                f"file:{os.devnull}",
+                self.sink,
                 "--log-level",
                 "error",
             ],
