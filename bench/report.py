@@ -139,6 +139,19 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 fmt(ours / naive, "x", 1) if naive else "n/a",
             )
         )
+    for name, build in (("flood", "compiled"), ("flood-pure", "pure Python")):
+        flood = result_of(results, name)
+        if flood:
+            rows.append(
+                (
+                    f"Port scan through Kafka: new flow + record per packet, one worker ({build})",
+                    fmt(flood.get("best_lossless_records_per_s"), " records/s")
+                    + f" lossless (target {fmt(flood.get('target_records_per_s'), '/s')})",
+                    "naive awaited send loop "
+                    + fmt(flood.get("naive_records_per_s"), " records/s"),
+                    fmt(flood.get("flood_vs_naive"), "x", 2),
+                )
+            )
     memory = result_of(results, "memory")
     if memory:
         for size in memory.get("sizes", []):

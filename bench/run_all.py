@@ -7,6 +7,7 @@ a recvmmsg counting loop, bare uvloop and the collector with 1 and 2 workers, fo
 new-flows profiles; then freeze, fill, drain (bench.drain), where 2 workers are compared with one
 while the senders do not compete; then a sustained new-flows flood), kafka (records/s against a
 naive send loop, on the local broker, started with deploy/kafka/kafkactl when it is not running),
+flood and flood-pure (a port scan through one worker's Kafka sink, compiled and pure-Python builds),
 memory (bytes per flow) and encode (IPFIX and goflow2 encoding cost per record against JSON), each
 with ``--json`` and a timeout (past it: SIGTERM, so the benchmark resumes and stops what it
 started, then SIGKILL). A benchmark whose file is absent is reported as missing, one that fails or
@@ -70,6 +71,20 @@ SUITE = (
         (),
         300,
         "records/s with acks=all + lz4 against a naive awaited send loop (local broker)",
+    ),
+    Bench(
+        "flood",
+        "bench.flood_kafka",
+        (),
+        600,
+        "a port scan through Kafka: new-flow flood, 1 s timeout, records/s end to end, one worker",
+    ),
+    Bench(
+        "flood-pure",
+        "bench.flood_kafka",
+        ("--pure",),
+        600,
+        "the same flood on the pure-Python build (what a machine without a C compiler gets)",
     ),
     Bench("memory", "bench.memory", (), 900, "RSS per active flow at 400k and 1M flows"),
     Bench("encode", "bench.encode", (), 240, "IPFIX and goflow2 encoding per record against JSON"),
@@ -173,7 +188,8 @@ def main() -> int:
             if (only and bench.name not in only) or bench.name in skip:
                 continue
             print(f"{bench.name}: {bench.what}", flush=True)
-            if bench.name == "kafka" and bench.path.exists() and not broker.ensure():
+            needs_broker = bench.name in {"kafka", "flood", "flood-pure"}
+            if needs_broker and bench.path.exists() and not broker.ensure():
                 results[bench.name] = {
                     "what": bench.what,
                     "status": "failed",
