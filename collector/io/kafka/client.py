@@ -463,9 +463,9 @@ async def _create_topic(
     if factor > len(brokers):
         up = f"{len(brokers)} broker{'s' if len(brokers) != 1 else ''} up"
         raise SinkError(
-            f"cannot create topic {topic!r} with replication factor {factor} ({source}): the"
-            f" cluster has {up}; set kafka.topic_replication_factor to at most {len(brokers)}"
-            " or create the topic",
+            f"topic {topic!r} does not exist and could not be created with replication factor"
+            f" {factor} ({source}): the cluster has {up}; set kafka.topic_replication_factor to"
+            f" at most {len(brokers)} or create the topic",
             retriable=False,
         )
     response = await admin.create_topics([NewTopic(topic, c.topic_partitions, factor)])
