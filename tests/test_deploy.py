@@ -503,11 +503,18 @@ def test_dockerfile_runs_unprivileged_with_a_health_check() -> None:
     def values(keyword: str) -> list[str]:
         return [rest for kw, rest in instructions if kw == keyword]
 
-    assert values("FROM") == ["python:3.11-slim"]
+    # a builder stage compiles the wheel; the image itself has no compiler
+    assert values("FROM") == ["python:3.11-slim AS build", "python:3.11-slim"]
     users = values("USER")
     assert users
     assert users[-1] not in {"root", "0"}
-    assert any("pip install /src" in run for run in values("RUN"))
+    runs = values("RUN")
+    assert any("gcc" in run for run in runs[: runs.index(next(r for r in runs if "wheel" in r))])
+    assert any("pip wheel" in run and "/src" in run for run in runs)
+    (install,) = [run for run in runs if "/tmp/wheels/*.whl" in run]
+    assert "--require-hashes" in install
+    assert "requirements.lock" in install
+    assert "sys.exit(not b.compiled())" in install  # the image build fails on a pure build
     exposed = {port for line in values("EXPOSE") for port in line.split()}
     assert {"4789/udp", "8080"} <= exposed
     assert values("STOPSIGNAL") == ["SIGTERM"]
