@@ -8,8 +8,10 @@ with COLLECTOR_PURE_PYTHON=1.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 from collector import build
@@ -76,3 +78,52 @@ def test_metrics_say_which_build_runs() -> None:
     text = Aggregate().render().decode()
     compiled = "false" if PURE or not build.compiled() else "true"
     assert f'collector_build_info{{compiled="{compiled}",version="' in text
+
+
+def _wheel(tmp_path: Path, **env: str) -> Path:
+    """The project's wheel, built from a copy of the tree as the bundle and the image build it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(
+        ROOT / "collector",
+        src / "collector",
+        ignore=shutil.ignore_patterns("*.so", "*.c", "*.html"),
+    )
+    out = tmp_path / "wheels"
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"),
+            *("--no-build-isolation", "--wheel-dir", str(out), str(src)),
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, **env},
+        timeout=600,
+    )
+    (wheel,) = out.glob("*.whl")
+    return wheel
+
+
+def test_the_wheel_ships_the_compiled_modules_where_a_compiler_is(tmp_path: Path) -> None:
+
+    wheel = _wheel(tmp_path)
+    names = zipfile.ZipFile(wheel).namelist()
+    compiled = [n for n in names if n.endswith(".so")]
+    if shutil.which("cc") is None:  # no compiler: the same wheel, pure Python and universal
+        assert wheel.name.endswith("-py3-none-any.whl"), wheel.name
+        assert compiled == []
+        return
+    assert "-cp311-cp311-linux_" in wheel.name, wheel.name
+    for module in build.COMPILED_MODULES:
+        path = module.replace(".", "/")
+        assert any(n.startswith(path + ".cpython-311") for n in compiled), (module, compiled)
+        assert path + ".py" in names  # the source stays: the reference and the fallback
+
+
+def test_a_pure_wheel_when_asked(tmp_path: Path) -> None:
+
+    wheel = _wheel(tmp_path, COLLECTOR_BUILD_PURE="1")
+    assert wheel.name.endswith("-py3-none-any.whl"), wheel.name
+    assert not [n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".so")]
