@@ -8,16 +8,10 @@ How a record travels::
              acknowledges again -> spool segment deleted after its last ack
 
 A record leaves memory only when the broker acknowledged it, when it is written to the spool, or
-when it is counted as failed (refused by the broker for what it is) or dropped (the spool could not
-take it). Memory holds at most ``kafka.queue_records`` records; beyond that, and whenever the broker
-has not acknowledged anything for ``STALL_S``, new records go to the spool, behind what it holds.
-At shutdown ``flush`` waits for acknowledgements, then spools the rest; the next start sends the
-spool first. README ("Delivery") states the guarantees, the duplicates a consumer may see and the
-crash window.
-
-Partitioning: the key is ``flow_id``, 16 hex digits of a hash, so the partition is that number
-modulo the partition count: every collector puts one connection on one partition, without the cost
-of murmur2 in Python. (It is not the Java client's default partitioner.)
+when it is counted (failed, dead-lettered, dropped). Memory holds at most ``kafka.queue_records``
+records and ``kafka.queue_bytes`` bytes, spool hand-offs included (held_bytes); new records spill
+to the spool beyond that and whenever the broker has not acknowledged anything for ``STALL_S``.
+Partitions: partitioner.py (Kafka's own). README ("Delivery") states the guarantees.
 
 Broker unreachable at start: with ``kafka.require_broker_at_start`` off (the default for ``run``),
 the sink starts degraded and spools until a broker answers, so a fleet that boots during a Kafka
@@ -44,21 +38,26 @@ from collector.errors import SinkError
 from collector.io.kafka import client, workarounds
 from collector.io.kafka.delivery import Batch, Delivery, Parked, wall_ms
 from collector.io.kafka.spooling import RateLimitedLog, SinkSpool
-from collector.io.kafka.state import CONNECTED, RECENT_S, SPOOLING, State
+from collector.io.kafka.state import (
+    CONNECTED,
+    IN_FLIGHT_SHARE,
+    MAX_PARKING_RECORDS,
+    RECENT_S,
+    SPILL_SLICE_RECORDS,
+    SPOOLING,
+    State,
+)
 from collector.io.kafka.watch import WATCH_INTERVAL_S, Watching
 from collector.io.spool import SpoolChunk, SpoolReadError
 from collector.records import FlowRecord
 
+__all__ = ["CYCLE_RECORDS", "MAX_PARKING_RECORDS", "SPILL_SLICE_RECORDS", "KafkaSink"]
 log = logging.getLogger(__name__)
 
 CYCLE_RECORDS = 8192
 """Records encoded per pump cycle without yielding: bounds how long the receive path waits."""
 LINGER_FULL_RECORDS = 4096
 """Pending records that make a cycle worth starting before linger_ms is up."""
-SPILL_SLICE_RECORDS = 8192
-"""Records encoded for the spool per event-loop callback while spilling."""
-MAX_PARKING_RECORDS = 4 * SPILL_SLICE_RECORDS
-"""Encoded records waiting for the spool thread: bounds memory while the disk is slow."""
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
 LOG_EVERY_S = 10.0
@@ -333,6 +332,13 @@ class KafkaSink(Watching):
             self.spool.drop_later(len(records), "the sink is closed")
             return
         delivery = self._delivery
+        if self.held_bytes > self._config.queue_bytes:  # the spool thread is behind (disk)
+            self.spool.drop_on_loop(
+                len(records),
+                f"memory full ({self.held_bytes} bytes held, kafka.queue_bytes"
+                f" {self._config.queue_bytes}) while the spool thread is behind",
+            )
+            return
         delivery.add(records, time.monotonic())
         state = self.spool.exporter_state
         if state is not None:
@@ -354,14 +360,6 @@ class KafkaSink(Watching):
         replaying = self._config.wal or self.state is State.REPLAYING
         return replaying and not self.spool.is_empty()
 
-    def _memory_full(self) -> bool:
-        """Memory holds more than kafka.queue_records records or kafka.queue_bytes bytes."""
-        delivery = self.delivery
-        return (
-            delivery.memory_records() > self._config.queue_records
-            or delivery.memory_bytes() > self._config.queue_bytes
-        )
-
     def _schedule_spill(self) -> None:
         if self._spill_handle is None and self._loop is not None:
             self._spill_handle = self._loop.call_soon(self._spill)
@@ -381,12 +379,12 @@ class KafkaSink(Watching):
             return
         if self.state is State.DIRECT:  # memory is full: what follows queues behind the spool
             self.state = State.REPLAYING
-        if self.spool.parking >= MAX_PARKING_RECORDS:
+        if self._spool_behind():
             return  # the spool thread is behind: the next slice follows when it caught up
-        written = self.spool.park(delivery.encode_pending(SPILL_SLICE_RECORDS))
+        written = self.spool.park(delivery.encode_pending(self._slice_records()))
         if written is not None:
             written.add_done_callback(self._spilled)
-        if delivery.pending and self.spool.parking < MAX_PARKING_RECORDS:
+        if delivery.pending and not self._spool_behind():
             self._schedule_spill()
 
     def _spool_memory(self) -> None:
@@ -419,7 +417,10 @@ class KafkaSink(Watching):
             now = time.monotonic()
             # retries held back count too: a partition in trouble holds at most this much
             room = self._config.queue_records - delivery.unacked_count - delivery.retry_count
-            if delivery.unacked_bytes + delivery.retry_bytes >= self._config.queue_bytes:
+            in_flight = self._config.queue_bytes * IN_FLIGHT_SHARE
+            free_bytes = in_flight - delivery.unacked_bytes - delivery.retry_bytes
+            room = min(room, int(free_bytes / delivery.record_bytes) + 1)
+            if free_bytes <= 0:
                 room = 0
             state = self.state
             if state not in CONNECTED or not delivery.partitions:

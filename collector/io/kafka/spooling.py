@@ -62,8 +62,10 @@ class SinkSpool:
         self._name = spool_name
         self.path = Path(config.spool_dir) / (spool_name or f"{topic}/w0")
         self._spool: Spool | None = None
-        self.dropped = 0
+        self._thread_dropped = 0  # written by the spool thread only
+        self._loop_dropped = 0  # written by the event loop only
         self.dropped_s = float("-inf")
+        self.drop_reason = ""
         self.write_error = ""
         self.write_error_s = float("-inf")
         self._ratelimited = RateLimitedLog(log, LOG_EVERY_S)
@@ -79,6 +81,8 @@ class SinkSpool:
         self.dead_lettered = 0
         self._parked_in = 0  # written by the event loop only
         self._parked_out = 0  # written by the spool thread only
+        self._parked_bytes_in = 0  # written by the event loop only
+        self._parked_bytes_out = 0  # written by the spool thread only
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME)
 
     # -- the spool thread ----------------------------------------------------------------------
@@ -101,15 +105,37 @@ class SinkSpool:
         if parked is None:
             return None
         count = len(parked.values)
+        size = _size(parked)
         self._parked_in += count
+        self._parked_bytes_in += size
 
         def write() -> None:
             try:
                 self._park(parked)
             finally:
                 self._parked_out += count
+                self._parked_bytes_out += size
 
         return self._submit(write)
+
+    @property
+    def parking_bytes(self) -> int:
+        """Bytes of keys and values handed to the spool thread (spill, dead letters) and not yet
+        written: memory, within kafka.queue_bytes with the rest of the sink's."""
+        return self._parked_bytes_in - self._parked_bytes_out
+
+    @property
+    def dropped(self) -> int:
+        """Records dropped: by the spool thread (the spool could not take them) or on the event
+        loop (memory full while the spool thread is behind)."""
+        return self._thread_dropped + self._loop_dropped
+
+    def drop_on_loop(self, count: int, why: str) -> None:
+        """Count a drop decided on the event loop at once (the spool thread may be stuck)."""
+        self._loop_dropped += count
+        self.dropped_s = time.monotonic()
+        self.drop_reason = why
+        self._ratelimited("drop", logging.ERROR, "dropped %d records: %s", count, why, count=count)
 
     @property
     def parked_total(self) -> int:
@@ -144,7 +170,16 @@ class SinkSpool:
                 error,
                 self.dead_letter_path,
             )
-        self._submit(self._dead_letter, parked)
+        size = _size(parked)
+        self._parked_bytes_in += size
+
+        def write() -> None:
+            try:
+                self._dead_letter(parked)
+            finally:
+                self._parked_bytes_out += size
+
+        self._submit(write)
 
     async def next_chunk(self, limit: int) -> SpoolChunk | None:
         """See _next_chunk; in the spool thread, after every write handed over before."""
@@ -273,7 +308,7 @@ class SinkSpool:
         else:
             self.drop(
                 count - written,
-                f"the spool is full ({spool.size_bytes} of {self._config.spool_max_bytes} bytes)",
+                f"spool full ({spool.size_bytes} of {self._config.spool_max_bytes} bytes)",
             )
 
     @property
@@ -306,8 +341,9 @@ class SinkSpool:
             self.drop(count - written, f"the dead-letter spool {self.dead_letter_path} is full")
 
     def drop(self, count: int, why: str) -> None:
-        self.dropped += count
+        self._thread_dropped += count
         self.dropped_s = time.monotonic()
+        self.drop_reason = why
         self._ratelimited("drop", logging.ERROR, "dropped %d records: %s", count, why, count=count)
 
     def _next_chunk(self, limit: int) -> SpoolChunk | None:
@@ -355,6 +391,10 @@ class SinkSpool:
     def _rotate(self) -> None:
         if self._spool is not None:
             self._spool.rotate()
+
+
+def _size(parked: Parked) -> int:
+    return sum(map(len, parked.keys)) + sum(map(len, parked.values))
 
 
 def _log_failure(future: Future[Any]) -> None:

@@ -11,6 +11,18 @@ from collector.io.kafka.delivery import Delivery
 from collector.io.kafka.spooling import SinkSpool
 from collector.io.sink import SinkStatus
 
+SPILL_SLICE_RECORDS = 8192
+"""Records encoded for the spool per event-loop callback while spilling."""
+MAX_PARKING_RECORDS = 4 * SPILL_SLICE_RECORDS
+"""Encoded records waiting for the spool thread: bounds memory while the disk is slow."""
+IN_FLIGHT_SHARE = 0.5
+"""Of kafka.queue_bytes: batches in flight or waiting for a retry (the pump waits beyond)."""
+SPILL_AT = 0.75
+"""Of kafka.queue_bytes: records in memory beyond which new ones spill to the spool."""
+PARKING_SHARE = 0.125
+"""Of kafka.queue_bytes: encoded records handed to the spool thread, not yet written; beyond it
+the spill waits for the thread, and records pile up (pending) until held_bytes reaches
+kafka.queue_bytes, then new ones are dropped and counted."""
 RECENT_S = 60.0
 """A drop or a data problem stays in status() for this long ('failed' or 'degraded')."""
 
@@ -65,8 +77,9 @@ def health(
 
 
 class Reporting:
-    """What the Kafka sink says of itself: status() for /healthz and /metrics, and the crash
-    window (a part of KafkaSink, kept here to keep sink.py about moving records)."""
+    """What the Kafka sink holds (the memory bound) and says of itself: status() for /healthz and
+    /metrics, and the crash window (a part of KafkaSink, kept here to keep sink.py about moving
+    records)."""
 
     spool: SinkSpool
     state: State
@@ -84,6 +97,36 @@ class Reporting:
     def delivery(self) -> Delivery:
         assert self._delivery is not None, "start() builds the delivery core"
         return self._delivery
+
+    def _memory_full(self) -> bool:
+        """Time to spill: more than kafka.queue_records records, or more than SPILL_AT of
+        kafka.queue_bytes, are in memory (see held_bytes for the whole bound)."""
+        delivery = self.delivery
+        return (
+            delivery.memory_records() > self._config.queue_records
+            or delivery.memory_bytes() > self._config.queue_bytes * SPILL_AT
+        )
+
+    @property
+    def held_bytes(self) -> int:
+        """Every byte of records the sink holds in memory: pending (estimated), in flight,
+        waiting for a retry, and handed to the spool thread (spill, dead letters) but not
+        written. Bounded by kafka.queue_bytes (plus the list being submitted): in flight at most
+        IN_FLIGHT_SHARE of it, spilling from SPILL_AT, the spool thread given at most
+        PARKING_SHARE; what would go beyond is dropped and counted (submit)."""
+        return self.delivery.memory_bytes() + self.spool.parking_bytes
+
+    def _slice_records(self) -> int:
+        """Records per spill slice: SPILL_SLICE_RECORDS, fewer when records are large."""
+        share = self._config.queue_bytes * PARKING_SHARE / 2
+        return max(1, min(SPILL_SLICE_RECORDS, int(share / self.delivery.record_bytes)))
+
+    def _spool_behind(self) -> bool:
+        spool = self.spool
+        return (
+            spool.parking >= MAX_PARKING_RECORDS
+            or spool.parking_bytes >= self._config.queue_bytes * PARKING_SHARE
+        )
 
     def _set_error(self, message: str) -> None:
         self._error = message
@@ -108,7 +151,7 @@ class Reporting:
         if self.spool.write_error_s > recent:
             state, detail = "failed", f"dropping records: {self.spool.write_error}"
         elif self.spool.dropped_s > recent:
-            state, detail = "failed", f"dropping records: spool full ({spool_bytes} bytes)"
+            state, detail = "failed", f"dropping records: {self.spool.drop_reason}"
         elif self._error and self._error_s > recent:
             state, detail = "failed", self._error
         else:
