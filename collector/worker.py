@@ -305,8 +305,7 @@ class Worker:
             self.config.sink_flush_timeout_s, deadline - CLOSE_RESERVE_S - time.monotonic()
         )
         try:
-            if flush_s > 0:
-                await self.sink.flush(flush_s)
+            await self.sink.flush(max(flush_s, 0.0))  # even 0: the file sink fsyncs in it
             async with asyncio.timeout_at(_loop_time(deadline)):
                 await self.sink.close()
         except TimeoutError:
