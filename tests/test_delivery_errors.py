@@ -6,6 +6,7 @@ Every test checks the books: emitted == delivered + dead-lettered + dropped + fa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,14 @@ from kafka_fixtures import KafkaBroker, make_records, read_topic, unique_topic, 
 
 from collector.config import KafkaConfig, RecordsConfig
 from collector.io.kafka import KafkaSink
+from collector.io.kafka.delivery import partitions_for
 from collector.io.spool import Spool
 
 JSON = RecordsConfig()
 UNKNOWN_SERVER_ERROR = -1
 INVALID_TOPIC_EXCEPTION = 17
 UNSUPPORTED_VERSION = 35
+NOT_LEADER_OR_FOLLOWER = 6
 
 
 def dead_letters(spool_dir: Path, topic: str) -> list[int]:
@@ -119,3 +122,63 @@ async def test_unknown_broker_errors_are_retried_a_bounded_number_of_times_then_
         seen[sequence] = message.partition
     assert set(seen) == set(range(1, emitted + 1))
     assert {seen[s] for s in dead} == {0}
+
+
+@pytest.mark.kafka
+async def test_a_partition_without_a_leader_holds_only_its_own_records(
+    proxied_kafka_broker: tuple[KafkaBroker, FaultProxy],
+    tmp_path: Path,
+) -> None:
+    """The broker answers every batch for partition 0 with NOT_LEADER_OR_FOLLOWER (its leader is
+    gone; aiokafka refreshes metadata and retries the batch for as long as it takes): the records
+    of the other partitions keep being delivered meanwhile, cycle after cycle; when partition 0
+    has a leader again its records follow, in order, and nothing is lost or counted."""
+    broker, proxy = proxied_kafka_broker
+    topic = unique_topic("leaderless")
+    exporter = "leaderless/w0/1"
+    config = KafkaConfig(spool_dir=str(tmp_path / "spool"), linger_ms=5, topic_partitions=3)
+    sink = KafkaSink([broker.bootstrap], topic, config, JSON)
+    await sink.start()
+    try:
+        sink.submit(make_records(300, exporter))
+        await wait_until(lambda: sink.status().delivered == 300, 60, "first deliveries")
+        proxy.rewrite_produce(NOT_LEADER_OR_FOLLOWER, partitions={0})
+        emitted, others = 300, 0
+        for _ in range(20):  # twenty cycles, each with records for every partition
+            records = make_records(300, exporter, start=emitted + 1)
+            chosen = partitions_for([r.flow_id.encode() for r in records], [0, 1, 2])
+            others += sum(1 for p in chosen if p != 0)
+            sink.submit(records)
+            emitted += 300
+            await asyncio.sleep(0.05)
+        await wait_until(
+            lambda: sink.status().delivered >= 300 + others,
+            20,  # well below the producer's own 30 s wait for partition 0's previous batch
+            "the other partitions' records delivered while partition 0 has no leader",
+        )
+        assert proxy.rewritten > 0
+        assert sink.status().delivered < emitted  # partition 0's records wait
+        proxy.stop_rewriting()
+        await wait_until(lambda: sink.status().delivered == emitted, 60, "partition 0 catches up")
+        await sink.flush(30)
+        status = sink.status()
+    finally:
+        proxy.stop_rewriting()
+        await sink.close()
+    assert (status.delivered, status.dropped, status.failed, status.dead_lettered) == (
+        emitted,
+        0,
+        0,
+        0,
+    )
+    assert status.spool_bytes == 0
+    messages = await read_topic(broker.bootstrap, topic, emitted)
+    last: dict[int, int] = {}
+    seen: set[int] = set()
+    for message in sorted(messages, key=lambda m: (m.partition, m.offset)):
+        sequence = int(dict(message.headers)["sequence"])
+        if sequence not in seen:
+            assert sequence > last.get(message.partition, 0), (message.partition, sequence)
+            last[message.partition] = sequence
+        seen.add(sequence)
+    assert seen == set(range(1, emitted + 1))
