@@ -1,7 +1,7 @@
 """Freeze, fill, drain: the rate a receiver sustains with the whole machine to itself.
 
     python -m bench.drain [--profiles mixed,new-flows] [--receivers recvmmsg,recvmmsg-2p,uvloop,
-        collector,collector-2w,collector-geneve] [--geneve] [--repeat 3] [--count N]
+        collector,collector-pure,collector-2w,collector-geneve] [--geneve] [--repeat 3] [--count N]
         [--buffer-bytes 536870912] [--json]
 
 On a 2-core machine the senders of the rate sweep (bench.ingest) need about a core, so 2 workers
@@ -43,6 +43,10 @@ CPU (/proc/PID/task/*/schedstat) for more than ``MAX_WAIT_SHARE`` of their drain
 other process on a shared machine took their cores (a one-core load elsewhere halves 2 workers
 and leaves one worker alone). The same rule holds for every receiver. The medians are of the clean
 runs; when a receiver has none, of its valid runs, and the target says n/a (rerun).
+
+``collector-pure`` is one worker of the pure-Python build (COLLECTOR_PURE_PYTHON=1): the compiled
+build's one-worker drain rate is judged against ``SPEED_TARGETS`` and shown next to it, bare uvloop
+and the recvmmsg floor of the same run.
 
 ``collector-geneve`` is one worker fed the same traffic as ``collector`` the way a Gateway Load
 Balancer sends it (bench/fleet_gwlb.py: each datagram in GENEVE on its GENEVE listener); the target
@@ -90,7 +94,9 @@ from bench.harness import (
 )
 from bench.traffic import PROFILES, build
 
-RECEIVERS = ("recvmmsg", "recvmmsg-2p", "uvloop", "collector", "collector-2w")
+RECEIVERS = ("recvmmsg", "recvmmsg-2p", "uvloop", "collector", "collector-pure", "collector-2w")
+# One worker of the compiled build, drained (issue #22): datagrams/s per profile
+SPEED_TARGETS = {"mixed": 1_200_000, "new-flows": 1_000_000}
 GENEVE_RECEIVER = "collector-geneve"  # one worker, the same traffic in GENEVE (not by default)
 GENEVE_TARGET_RATIO = 1.1  # a GENEVE datagram costs at most this many VXLAN datagrams
 BUFFER_BYTES = 512 << 20  # per socket; Linux doubles it (bookkeeping), SO_RCVBUFFORCE as root
@@ -351,8 +357,10 @@ def after(receiver: CollectorReceiver, result: Drain, workers0: list[dict[str, A
 
 
 def receivers_for(names: list[str]) -> list[str]:
-    """The drain receivers of an ingest run's receivers (the recvmmsg pair comes with recvmmsg)."""
-    return [n for n in RECEIVERS if n in names or (n == "recvmmsg-2p" and "recvmmsg" in names)]
+    """The drain receivers of an ingest run's receivers (the recvmmsg pair comes with recvmmsg,
+    the pure-Python build with the collector)."""
+    comes_with = {"recvmmsg-2p": "recvmmsg", "collector-pure": "collector"}
+    return [n for n in RECEIVERS if n in names or comes_with.get(n) in names]
 
 
 def warm(receiver: Receiver, profile: str, senders: Senders) -> None:
@@ -440,7 +448,9 @@ def run(
             for d in runs
         ],
         "summary": summary,
-        "targets": targets(summary, profiles) + geneve_targets(summary, profiles),
+        "targets": targets(summary, profiles)
+        + speed_targets(summary, profiles)
+        + geneve_targets(summary, profiles),
     }
 
 
@@ -526,6 +536,42 @@ def targets(summary: dict[str, dict[str, Any]], profiles: list[str]) -> list[dic
                     else ""
                 ),
                 "pass": None if disturbed else ratio >= TARGET_RATIO,
+            }
+        )
+    return out
+
+
+def speed_targets(summary: dict[str, dict[str, Any]], profiles: list[str]) -> list[dict[str, Any]]:
+    """One worker's drain rate against SPEED_TARGETS, next to the pure-Python build, bare uvloop
+    and the recvmmsg floor of the same run (n/a when its runs were all disturbed or invalid)."""
+    out: list[dict[str, Any]] = []
+    for profile in profiles:
+        one = summary.get(f"collector/{profile}")
+        target = SPEED_TARGETS.get(profile)
+        if one is None or target is None:
+            continue
+        name = f"{profile}: one worker drains >= {target:,} datagrams/s"
+        if not one.get("drain_pps"):
+            out.append({"target": name, "value": "no valid run (see drain.runs)", "pass": None})
+            continue
+        rate = one["drain_pps"]
+        context = []
+        for other, label in (
+            ("collector-pure", "pure-Python build"),
+            ("uvloop", "bare uvloop"),
+            ("recvmmsg", "recvmmsg loop"),
+        ):
+            theirs = summary.get(f"{other}/{profile}", {}).get("drain_pps")
+            if theirs:
+                context.append(f"{label} {theirs:,.0f}/s ({rate / theirs:.2f}x)")
+        disturbed = one.get("disturbed_only")
+        out.append(
+            {
+                "target": name,
+                "value": f"{rate:,.0f}/s; "
+                + "; ".join(context)
+                + ("; every run disturbed: rerun" if disturbed else ""),
+                "pass": None if disturbed else rate >= target,
             }
         )
     return out

@@ -396,9 +396,9 @@ COLLECTOR_MODES = ("reader", "protocol")  # collector-MODE: 1 worker, another re
 def make_receiver(
     name: str, *, rcvbuf: int = RCVBUF, env: Mapping[str, str] | None = None
 ) -> Receiver:
-    """``recvmmsg``, ``recvmmsg-2p``, ``uvloop``, ``collector``, ``collector-2w`` or
-    ``collector-MODE``, every one asking for a ``rcvbuf``-byte receive buffer per socket (``env``:
-    more settings for a collector)."""
+    """``recvmmsg``, ``recvmmsg-2p``, ``uvloop``, ``collector``, ``collector-pure``,
+    ``collector-2w`` or ``collector-MODE``, every one asking for a ``rcvbuf``-byte receive buffer
+    per socket (``env``: more settings for a collector)."""
     if name in BARE_RECEIVERS:
         return Bare(name, rcvbuf)
     if name == "recvmmsg-2p":
@@ -407,6 +407,8 @@ def make_receiver(
     settings.update(env or {})
     if name == "collector":
         return CollectorReceiver(1, env=settings)
+    if name == "collector-pure":  # the pure-Python build: what a machine without cc runs
+        return CollectorReceiver(1, env={**settings, "COLLECTOR_PURE_PYTHON": "1"})
     if name == "collector-2w":
         return CollectorReceiver(2, env=settings)
     mode = name.removeprefix("collector-")

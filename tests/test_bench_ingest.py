@@ -410,4 +410,5 @@ def test_two_counting_loops_on_one_port_split_a_tiny_fill(senders: Senders) -> N
         "recvmmsg",
         "recvmmsg-2p",
         "collector",
+        "collector-pure",
     ]
