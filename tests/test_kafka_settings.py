@@ -43,7 +43,12 @@ def check_config(tmp_path: Path, kafka: str) -> subprocess.CompletedProcess[str]
 
 UNSAFE = {
     "acks-1": ("acks = '1'\nenable_idempotence = false", "kafka.acks", "allow_unsafe_acks"),
-    "acks-0": ("acks = '0'\nenable_idempotence = false", "kafka.acks", "allow_unsafe_acks"),
+    "acks-0": ("acks = '0'\nenable_idempotence = false", "kafka.acks", "refused"),
+    "acks-0-even-when-unsafe-is-allowed": (
+        "acks = '0'\nenable_idempotence = false\nallow_unsafe_acks = true",
+        "kafka.acks",
+        "counts a record as delivered only once the broker acknowledged it",
+    ),
     "idempotence-off": (
         "enable_idempotence = false",
         "kafka.enable_idempotence",
@@ -69,7 +74,6 @@ def test_unsafe_delivery_settings_are_config_errors_naming_the_key(
     "kafka",
     [
         "acks = '1'\nenable_idempotence = false\nallow_unsafe_acks = true",
-        "acks = '0'\nenable_idempotence = false\nallow_unsafe_acks = true",
         "enable_idempotence = false\nallow_unsafe_acks = true",
         "",
     ],
