@@ -122,15 +122,16 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Producer settings for ``kafka://`` sinks."""
 
     acks: Literal["all", "1", "0"] = "all"
-    """Acknowledgements the broker must give before a record counts as delivered. ``1`` and ``0``
-    need ``allow_unsafe_acks``."""
+    """Acknowledgements the broker must give before a record counts as delivered. ``1`` needs
+    ``allow_unsafe_acks``; ``0`` is refused (the broker acknowledges nothing, so no record could
+    be counted as delivered)."""
     enable_idempotence: bool = True
     """Idempotent producer: broker-side de-duplication of retried batches. Turning it off needs
     ``allow_unsafe_acks``."""
     allow_unsafe_acks: bool = False
-    """Accept settings that can lose acknowledged records: ``acks = "1"`` (a leader that fails
-    before its followers copied a batch loses it), ``acks = "0"`` (no acknowledgement at all) and
-    ``enable_idempotence = false`` (retries can store a batch twice or out of order)."""
+    """Accept settings that can lose acknowledged records or store them twice: ``acks = "1"`` (a
+    leader that fails before its followers copied a batch loses it) and ``enable_idempotence =
+    false`` (retries can store a batch twice or out of order)."""
     compression: Literal["lz4", "zstd", "gzip", "none"] = "lz4"
     """Batch compression codec."""
     linger_ms: Annotated[int, msgspec.Meta(ge=0)] = 20
@@ -356,23 +357,26 @@ def listener_on(address: str) -> bool:
 
 def check_delivery_settings(c: KafkaConfig) -> None:
     """Kafka settings that can lose acknowledged records or store them twice are accepted only
-    with ``kafka.allow_unsafe_acks``; a ConfigError names the key that asks for them."""
+    with ``kafka.allow_unsafe_acks``, and ``acks = "0"`` not at all; a ConfigError names the key
+    that asks for them."""
+    if c.acks == "0":
+        raise ConfigError(
+            "kafka.acks",
+            "acks = '0' is refused: the broker acknowledges nothing, and the sink counts a record"
+            " as delivered only once the broker acknowledged it; use 'all' (or '1' with"
+            " enable_idempotence = false and allow_unsafe_acks = true)",
+        )
     if c.enable_idempotence and c.acks != "all":
         raise ConfigError(
             "kafka.acks",
-            f"the idempotent producer needs acks = 'all', not {c.acks!r} (acks = '1' or '0' also"
-            " need enable_idempotence = false and allow_unsafe_acks = true)",
+            f"the idempotent producer needs acks = 'all', not {c.acks!r} (acks = '1' also needs"
+            " enable_idempotence = false and allow_unsafe_acks = true)",
         )
     if c.acks != "all" and not c.allow_unsafe_acks:
-        loss = (
-            "the broker acknowledges nothing, so no record can be counted as delivered"
-            if c.acks == "0"
-            else "a leader that fails before its followers copied a batch loses acknowledged"
-            " records"
-        )
         raise ConfigError(
             "kafka.acks",
-            f"acks = {c.acks!r}: {loss}; set kafka.allow_unsafe_acks = true to accept that",
+            f"acks = {c.acks!r}: a leader that fails before its followers copied a batch loses"
+            " acknowledged records; set kafka.allow_unsafe_acks = true to accept that",
         )
     if not c.enable_idempotence and not c.allow_unsafe_acks:
         raise ConfigError(
