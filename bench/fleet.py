@@ -2,14 +2,17 @@
 + a health checker), three or four collectors and a Kafka broker, each in a network namespace of its
 own, through steady state, scale-out, scale-in, a crash and two sessions with a filter.
 
-    python -m bench.fleet [--json] [--scenario NAME ...] [--profile NAME] [--plot PATH]
+    python -m bench.fleet [--json] [--scenario NAME ...] [--profile NAME] [--gwlb] [--plot PATH]
 
 Needs root (namespaces, nftables). Prints per scenario and collector the datagrams received and
 overall ``sent``, ``counted``, ``explained_loss``, ``unexplained_loss`` and ``split_flows``
 (bench/fleet_scenarios.py says how each is measured); with ``--json`` one JSON object last.
 The sources mirror flows in the mix of a bench/traffic.py profile (``--profile``, default
 ``mixed``); per flow, packets and bytes on the topic are held against what was sent.
-``--plot`` draws the datagrams per second each collector received over the run.
+``--plot`` draws the datagrams per second each collector received over the run. ``--gwlb``: the
+sources mirror to a Gateway Load Balancer endpoint instead, and the stand-in forwards GENEVE on
+6081 from its own address with the same 5-tuple stickiness (bench/fleet_lb.py); the same totals
+must hold, and every record names its source's GWLB endpoint.
 Design and where the stand-in differs from an NLB: docs/fleet.md.
 """
 
@@ -32,14 +35,20 @@ TOTALS = ("sent", "counted", "explained_loss", "unexplained_loss", "split_flows"
 BYTES = ("bytes_sent", "bytes_counted")
 
 
-def run(names: list[str], profile: Profile = PROFILES["mixed"]) -> tuple[dict[str, Any], Fleet]:
+def run(
+    names: list[str], profile: Profile = PROFILES["mixed"], *, gwlb: bool = False
+) -> tuple[dict[str, Any], Fleet]:
     """Build a fleet, run the scenarios on it, tear it down; the report and the (closed) fleet."""
     began = time.monotonic()
-    with Fleet(profile) as fleet:
+    with Fleet(profile, gwlb=gwlb) as fleet:
         results = [SCENARIOS[name](fleet) for name in names]
     for result in results:
         result.pop("_on", None)
-    report: dict[str, Any] = {"scenarios": results, "profile": profile.name}
+    report: dict[str, Any] = {
+        "scenarios": results,
+        "profile": profile.name,
+        "target": "gwlb-endpoint (GENEVE)" if gwlb else "nlb (VXLAN)",
+    }
     for key in (*TOTALS, *BYTES):
         report[key] = sum(int(r[key]) for r in results)
     report["packet_length"] = fleet.packet_length
@@ -117,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", choices=list(PROFILES), default="mixed", help="traffic mix (bench/traffic.py)"
     )
+    parser.add_argument(
+        "--gwlb", action="store_true", help="mirror to a GWLB endpoint: GENEVE on 6081"
+    )
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the fleet is torn down (a SIGKILLed run's namespaces are
     # removed by the next run: they are named after its pid)
@@ -125,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if refused:
         print(f"bench.fleet: {refused}", file=sys.stderr)
         return 2
-    report, fleet = run(args.scenario or list(SCENARIOS), PROFILES[args.profile])
+    report, fleet = run(args.scenario or list(SCENARIOS), PROFILES[args.profile], gwlb=args.gwlb)
     print(text(report))
     if args.plot:
         plot(fleet, args.plot)

@@ -48,11 +48,14 @@ def wrap(
     *,
     endpoint_ip: str = "10.1.0.250",
     endpoint_id: int = ENDPOINT_ID,
+    sport: int = 0,
 ) -> bytes:
     """The GENEVE payload a GWLB sends its target for one VXLAN datagram of ``mirror_source``
-    (its UDP source port, as AWS's, a hash of the inner flow; the flow cookie, one per flow)."""
+    (its UDP source port ``sport``, as AWS's a hash of the inner flow, made up here when 0; the
+    flow cookie, one per flow)."""
     flow = zlib.crc32(vxlan_payload[8:60])
-    udp = _UDP.pack(49152 + flow % 16384, VXLAN_PORT, 8 + len(vxlan_payload), 0)
+    port = sport or 49152 + flow % 16384
+    udp = _UDP.pack(port, VXLAN_PORT, 8 + len(vxlan_payload), 0)
     src, dst = socket.inet_aton(mirror_source), socket.inet_aton(endpoint_ip)
     length = 20 + len(udp) + len(vxlan_payload)
     header = _IPV4.pack(0x45, 0, length, 0, _DONT_FRAGMENT, 64, 17, 0, src, dst)

@@ -49,11 +49,17 @@ class Session:
     inner_address: str
     inner_address6: str
     subnet: int
+    gwlb_endpoint: int = 0  # the GWLB endpoint of its VPC (the fleet's gwlb mode)
+
+    @property
+    def gwlb_endpoint_id(self) -> str:
+        """The endpoint id as records carry it (``vpce-`` and 17 hex digits)."""
+        return f"vpce-{self.gwlb_endpoint:017x}"
 
 
 SESSIONS = (
-    Session("source-a", 1001, "eni-0a0a0a0a0a0a0a0a0", "172.31.1.25", "2001:db8:31:1::25", 1),
-    Session("source-b", 1002, "eni-0b0b0b0b0b0b0b0b0", "172.31.2.25", "2001:db8:31:2::25", 2),
+    Session("source-a", 1001, "eni-0a0a0a0a0a0a0a0a0", "172.31.1.25", "2001:db8:31:1::25", 1, 0xA1),
+    Session("source-b", 1002, "eni-0b0b0b0b0b0b0b0b0", "172.31.2.25", "2001:db8:31:2::25", 2, 0xB2),
 )
 
 
@@ -140,14 +146,21 @@ class SourceProcess:
     """A bench/fleet_source.py process in a source namespace, one command at a time."""
 
     def __init__(
-        self, session: Session, node: Node, log: IO[bytes], profile: Profile, packet_length: int
+        self,
+        session: Session,
+        node: Node,
+        log: IO[bytes],
+        profile: Profile,
+        packet_length: int,
+        gwlb: bool = False,
     ) -> None:
         self.session = session
         sizes = ",".join(f"{size}:{weight}" for size, weight in profile.sizes)
+        endpoint = ["--gwlb-endpoint", str(session.gwlb_endpoint)] if gwlb else []
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", node.netns, sys.executable, "-m", "bench.fleet_source",
              "--address", node.address, "--vni", str(session.vni), "--sizes", sizes,
-             "--truncate-to", str(packet_length), "--seed", str(profile.seed)],
+             "--truncate-to", str(packet_length), "--seed", str(profile.seed), *endpoint],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=ROOT,
         )  # fmt: skip
 
@@ -179,8 +192,10 @@ class SourceProcess:
 class Fleet:
     """Everything of one fleet; use as a context manager (``close`` always tears down)."""
 
-    def __init__(self, profile: Profile = PROFILES["mixed"]) -> None:
+    def __init__(self, profile: Profile = PROFILES["mixed"], *, gwlb: bool = False) -> None:
         self.profile = profile  # the traffic mix the sources mirror (bench/traffic.py)
+        # the sources mirror to a GWLB endpoint: GENEVE on 6081 from the load balancer's address
+        self.gwlb = gwlb
         self.packet_length = packet_lengths(profile)  # per session; 0: whole packets
         self.net = Topology()
         self.collectors: dict[str, Collector] = {}
@@ -227,7 +242,9 @@ class Fleet:
             node = self.net.add(session.name, session.subnet)
             log = self._log(session.name)
             length = self.packet_length[session.name]
-            self.sources[session.name] = SourceProcess(session, node, log, self.profile, length)
+            self.sources[session.name] = SourceProcess(
+                session, node, log, self.profile, length, self.gwlb
+            )
         self.group = TargetGroup(self.net.lb)
         self.group.start()
         self._sampler = threading.Thread(target=self._sample, name="sampler", daemon=True)

@@ -5,6 +5,12 @@ nftables DNATs every UDP datagram to the NLB address and port 4789 to a target c
 conntrack then keeps the flow on that target, as the NLB's flow table does, until it is idle for
 the UDP idle timeout (120 s, like the NLB's). Only new flows see a map change.
 
+As a Gateway Load Balancer (the fleet's ``gwlb`` mode) it takes GENEVE on port 6081 the same way:
+the sources hand it their mirror datagrams already in the GWLB's GENEVE (bench/fleet_gwlb.py) from
+the mirror datagram's own address and port, so the hash is over the mirror datagram's 5-tuple, as
+the GWLB's flow stickiness is; and the datagram leaves with the load balancer's own address as its
+source (masquerade), as a GWLB's does. Target choice, health checks, draining: the same.
+
 ``TargetGroup`` is the health checker: it polls each registered target's /healthz every
 ``interval_s`` (success = 200-399 within ``timeout_s``), takes a target into service after
 ``healthy_threshold`` passes and out after ``unhealthy_threshold`` failures, and rewrites the map
@@ -26,12 +32,13 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from bench.fleet_net import HEALTH_PORT, NLB_ADDRESS, VXLAN_PORT, run
+from bench.fleet_net import GENEVE_PORT, HEALTH_PORT, NLB_ADDRESS, VXLAN_PORT, run
 
 BUCKETS = 64  # hash buckets; each maps to one target, so the spread is even to 1/64
 UDP_IDLE_TIMEOUT_S = 120  # the NLB's fixed UDP idle timeout, given to conntrack
 TABLE = "nlb"
 _TO_NLB = f"ip daddr {NLB_ADDRESS} udp dport {VXLAN_PORT}"
+_TO_GWLB = f"ip daddr {NLB_ADDRESS} udp dport {GENEVE_PORT}"
 _HASH = f"jhash ip saddr . udp sport mod {BUCKETS} seed 0x4789"
 RULESET = f"""
 table ip {TABLE} {{
@@ -41,6 +48,12 @@ table ip {TABLE} {{
         type nat hook prerouting priority dstnat; policy accept;
         {_TO_NLB} dnat to {_HASH} map @buckets
         {_TO_NLB} counter name unrouted drop
+        {_TO_GWLB} dnat to {_HASH} map @buckets
+        {_TO_GWLB} counter name unrouted drop
+    }}
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        udp dport {GENEVE_PORT} masquerade
     }}
     chain forward {{
         type filter hook forward priority filter; policy accept;
@@ -95,15 +108,16 @@ def outer_flows_to(lb_netns: str, address: str) -> set[tuple[str, int]]:
 
 
 def count_forwarded(lb_netns: str, name: str, address: str) -> None:
-    """Count the VXLAN datagrams the NLB stand-in forwards to ``address`` (rule comment ``name``):
-    the kernel's own per-target count, to hold against what the collector says it received."""
+    """Count the VXLAN (or GENEVE) datagrams the load balancer forwards to ``address`` (rule
+    comment ``name``): the kernel's own per-target count, to hold against what the collector says
+    it received."""
     rule = (
         "ip",
         "daddr",
         address,
         "udp",
         "dport",
-        str(VXLAN_PORT),
+        f"{{ {VXLAN_PORT}, {GENEVE_PORT} }}",
         "counter",
         "comment",
         f'"{name}"',

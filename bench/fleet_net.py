@@ -32,6 +32,7 @@ NETNS_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000  # <sched.h>
 NLB_ADDRESS = "10.77.0.100"  # the listener address the sources mirror to; it exists nowhere
 VXLAN_PORT = 4789  # RFC 7348 section 5
+GENEVE_PORT = 6081  # RFC 8926 section 3.3: what a Gateway Load Balancer sends its targets
 HEALTH_PORT = 8080
 KAFKA_PORT = 9092
 MTU = 9001  # a VPC's: a mirrored 1500-byte packet (plus 54 bytes of VXLAN encapsulation) fits

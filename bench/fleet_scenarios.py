@@ -280,7 +280,7 @@ class Run:
             octets[flow.id] += int(rec["bytes"])
             on[flow.id].add(collector)
             per_collector_packets[collector] += int(rec["packets"])
-            wrong.extend(_context_errors(rec, flow))
+            wrong.extend(_context_errors(rec, flow, gwlb=self.fleet.gwlb))
         kept = [f for f in self.flows.values() if not f.probe]
         probes = [f for f in self.flows.values() if f.probe]
         sent_of = {f.id: self.sent.get(f.id, 0) - self.base_sent.get(f.id, 0) for f in kept}
@@ -396,10 +396,12 @@ def _normal(key: tuple[int, int, str, int, str, int]) -> tuple[int, int, str, in
     return vni, proto, _address(src), sport, _address(dst), dport
 
 
-def _context_errors(rec: dict[str, Any], flow: Flow) -> list[str]:
+def _context_errors(rec: dict[str, Any], flow: Flow, *, gwlb: bool = False) -> list[str]:
     s = flow.session
     direction = "egress" if flow.src in (s.inner_address, s.inner_address6) else "ingress"
     expected = {"session": s.name, "interface_id": s.eni, "direction": direction}
+    # GENEVE from the GWLB names the endpoint its source mirrors to; VXLAN records name none
+    expected["gwlb_endpoint_id"] = s.gwlb_endpoint_id if gwlb else None
     return [
         f"{flow.id}: {k}={rec.get(k)!r}, expected {v!r}"
         for k, v in expected.items()

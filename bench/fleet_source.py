@@ -42,7 +42,8 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Packet, Raw
 
-from bench.fleet_net import NLB_ADDRESS, VXLAN_PORT
+from bench.fleet_gwlb import wrap
+from bench.fleet_net import GENEVE_PORT, NLB_ADDRESS, VXLAN_PORT
 from bench.traffic import PROFILES
 
 TICK_S = 0.005
@@ -103,8 +104,13 @@ class Source:
         sizes: tuple[tuple[int, float], ...] = PROFILES["mixed"].sizes,
         truncate_to: int = 0,
         seed: int = 1,
+        gwlb_endpoint: int = 0,
     ) -> None:
         self.address = address
+        # a GWLB endpoint as the mirror target (the fleet's gwlb mode): each mirror datagram goes
+        # to the load balancer in the GWLB's GENEVE, sent from the mirror datagram's own address
+        # and port (a GWLB hashes its 5-tuple), to be masqueraded there as the GWLB's
+        self.gwlb_endpoint = gwlb_endpoint
         self.vni = vni
         self.sizes = [s for s, _ in sizes]
         self.weights = [w for _, w in sizes]
@@ -137,6 +143,11 @@ class Source:
             data, ip_len = datagram(self.vni, flow, size)
             if self.truncate_to:
                 data = data[: 8 + self.truncate_to]  # bytes after the VXLAN header
+            if self.gwlb_endpoint:
+                port = outer_port(
+                    flow["proto"], flow["src"], flow["sport"], flow["dst"], flow["dport"]
+                )
+                data = wrap(data, self.address, endpoint_id=self.gwlb_endpoint, sport=port)
             out.append((data, ip_len))
         return out
 
@@ -170,7 +181,7 @@ class Source:
 
     def send_due(self) -> None:
         due = int((time.monotonic() - self.base_time) * self.pps) - (self.total - self.base_count)
-        target = (NLB_ADDRESS, VXLAN_PORT)
+        target = (NLB_ADDRESS, GENEVE_PORT if self.gwlb_endpoint else VXLAN_PORT)
         choices, sizes, weights = self.rng.choices, range(len(self.sizes)), self.weights
         while due > 0 and self.flows:
             flow_id, packets, sock = self.flows[self.next]
@@ -201,8 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--truncate-to", type=int, default=0, help="the session's PacketLength")
     parser.add_argument("--seed", type=int, default=1, help="seed of the per-packet size draws")
+    parser.add_argument(
+        "--gwlb-endpoint",
+        type=lambda text: int(text, 0),
+        default=0,
+        help="mirror to this GWLB endpoint id (GENEVE on 6081) instead of to the NLB (VXLAN)",
+    )
     args = parser.parse_args(argv)
-    source = Source(args.address, args.vni, args.sizes, args.truncate_to, args.seed)
+    source = Source(
+        args.address, args.vni, args.sizes, args.truncate_to, args.seed, args.gwlb_endpoint
+    )
     stdin = sys.stdin
     while True:
         wait = TICK_S if source.running and source.flows else None
