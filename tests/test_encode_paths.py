@@ -1,7 +1,9 @@
 """The fast goflow2 and IPFIX encoders write exactly what their readable reference paths write.
 
-``goflow2.encode`` (tables, caches, one join and one struct per record) against
-``goflow2.reference_message`` (field by field with ``varint``), and ``MessageEncoder.encode``
+goflow2's two fast paths (``encode_tables``: tables, caches, one join and one struct per record,
+the interpreted build's ``encode``; ``encode_written``: every varint written into one buffer, the
+compiled build's) against ``goflow2.reference_message`` (field by field with ``varint``), both
+paths in either build, and ``MessageEncoder.encode``
 (records packed in place, one struct per record kind) against the plain loop below that lays out
 ``MessageEncoder.reference_data_record`` (element by element in template order) while records
 fit. The readers in test_goflow2.py (protobuf), test_ipfix.py (nfcapd, tshark)
@@ -10,8 +12,10 @@ and test_clickhouse.py check the reference meaning; these tests keep the fast pa
 
 from __future__ import annotations
 
+import binascii
 import itertools
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -125,16 +129,42 @@ def delimited(message: bytes) -> bytes:
     return goflow2.varint(len(message)) + message
 
 
-def test_goflow2_fast_path_equals_the_reference_on_every_sample() -> None:
+GOFLOW2_PATHS = [
+    pytest.param(goflow2.encode_tables, id="tables"),
+    pytest.param(goflow2.encode_written, id="written"),
+]
+
+
+def test_goflow2_encode_is_the_path_of_the_build() -> None:
+    assert goflow2.encode is (goflow2.encode_written if goflow2.COMPILED else goflow2.encode_tables)
+
+
+@pytest.mark.parametrize("encode", GOFLOW2_PATHS)
+def test_goflow2_fast_path_equals_the_reference_on_every_sample(
+    encode: Callable[[FlowRecord], bytes],
+) -> None:
+    goflow2.clear_caches()
     for r in sample_records():
-        assert goflow2.encode(r) == delimited(goflow2.reference_message(r)), r
+        assert encode(r) == delimited(goflow2.reference_message(r)), r
+    for r in sample_records()[:100]:
         assert goflow2.flow_message(r) == goflow2.reference_message(r)
 
 
 @settings(max_examples=400, deadline=None)
 @given(r=records())
 def test_goflow2_fast_path_equals_the_reference(r: FlowRecord) -> None:
-    assert goflow2.encode(r) == delimited(goflow2.reference_message(r))
+    expected = delimited(goflow2.reference_message(r))
+    assert goflow2.encode_tables(r) == expected
+    assert goflow2.encode_written(r) == expected
+
+
+def test_goflow2_counters_beyond_64_bits_are_written_as_the_reference_writes_them() -> None:
+    """The compiled varint loop takes 64 bits: longer counters go the reference's way."""
+    for value in (2**64 - 1, 2**64, 2**70):
+        r = make_record(bytes=value, packets=value)
+        expected = delimited(goflow2.reference_message(r))
+        assert goflow2.encode_written(r) == expected
+        assert goflow2.encode(r) == expected
 
 
 def test_goflow2_caches_are_bounded_and_change_no_byte(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,7 +174,7 @@ def test_goflow2_caches_are_bounded_and_change_no_byte(monkeypatch: pytest.Monke
     for icmp_type, ms in itertools.product(range(40), (1, 2**42, 2**43, 3 * 2**42)):
         r = make_record(protocol=1, src_port=0, dst_port=0, icmp_type=icmp_type, icmp_code=0)
         r = FlowRecord(**{**msgspec.structs.asdict(r), "start_ms": ms // 10**6, "end_ms": ms})
-        assert goflow2.encode(r) == delimited(goflow2.reference_message(r))
+        assert goflow2.encode_tables(r) == delimited(goflow2.reference_message(r))
         assert len(goflow2._kinds) <= 8
         assert len(goflow2._tails) <= 2
     goflow2.clear_caches()
@@ -161,10 +191,11 @@ def same_kind_records() -> list[FlowRecord]:
     ]
 
 
-def test_goflow2_addresses_seen_last_change_no_byte() -> None:
+@pytest.mark.parametrize("encode", GOFLOW2_PATHS)
+def test_goflow2_addresses_seen_last_change_no_byte(encode: Callable[[FlowRecord], bytes]) -> None:
     goflow2.clear_caches()
     for r in same_kind_records() * 2:
-        assert goflow2.encode(r) == delimited(goflow2.reference_message(r))
+        assert encode(r) == delimited(goflow2.reference_message(r))
 
 
 # ---- IPFIX --------------------------------------------------------------------------------------
@@ -228,6 +259,16 @@ def reference_encode(
     return messages
 
 
+@pytest.fixture(params=["packed", "written"])
+def ipfix_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each IPFIX test on both record paths, whichever build runs: ``_fill_packed`` (one struct
+    per record, the interpreted build's) and ``_fill_written`` (fields written in place, the
+    compiled build's)."""
+    monkeypatch.setattr(ipfix, "COMPILED", request.param == "written")
+    return str(request.param)
+
+
+@pytest.mark.usefixtures("ipfix_path")
 @pytest.mark.parametrize(("mtu", "ipv6", "pen"), ENCODERS)
 def test_ipfix_messages_equal_the_record_by_record_layout(
     mtu: int | None, ipv6: bool, pen: int
@@ -254,11 +295,49 @@ def test_ipfix_messages_equal_the_record_by_record_layout(
 @settings(max_examples=150, deadline=None)
 @given(batch=st.lists(records(), max_size=40))
 def test_ipfix_fast_paths_equal_the_reference(batch: list[FlowRecord]) -> None:
-    encoder = new_encoder(1280, False, 32473)
-    expected = reference_encode(encoder, batch, 1_764_100_000.0, templates=True)
-    assert encoder.encode(batch, 1_764_100_000.0) == expected
+    build = ipfix.COMPILED
+    try:
+        for written in (False, True):
+            ipfix.COMPILED = written
+            encoder = new_encoder(1280, False, 32473)
+            expected = reference_encode(encoder, batch, 1_764_100_000.0, templates=True)
+            assert encoder.encode(batch, 1_764_100_000.0) == expected
+    finally:
+        ipfix.COMPILED = build
 
 
+@pytest.mark.usefixtures("ipfix_path")
+@pytest.mark.parametrize("flow_id", ["00ff10a0b0c0d0e0", "00FF10A0B0C0D0E0", "00fF10a0B0c0D0e0"])
+def test_ipfix_connection_ids_of_either_case_are_their_octets(flow_id: str) -> None:
+    batch = [make_record(flow_id=flow_id)]
+    encoder = new_encoder(1500, False, 32473)
+    expected = reference_encode(encoder, batch, 1.0, templates=True)
+    assert encoder.encode(batch, 1.0) == expected
+
+
+@pytest.mark.parametrize("flow_id", ["abcd", "00ff10a0b0c0d0e0ff", ""])
+def test_ipfix_connection_ids_of_another_length_are_cut_or_padded_alike_on_both_paths(
+    flow_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """connectionId is 8 octets: a longer hex text is cut, a shorter one padded with zeros."""
+    batch = [make_record(flow_id=flow_id)]
+    messages = []
+    for written in (False, True):
+        monkeypatch.setattr(ipfix, "COMPILED", written)
+        messages.append(new_encoder(1500, False, 32473).encode(batch, 1.0))
+    assert messages[0] == messages[1]
+    octets = bytes.fromhex(flow_id)[:8].ljust(8, b"\x00")
+    assert octets in messages[0][0][0]
+
+
+@pytest.mark.usefixtures("ipfix_path")
+@pytest.mark.parametrize("flow_id", ["00ff10a0b0c0d0eg", "0"])
+def test_an_ipfix_connection_id_that_is_not_hex_is_refused(flow_id: str) -> None:
+    with pytest.raises(binascii.Error):
+        new_encoder(1500, False, 32473).encode([make_record(flow_id=flow_id)], 1.0)
+
+
+@pytest.mark.usefixtures("ipfix_path")
 def test_ipfix_kind_tables_are_bounded_and_change_no_byte(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ipfix, "_CACHE_MAX", 8)
     encoder = new_encoder(1500, False, 32473)
@@ -274,6 +353,7 @@ def test_ipfix_kind_tables_are_bounded_and_change_no_byte(monkeypatch: pytest.Mo
     assert len(encoder._kinds6) <= 8
 
 
+@pytest.mark.usefixtures("ipfix_path")
 def test_ipfix_addresses_seen_last_change_no_byte() -> None:
     encoder = new_encoder(1500, False, 32473)
     batch = same_kind_records()

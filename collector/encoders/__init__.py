@@ -6,8 +6,13 @@ Adding a format is its module (``CONTENT_TYPE`` and ``encoder(vpc_flow_log_forma
 in ``FORMATS``. IPFIX is not a value format: its sinks pack batches of records into messages
 (``collector.encoders.ipfix.MessageEncoder``) whatever ``records.format`` says.
 
-The format modules import ``collector.records`` for annotations only, so ``records`` (the record
-and its decoder) imports none of them.
+``collector.records`` (the record and its decoder) imports none of these modules; goflow2 and
+ipfix import it for FlowRecord's field order.
+
+goflow2 and ipfix are compiled by Cython (pure Python mode, their types in the .pxd beside them)
+where the machine has a compiler. Each has two fast paths, each the fast one for its build, and
+``COMPILED`` picks it: table lookups and struct calls interpreted, each field written in place
+compiled. The tests hold both paths, in either build, to the readable reference encodings.
 """
 
 from __future__ import annotations
