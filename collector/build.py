@@ -16,8 +16,10 @@ from importlib.machinery import EXTENSION_SUFFIXES
 
 COMPILED_MODULES = (
     "collector.wire.decode",
+    "collector.wire.geneve",
     "collector.flows",
     "collector.pipeline",
+    "collector.io.kafka.partitioner",
 )
 
 

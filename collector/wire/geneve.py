@@ -127,6 +127,13 @@ _NO_PORTS_KEY_V4 = flowkey.COPIED_NO_PORTS_V4.pack
 _KEY_V6 = flowkey.COPIED_PORTS_V6.pack
 _ICMP_KEY_V6 = flowkey.COPIED_ICMP_V6.pack
 _NO_PORTS_KEY_V6 = flowkey.COPIED_NO_PORTS_V6.pack
+# the public constants decode_gwlb compares with, as module-private names (the compiled build
+# makes these C constants: geneve.pxd)
+_GWLB_HEAD = GWLB_HEAD
+_GWLB_FAST_LEN = GWLB_FAST_LEN
+_VXLAN_PORT = VXLAN_PORT
+_IPV4_NO_OPTIONS = IPV4_NO_OPTIONS
+_UDP = UDP
 
 
 def decode_gwlb(buf: bytes | bytearray | memoryview, n: int) -> Decoded | int:
@@ -156,15 +163,15 @@ def decode_gwlb(buf: bytes | bytearray | memoryview, n: int) -> Decoded | int:
             tflags,
         ) = _GWLB_DECODE.unpack_from(buf, 0)
         if (
-            head == GWLB_HEAD
-            and dport == VXLAN_PORT
-            and outer_vihl == IPV4_NO_OPTIONS
-            and outer_proto == UDP
+            head == _GWLB_HEAD
+            and dport == _VXLAN_PORT
+            and outer_vihl == _IPV4_NO_OPTIONS
+            and outer_proto == _UDP
             and not outer_frag & _ALL_BUT_DF
             and flags & _FLAG_I
         ):
             if etype == _ETHERTYPE_IPV4:
-                if vihl == IPV4_NO_OPTIONS and ip_len >= _IPV4_MIN:
+                if vihl == _IPV4_NO_OPTIONS and ip_len >= _IPV4_MIN:
                     head = word & _VNI_BITS | proto
                     if frag & _IPV4_FRAGMENT:
                         if proto in _ICMP_PROTOS:
@@ -172,7 +179,7 @@ def decode_gwlb(buf: bytes | bytearray | memoryview, n: int) -> Decoded | int:
                         return _NO_PORTS_KEY_V4(head, addrs), ip_len, 0
                     if proto == _TCP_PROTO:
                         return _KEY_V4(head, addrs), ip_len, tflags
-                    if proto == UDP:
+                    if proto == _UDP:
                         return _KEY_V4(head, addrs), ip_len, 0
                     if proto in _ICMP_PROTOS:
                         return _ICMP_KEY_V4(head, addrs), ip_len, 0
@@ -183,12 +190,12 @@ def decode_gwlb(buf: bytes | bytearray | memoryview, n: int) -> Decoded | int:
                     head = word & _VNI_BITS | proto
                     if proto == _TCP_PROTO:
                         return _KEY_V6(head, addrs), plen + _IPV6_LEN, tflags
-                    if proto == UDP:
+                    if proto == _UDP:
                         return _KEY_V6(head, addrs), plen + _IPV6_LEN, 0
                     if proto in _ICMP_PROTOS:
                         return _ICMP_KEY_V6(head, addrs), plen + _IPV6_LEN, 0
                     return _NO_PORTS_KEY_V6(head, addrs), plen + _IPV6_LEN, 0
-            return decode(buf, n, GWLB_FAST_LEN)
+            return decode(buf, n, _GWLB_FAST_LEN)
     located = locate(buf, n)
     if located.__class__ is int:
         return located
