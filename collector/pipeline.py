@@ -145,7 +145,9 @@ class Pipeline:
         if endpoint is not None:
             session = self._with_endpoint(session, endpoint)
         located = locate(buf, n)
-        if located.__class__ is int:  # the packet path located it: cannot happen
+        if located.__class__ is int:  # the packet path located it already: never, but counted
+            self._drops[located] += 1
+            self._geneve_drops[located] += 1
             return
         _, src_at, src_len = located  # type: ignore[misc]
         mirror_source = bytes(buf[src_at : src_at + src_len])
