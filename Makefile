@@ -14,8 +14,8 @@ CONFIG ?= deploy/examples/collector.toml
 BUILT := $(VENV)/.built
 # The compiled modules (collector/build.py: COMPILED_MODULES), each typed by the .pxd beside it:
 # an edit of either rebuilds them (a stale extension module would shadow the edited .py).
-COMPILED_SOURCES := $(wildcard collector/*.pxd collector/*/*.pxd) \
-  $(patsubst %.pxd,%.py,$(wildcard collector/*.pxd collector/*/*.pxd))
+PXD := $(wildcard collector/*.pxd collector/*/*.pxd collector/*/*/*.pxd)
+COMPILED_SOURCES := $(PXD) $(patsubst %.pxd,%.py,$(PXD))
 
 install: $(BUILT)
 
@@ -116,7 +116,7 @@ REQUIRE_COMPILED := $(shell command -v cc >/dev/null 2>&1 && echo 1)
 PURE_TESTS := tests/test_build.py tests/test_flows.py \
   tests/test_golden.py tests/test_fuzz.py tests/test_filter.py tests/test_sessions.py \
   tests/test_records.py tests/test_encode_paths.py tests/test_replay.py tests/test_ingest_paths.py \
-  tests/test_rejected_records.py tests/test_geneve.py
+  tests/test_rejected_records.py tests/test_geneve.py tests/test_partitioner.py
 test: install system-deps $(PROMTOOL) lint lint-deploy
 	COLLECTOR_REQUIRE_COMPILED=$(REQUIRE_COMPILED) $(PY) -m pytest -q
 	COLLECTOR_PURE_PYTHON=1 $(PY) -m pytest -q $(wildcard $(PURE_TESTS))
@@ -124,7 +124,7 @@ test: install system-deps $(PROMTOOL) lint lint-deploy
 # Cython's annotated HTML of each compiled module (collector/**/*.html): the C each line became,
 # yellow where it calls into the interpreter (ARCHITECTURE.md, "Compiled modules").
 annotate: install
-	$(VENV)/bin/cython -3 -a -X annotation_typing=False $(patsubst %.pxd,%.py,$(wildcard collector/*.pxd collector/*/*.pxd))
+	$(VENV)/bin/cython -3 -a -X annotation_typing=False $(patsubst %.pxd,%.py,$(PXD))
 	find collector -name '*.c' -newer $(BUILT) -delete
 
 kafka:
