@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import binascii
 import itertools
+import socket
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.encode import make_records
-from collector.encoders import goflow2, ipfix
+from collector.encoders import goflow2, ipfix, ipv4
 from collector.encoders.ipfix import (
     HEADER,
     SET_HEADER,
@@ -120,6 +121,41 @@ def records(draw: st.DrawFn) -> FlowRecord:
         action=draw(st.sampled_from(("accept", "reject"))),
         filter_rule=draw(st.none() | st.integers(min_value=1, max_value=32766)),
     )
+
+
+# ---- IPv4 texts -----------------------------------------------------------------------------------
+
+
+def inet_pton_value(text: str) -> int:
+    try:
+        return int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+    except (OSError, ValueError):
+        return -1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        *("0.0.0.0", "255.255.255.255", "10.0.1.25", "100.200.10.0", "1.2.3.0"),
+        *("1.2.3", "1.2.3.4.", ".1.2.3", "1..2.3", "1.2.3.4.5", "", "...", "1.2.3.-4"),
+        *("01.2.3.4", "1.2.3.04", "0.0.0.00", "00.1.1.1", "1.2.3.256", "999.1.1.1"),
+        *(" 1.2.3.4", "1.2.3.4 ", "1.2.3.4\x00", "\uff11.2.3.4", "1e1.2.3.4", "::ffff:1.2.3.4"),
+    ],
+)
+def test_a_dotted_quad_is_read_as_inet_pton_reads_it_and_nothing_else_is(text: str) -> None:
+    assert ipv4.ipv4_value(text) == inet_pton_value(text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    text=st.ip_addresses(v=4).map(str)
+    | st.text(alphabet="0123456789.", max_size=18)
+    | st.lists(st.integers(min_value=0, max_value=999).map(str), min_size=1, max_size=6).map(
+        ".".join
+    )
+)
+def test_ipv4_texts_read_as_inet_pton_reads_them(text: str) -> None:
+    assert ipv4.ipv4_value(text) == inet_pton_value(text)
 
 
 # ---- goflow2 ------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 # Types for the compiled build of goflow2.py (Cython, pure Python mode): the .py is the source,
 # its first line turns bounds checks off (the buffer is longer than the longest message).
 cimport cython
+from collector.encoders.ipv4 cimport ipv4_value
 
 cdef bytearray _out
 cdef object _out_message
@@ -26,6 +27,9 @@ cdef Py_ssize_t _put_bytes(Py_ssize_t o, unsigned int tag, bytes data) noexcept
 
 @cython.locals(last=list)
 cdef bytes _address(Py_ssize_t slot, int family, object text)
+
+@cython.locals(value="long long")
+cdef Py_ssize_t _put_address(Py_ssize_t o, unsigned int tag, Py_ssize_t slot, int family, str text) except -1
 
 @cython.locals(
     fields=tuple,

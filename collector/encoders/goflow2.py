@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from msgspec.structs import astuple
 
+from collector.encoders.ipv4 import ipv4_value
 from collector.records import FlowRecord
 
 CONTENT_TYPE = "application/x-protobuf; messageType=flowpb.FlowMessage; delimited=true"
@@ -439,6 +440,21 @@ def _address(slot: int, family: int, text: str) -> bytes:
     return packed
 
 
+def _put_address(o: int, tag: int, slot: int, family: int, text: str) -> int:
+    """An address field: a dotted quad read in place, any other text by ``_address``."""
+    if family == _AF_INET:
+        value = ipv4_value(text)
+        if value >= 0:
+            _out_view[o] = tag
+            _out_view[o + 1] = 4
+            _out_view[o + 2] = value >> 24
+            _out_view[o + 3] = (value >> 16) & 0xFF
+            _out_view[o + 4] = (value >> 8) & 0xFF
+            _out_view[o + 5] = value & 0xFF
+            return o + 6
+    return _put_bytes(o, tag, _address(slot, family, text))
+
+
 def _written(r: FlowRecord, start_ms: int, end_ms: int) -> bytes:
     fields = astuple(r)
     vni = fields[_AT_VNI]
@@ -450,8 +466,8 @@ def _written(r: FlowRecord, start_ms: int, end_ms: int) -> bytes:
     _out_view[3] = SAMPLING_RATE
     sequence = fields[_AT_SEQUENCE]
     o = _put_field(4, _SEQUENCE_NUM, sequence & 0xFFFFFFFF)
-    o = _put_bytes(o, _SRC_ADDR, _address(slot, family, fields[_AT_SRC_ADDR]))
-    o = _put_bytes(o, _DST_ADDR, _address(slot + 1, family, fields[_AT_DST_ADDR]))
+    o = _put_address(o, _SRC_ADDR, slot, family, fields[_AT_SRC_ADDR])
+    o = _put_address(o, _DST_ADDR, slot + 1, family, fields[_AT_DST_ADDR])
     o = _put_field(o, _BYTES, fields[_AT_BYTES])
     o = _put_field(o, _PACKETS_NUM, fields[_AT_PACKETS])
     # the ENI as an interface (its VNI): egress flows come in on it, ingress flows go out on it

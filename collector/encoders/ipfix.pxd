@@ -2,6 +2,7 @@
 # Types for the compiled build of ipfix.py (Cython, pure Python mode): the .py is the source, its
 # first line turns bounds checks off (a record is written only where the message has room for it).
 cimport cython
+from collector.encoders.ipv4 cimport ipv4_value
 
 cdef Py_ssize_t _AT_FLOW_ID, _AT_SEQUENCE, _AT_VNI, _AT_SESSION, _AT_INTERFACE_ID
 cdef Py_ssize_t _AT_DIRECTION, _AT_PROTOCOL, _AT_SRC_ADDR, _AT_DST_ADDR, _AT_SRC_PORT
@@ -20,6 +21,8 @@ cdef class _Last:
 
 @cython.locals(i=Py_ssize_t)
 cdef Py_ssize_t _put_u64(Py_ssize_t o, unsigned long long value) noexcept
+
+cdef Py_ssize_t _put_u32(Py_ssize_t o, unsigned long long value) noexcept
 
 cdef Py_ssize_t _put_u16(Py_ssize_t o, unsigned short value) noexcept
 
@@ -46,6 +49,8 @@ cdef Py_ssize_t _put_bytes(Py_ssize_t o, bytes data, Py_ssize_t length) noexcept
     context=bytes,
     src=bytes,
     dst=bytes,
+    src_value="long long",
+    dst_value="long long",
     last=_Last,
     protocol="unsigned char",
 )

@@ -65,6 +65,7 @@ from collector.encoders.ipfix_elements import (
     template_elements,
     template_record,
 )
+from collector.encoders.ipv4 import ipv4_value
 from collector.records import FlowRecord
 
 
@@ -538,6 +539,14 @@ def _put_u64(o: int, value: int) -> int:
     return o + 8
 
 
+def _put_u32(o: int, value: int) -> int:
+    _view[o] = value >> 24
+    _view[o + 1] = (value >> 16) & 0xFF
+    _view[o + 2] = (value >> 8) & 0xFF
+    _view[o + 3] = value & 0xFF
+    return o + 4
+
+
 def _put_u16(o: int, value: int) -> int:
     _view[o] = value >> 8
     _view[o + 1] = value & 0xFF
@@ -642,18 +651,24 @@ def _fill_written(
             sequence = encoder._close(messages, o, set_start, set_id, count, export_time, sequence)
             count, set_start = 0, HEADER.size
             o = set_start + SET_HEADER.size
-        text = fields[_AT_SRC_ADDR]
-        if text is last.src_text:
-            src = last.src
-        else:
-            src = last.src = _pton(family, text)
-            last.src_text = text
-        text = fields[_AT_DST_ADDR]
-        if text is last.dst_text:
-            dst = last.dst
-        else:
-            dst = last.dst = _pton(family, text)
-            last.dst_text = text
+        # an address is read in place if a dotted quad, else parsed again unless it is the text
+        # its kind saw last
+        src_value = ipv4_value(fields[_AT_SRC_ADDR]) if v4 else -1
+        if src_value < 0:
+            text = fields[_AT_SRC_ADDR]
+            if text is last.src_text:
+                src = last.src
+            else:
+                src = last.src = _pton(family, text)
+                last.src_text = text
+        dst_value = ipv4_value(fields[_AT_DST_ADDR]) if v4 else -1
+        if dst_value < 0:
+            text = fields[_AT_DST_ADDR]
+            if text is last.dst_text:
+                dst = last.dst
+            else:
+                dst = last.dst = _pton(family, text)
+                last.dst_text = text
         o = _put_u64(o, fields[_AT_START_MS])
         o = _put_u64(o, fields[_AT_END_MS])
         o = _put_u64(o, fields[_AT_BYTES])
@@ -666,8 +681,8 @@ def _fill_written(
         o = _put_bytes(o, fixed, len(fixed))
         if enterprise:
             o = _put_u64(o, fields[_AT_SEQUENCE])
-        o = _put_bytes(o, src, address_bytes)
-        o = _put_bytes(o, dst, address_bytes)
+        o = _put_u32(o, src_value) if src_value >= 0 else _put_bytes(o, src, address_bytes)
+        o = _put_u32(o, dst_value) if dst_value >= 0 else _put_bytes(o, dst, address_bytes)
         if enterprise:
             o = _put_flow_id(o, fields[_AT_FLOW_ID])
         o = _put_bytes(o, context, len(context))
