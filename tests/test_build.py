@@ -127,3 +127,10 @@ def test_a_pure_wheel_when_asked(tmp_path: Path) -> None:
     wheel = _wheel(tmp_path, COLLECTOR_BUILD_PURE="1")
     assert wheel.name.endswith("-py3-none-any.whl"), wheel.name
     assert not [n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".so")]
+
+
+def test_without_a_working_compiler_the_build_falls_back_to_pure_python(tmp_path: Path) -> None:
+    """A C compiler that fails every call (as none at all would) costs the compiled modules, not
+    the install: the wheel is built, its modules run from their .py files."""
+    wheel = _wheel(tmp_path, CC="false", LDSHARED="false")
+    assert not [n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".so")]
