@@ -5,17 +5,18 @@ cimport cython
 from collector.encoders.ipv4 cimport ipv4_value
 
 cdef bytearray _out
-cdef object _out_message
 cdef unsigned char[::1] _out_view
 cdef unsigned int _SAMPLING, _SEQUENCE_NUM, _SRC_ADDR, _DST_ADDR, _BYTES, _PACKETS_NUM
 cdef unsigned int _IN_IF, _OUT_IF, _PROTO_NUM, _SRC_PORT_NUM, _DST_PORT_NUM, _FORWARDING
 cdef unsigned int _TCP_FLAGS_NUM, _ETYPE, _ICMP_TYPE_NUM, _ICMP_CODE_NUM, _DOMAIN
 cdef unsigned int _RECEIVED, _START, _END, _REJECTED, _ETYPE4, _ETYPE6
 cdef int _AF_INET, _AF_INET6
-cdef unsigned long long _NS, _MIN_MS, _MAX_MS
+cdef unsigned long long _NS
+cdef long long _MIN_MS, _MAX_MS
 cdef Py_ssize_t _AT_SEQUENCE, _AT_VNI, _AT_DIRECTION, _AT_IP_VERSION, _AT_PROTOCOL
 cdef Py_ssize_t _AT_SRC_ADDR, _AT_DST_ADDR, _AT_SRC_PORT, _AT_DST_PORT, _AT_ICMP_TYPE
 cdef Py_ssize_t _AT_ICMP_CODE, _AT_PACKETS, _AT_BYTES, _AT_TCP_FLAGS, _AT_ACTION
+cdef Py_ssize_t _AT_START_MS, _AT_END_MS
 cdef list _last_addresses
 
 cdef Py_ssize_t _put(Py_ssize_t o, unsigned long long value) noexcept
@@ -32,7 +33,7 @@ cdef bytes _address(Py_ssize_t slot, int family, object text)
 cdef Py_ssize_t _put_address(Py_ssize_t o, unsigned int tag, Py_ssize_t slot, int family, str text) except -1
 
 @cython.locals(
-    fields=tuple,
+    message="char *",
     slot=Py_ssize_t,
     o=Py_ssize_t,
     n=Py_ssize_t,
@@ -42,4 +43,7 @@ cdef Py_ssize_t _put_address(Py_ssize_t o, unsigned int tag, Py_ssize_t slot, in
     sequence="unsigned long long",
     end_ns="unsigned long long",
 )
-cdef bytes _written(object r, unsigned long long start_ms, unsigned long long end_ms)
+cdef bytes _written(tuple fields, unsigned long long start_ms, unsigned long long end_ms)
+
+@cython.locals(fields=tuple, start_ms="long long", end_ms="long long")
+cpdef bytes encode_written(object r)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from msgspec.structs import astuple
 
@@ -324,7 +325,6 @@ def encode_tables(r: FlowRecord) -> bytes:
 _BUFFER_BYTES = 256  # the longest message (every field at its longest) is < 200 bytes
 _out = bytearray(_BUFFER_BYTES)
 _out_view = memoryview(_out)  # written through (a C array once compiled)
-_out_message = memoryview(_out)  # read from (a Python memoryview in either build)
 _MIN_MS = 269  # 2**28 ns and up: below, times are written as ``_time_reference`` pads them
 _MAX_MS = (1 << 64) // NS_PER_MS - 1  # the last ms whose ns fit 64 bits
 # the tags as numbers (C constants once compiled: goflow2.pxd)
@@ -392,16 +392,16 @@ def _put_bytes(o: int, tag: int, data: bytes) -> int:
 def encode_written(r: FlowRecord) -> bytes:
     """``encode`` of the compiled build: each field's varint written into one buffer, the
     message at offset 2 and its length in the one or two bytes before it."""
-    start_ms = r.start_ms
-    end_ms = r.end_ms
-    if not (_MIN_MS <= start_ms <= _MAX_MS and _MIN_MS <= end_ms <= _MAX_MS):
-        message = reference_message(r)
-        return varint(len(message)) + message
+    fields = astuple(r)
     try:
-        return _written(r, start_ms, end_ms)
+        start_ms = fields[_AT_START_MS]
+        end_ms = fields[_AT_END_MS]
+        if _MIN_MS <= start_ms <= _MAX_MS and _MIN_MS <= end_ms <= _MAX_MS:
+            return _written(fields, start_ms, end_ms)
     except OverflowError:  # a value of 2**64 or more: too long for the C varint loop
-        message = reference_message(r)
-        return varint(len(message)) + message
+        pass
+    message = reference_message(r)
+    return varint(len(message)) + message
 
 
 # A record's fields in one tuple (one call, where reading 17 attributes costs twice as much once
@@ -422,6 +422,8 @@ _AT_PACKETS = _FIELDS.index("packets")
 _AT_BYTES = _FIELDS.index("bytes")
 _AT_TCP_FLAGS = _FIELDS.index("tcp_flags")
 _AT_ACTION = _FIELDS.index("action")
+_AT_START_MS = _FIELDS.index("start_ms")
+_AT_END_MS = _FIELDS.index("end_ms")
 # the last address text seen on each side of each family and its field: [text, field] for IPv4
 # source, IPv4 destination, IPv6 source, IPv6 destination (the ENI's own address is one side of
 # each record of its session: parsed once)
@@ -455,8 +457,7 @@ def _put_address(o: int, tag: int, slot: int, family: int, text: str) -> int:
     return _put_bytes(o, tag, _address(slot, family, text))
 
 
-def _written(r: FlowRecord, start_ms: int, end_ms: int) -> bytes:
-    fields = astuple(r)
+def _written(fields: tuple[Any, ...], start_ms: int, end_ms: int) -> bytes:
     vni = fields[_AT_VNI]
     direction = fields[_AT_DIRECTION]
     v4 = fields[_AT_IP_VERSION] == 4
@@ -494,12 +495,14 @@ def _written(r: FlowRecord, start_ms: int, end_ms: int) -> bytes:
     o = _put_field(o, _START, start_ms * _NS)
     o = _put_field(o, _END, end_ns)
     n = o - 2
+    # the buffer as a char pointer once compiled: its slice is one new bytes object
+    message = _out
     if n < 0x80:
         _out_view[1] = n
-        return _out_message[1:o].tobytes()
+        return bytes(message[1:o])
     _out_view[0] = (n & 0x7F) | 0x80
     _out_view[1] = n >> 7
-    return _out_message[:o].tobytes()
+    return bytes(message[:o])
 
 
 # which path ``encode`` is: the compiled module's file is not a .py
