@@ -95,7 +95,9 @@ class Session:
         """Egress when the inner source is the ENI, ingress when the destination is, else unknown.
 
         Configured addresses decide first; otherwise the outer source IP, which AWS sets to the
-        source ENI's primary private IPv4 address, stands in for the ENI.
+        source ENI's primary private IPv4 address, stands in for the ENI. For GENEVE from a
+        Gateway Load Balancer the pipeline passes the mirror datagram's source here, never the
+        GWLB's address the datagram came from.
         """
         if self.networks:
             if _contains(self.networks, src):
