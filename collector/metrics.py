@@ -484,7 +484,10 @@ class Aggregate(Collector):
             labels=["session", "vni"],
         )
         names = self.session_names
-        for vni, n in sorted(self.session_datagrams().items()):
+        counts = self.session_datagrams()
+        for vni in names:  # a configured session has its series from the start, at 0
+            counts.setdefault(vni, 0)
+        for vni, n in sorted(counts.items()):
             if vni == OTHER_VNI:
                 per_session.add_metric(["", "other"], n)
             else:

@@ -132,7 +132,7 @@ def test_metrics_per_encapsulation_session_and_endpoint() -> None:
     p.flush()
     stats = p.stats
     aggregate = Aggregate(read_process=lambda _pid: None)
-    aggregate.session_names = {VNI: "web"}
+    aggregate.session_names = {VNI: "web", 7: "silent"}
     snapshot = WorkerSnapshot(
         index=0,
         pid=1,
@@ -155,6 +155,8 @@ def test_metrics_per_encapsulation_session_and_endpoint() -> None:
     assert ("collector_packets_dropped_total", (("reason", "geneve_version"),)) in got
     session = "collector_session_datagrams_total"
     assert got[(session, (("session", "web"), ("vni", str(VNI))))] == 2
+    # a configured session that sent nothing has its series, at 0: an alert can tell it apart
+    assert got[(session, (("session", "silent"), ("vni", "7")))] == 0
     endpoint = "collector_endpoint_records_total"
     assert got[(endpoint, (("gwlb_endpoint_id", endpoint_text(packets.ENDPOINT_ID)),))] == 1
     # a worker that exits hands its counts to the totals: nothing goes backwards
