@@ -28,7 +28,7 @@ cdef Py_ssize_t _put_u16(Py_ssize_t o, unsigned short value) noexcept
 
 cdef int _hex_digit(int c) noexcept
 
-@cython.locals(i=Py_ssize_t, high=int, low=int)
+@cython.locals(i=Py_ssize_t, high=int, digit=int, ch=Py_UCS4)
 cdef Py_ssize_t _put_flow_id(Py_ssize_t o, str flow_id) except -1
 
 @cython.locals(n=Py_ssize_t, i=Py_ssize_t)

@@ -579,12 +579,15 @@ def _put_flow_id(o: int, flow_id: str) -> int:
     """connectionId: the flow id's 16 hex digits as 8 bytes (``unhexlify`` for any other text,
     with struct's ``8s`` padding or cut)."""
     if len(flow_id) == 16:
-        for i in range(8):
-            high = _hex_digit(ord(flow_id[2 * i]))
-            low = _hex_digit(ord(flow_id[2 * i + 1]))
-            if high < 0 or low < 0:
+        high = 0
+        for i, ch in enumerate(flow_id):
+            digit = _hex_digit(ord(ch))
+            if digit < 0:
                 break
-            _view[o + i] = high << 4 | low
+            if i & 1:
+                _view[o + (i >> 1)] = high << 4 | digit
+            else:
+                high = digit
         else:
             return o + 8
     return _put_bytes(o, unhexlify(flow_id), 8)
