@@ -1,4 +1,5 @@
-"""deploy/image/collector-ready run for real: bash, curl and an HTTP server on loopback standing in
+"""deploy/image/collector-ready and deploy/systemd/collector-lifecycle run for real: bash, curl and
+an HTTP server on loopback standing in
 for the instance metadata service and the collector's /healthz, the AWS CLI and cfn-signal
 replaced by scripts that record their calls (and answer describe-target-health as the load
 balancer would while it registers a target).
@@ -7,6 +8,8 @@ What it shows: the wait is bounded by the time since boot (the launch hook's clo
 waits (the /healthz status and body, the target's health state and reason), it completes the hook
 only after /healthz 200 and signals success only once the target is healthy; and when the boot
 runs out of time it says what /healthz last answered, signals failure and abandons the launch.
+And with a network-interface target, collector-lifecycle is the health check a load balancer would
+be: a collector that was healthy and stays unhealthy gets its instance marked Unhealthy, once.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.cfn_template import ROOT
+from tests.service_harness import wait_for
 
 READY = ROOT / "deploy" / "image" / "collector-ready"
 INSTANCE = "i-0123456789abcdef0"
@@ -161,3 +165,137 @@ def test_ready_gives_up_with_the_last_answer_when_the_boot_ran_out_of_time(
     assert "--lifecycle-action-result ABANDON" in calls
     assert "CONTINUE" not in calls
     assert "describe-target-health" not in calls
+
+
+# ------------------------------------------------------------------------- eni: the instance checks itself
+
+LIFECYCLE = ROOT / "deploy" / "systemd" / "collector-lifecycle"
+SYSTEMCTL_STUB = """#!/bin/bash
+echo "systemctl $*" >> "$CALLS"
+[ "$1" = show ] && echo success
+exit 0
+"""
+
+
+class Lifecycle(Instance):
+    """IMDS with the target lifecycle state, and /healthz: 200 ``healthy`` times, then 503."""
+
+    healthy = 3
+    state = "InService"
+    polls = 0
+
+    def do_GET(self) -> None:
+        cls = type(self)
+        if self.path == "/latest/meta-data/autoscaling/target-lifecycle-state":
+            cls.polls += 1
+            self._send(200, cls.state.encode())
+        elif self.path == "/healthz":
+            cls.answered += 1
+            self._send(200 if cls.answered <= cls.healthy else 503, b"{}")
+        else:
+            super().do_GET()
+
+
+def run_lifecycle(tmp_path: Path, base: str, replace_after: str) -> subprocess.Popen[str]:
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    (stubs / "aws").write_text(AWS_STUB)
+    (stubs / "systemctl").write_text(SYSTEMCTL_STUB)
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    env = {
+        "PATH": f"{stubs}:{os.environ['PATH']}",
+        "CALLS": str(tmp_path / "calls"),
+        "IMDS_URL": f"{base}/latest",
+        "HEALTHZ_URL": f"{base}/healthz",
+        "POLL_S": "0.1",
+        # the drain's heartbeat loop sleeps this long; its sleep outlives the loop by as much
+        "HEARTBEAT_S": "0.2",
+        "REPLACE_UNHEALTHY_S": replace_after,
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "ASG_NAME": "mirror-collectors",
+        "LIFECYCLE_HOOK_NAME": "collector-drain",
+    }
+    return subprocess.Popen(
+        ["bash", str(LIFECYCLE)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+@pytest.fixture
+def lifecycle_instance() -> Iterator[tuple[str, type[Lifecycle]]]:
+    handler = type(
+        "Handler", (Lifecycle,), {"answered": 0, "healthy": 3, "state": "InService", "polls": 0}
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def calls_of(tmp_path: Path) -> str:
+    path = tmp_path / "calls"
+    return path.read_text() if path.exists() else ""
+
+
+def finish(proc: subprocess.Popen[str], handler: type[Lifecycle]) -> str:
+    """Let the group terminate the instance (the drain runs as on scale-in); the script's output."""
+    handler.state = "Terminated"
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return out
+
+
+def test_eni_mode_marks_an_instance_whose_collector_stays_unhealthy(
+    tmp_path: Path, lifecycle_instance: tuple[str, type[Lifecycle]]
+) -> None:
+    base, handler = lifecycle_instance
+    proc = run_lifecycle(tmp_path, base, replace_after="1")
+    try:
+        wait_for(lambda: "set-instance-health" in calls_of(tmp_path), "the instance marked")
+    finally:
+        out = finish(proc, handler)
+    calls = calls_of(tmp_path).splitlines()
+    marks = [c for c in calls if "set-instance-health" in c]
+    assert marks == [
+        "aws autoscaling set-instance-health --instance-id i-0123456789abcdef0"
+        " --health-status Unhealthy"
+    ]  # once
+    assert "/healthz answers 503: the instance is replaced if it lasts 1 s" in out
+    assert "marking the instance Unhealthy" in out
+    assert "systemctl stop collector.service" in calls
+    assert proc.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("healthy", "replace_after"),
+    [(0, "1"), (3, "")],
+    ids=["never-healthy-yet", "setting-off"],
+)
+def test_before_a_first_200_or_without_the_setting_nothing_is_marked(
+    tmp_path: Path,
+    lifecycle_instance: tuple[str, type[Lifecycle]],
+    healthy: int,
+    replace_after: str,
+) -> None:
+    base, handler = lifecycle_instance
+    handler.healthy = healthy  # 0: a boot, which collector-ready owns
+    proc = run_lifecycle(tmp_path, base, replace_after=replace_after)
+    try:
+        # a second's worth of polls, past the 1 s the first case would need
+        wait_for(lambda: handler.answered >= 20 or handler.polls >= 20, "the loop polled")
+    finally:
+        finish(proc, handler)
+    assert "set-instance-health" not in calls_of(tmp_path)
+    assert proc.returncode == 0

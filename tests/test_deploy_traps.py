@@ -148,3 +148,23 @@ def test_cloudwatch_agent_publishes_the_spool_volume_the_alarm_reads() -> None:
     assert metrics["append_dimensions"] == {"AutoScalingGroupName": "${aws:AutoScalingGroupName}"}
     setup = (ROOT / "deploy" / "image" / "collector-cloudwatch-setup").read_text()
     assert "s|@SPOOL_MOUNT@|${SPOOL_MOUNT:-/}|g" in setup
+
+
+# ------------------------------------------------------------------------- 6. eni mode heals itself
+
+
+@pytest.mark.parametrize(("mode", "after"), [("eni", "300"), ("nlb", ""), ("gwlb-endpoint", "")])
+def test_only_an_eni_target_checks_its_own_health(mode: str, after: str) -> None:
+    overrides = GWLB if mode == "gwlb-endpoint" else {"TargetType": mode}
+    resolver = render(**overrides)
+    script = resolver.resolve({"Fn::Sub": user_data_source(load_stack())})
+    env = heredoc(script, "/etc/collector/lifecycle.env")
+    assert f"REPLACE_UNHEALTHY_S={after}" in env.splitlines()
+    group = resolver.resources("AWS::AutoScaling::AutoScalingGroup")["CollectorGroup"]
+    # a load balancer's health check replaces an unhealthy collector; an ENI target has none
+    assert group["Properties"]["HealthCheckType"] == ("EC2" if mode == "eni" else "ELB")
+    role = resolver.resources("AWS::IAM::Role")["CollectorRole"]["Properties"]
+    (lifecycle,) = [p for p in role["Policies"] if p["PolicyName"] == "lifecycle"]
+    (statement,) = lifecycle["PolicyDocument"]["Statement"]
+    assert "autoscaling:SetInstanceHealth" in statement["Action"]
+    assert statement["Resource"].endswith("autoScalingGroupName/mirror-test-collectors")
