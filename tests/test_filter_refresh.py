@@ -14,6 +14,7 @@ the collector still parses an EC2 API answer (botocore reads moto's XML by the E
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ import pytest
 from moto.ec2.models import ec2_backends
 from moto.server import ThreadedMotoServer
 
-from collector.aws_filters import rules_version
+from collector.aws_filters import FilterFollower, rules_version
+from collector.config import AwsConfig, Config, load_config
 from collector.filter import rules_from_aws
 from tests.service_harness import Collector, free_port, tcp, wait_for
 
@@ -181,9 +183,20 @@ filter_id = "{filter_id}"
         counted(c, accepted=3, rejected=2)
         assert c.worker_pids() == pids  # no restart, no new worker
         assert c.metric("collector_filter_refresh_failures_total") == 0
+
+        # a SIGHUP re-reads the file, whose copy of filter A is the boot's narrow one: the rules
+        # followed from AWS stay in use
+        c.proc.send_signal(signal.SIGHUP)
+        wait_for(
+            lambda: sum('"sessions reloaded"' in line for line in c.logs().splitlines()) == 4,
+            "both workers reloaded",
+        )
+        assert version_in_use(c)["version"] == wide_version
+        c.send([tcp(100, SOURCE, "10.70.0.1", 40004, 443)])
+        counted(c, accepted=4, rejected=2)
         assert c.stop() == 0
     kept = {r["dst_addr"] for r in c.records()}
-    assert kept == {"10.9.0.1", "10.50.0.1", "10.60.0.1"}
+    assert kept == {"10.9.0.1", "10.50.0.1", "10.60.0.1", "10.70.0.1"}
 
 
 def test_a_failed_refresh_keeps_the_rules_in_use(ec2_endpoint: str, tmp_path: Path) -> None:
@@ -231,3 +244,78 @@ filter_id = "{filter_id}"
         counted(c, accepted=1, rejected=1)
         assert "mirror filter refresh failed" in c.logs()
         assert c.stop() == 0
+
+
+# ------------------------------------------------------------------------- the follower in process
+
+
+def file_config(tmp_path: Path, filter_id: str, inline: str = "") -> Config:
+    path = tmp_path / "collector.toml"
+    path.write_text(
+        f"""
+[[sessions]]
+vni = 100
+addresses = ["{SOURCE}"]
+filter = "filter-a"
+
+[filters.filter-a]
+aws_json = "filter-a.json"
+filter_id = "{filter_id}"
+{inline}
+"""
+    )
+    return load_config(str(path))
+
+
+def test_follower_keeps_inline_rules_and_refuses_rules_that_clash(
+    ec2_endpoint: str, tmp_path: Path
+) -> None:
+    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=ec2_endpoint)
+    filter_id = ec2.create_traffic_mirror_filter()["TrafficMirrorFilter"]["TrafficMirrorFilterId"]
+    set_rules(filter_id, NARROW)
+    described = ec2.describe_traffic_mirror_filters(TrafficMirrorFilterIds=[filter_id])
+    described.pop("ResponseMetadata")
+    (tmp_path / "filter-a.json").write_text(json.dumps(described))
+    # an inline rule beyond AWS's quota: kept next to the followed ones
+    inline = """
+[[filters.filter-a.rules]]
+direction = "egress"
+rule_number = 500
+action = "accept"
+source_cidr = "0.0.0.0/0"
+destination_cidr = "192.168.0.0/16"
+"""
+    config = file_config(tmp_path, filter_id, inline)
+    follower = FilterFollower(AwsConfig(region=REGION), ec2)
+    before = follower.versions(config)["filter-a"]
+    assert not before.followed
+    assert follower.refresh(config) is False  # AWS holds what the file holds
+    assert follower.versions(config)["filter-a"].followed
+    set_rules(filter_id, WIDE)
+    assert follower.refresh(config) is True
+    overlaid = follower.overlay(config).filters["filter-a"]
+    assert (overlaid.aws_json, overlaid.filter_id) == (None, None)
+    assert [r.rule_number for r in overlaid.rules] == [500, 10, 100]
+    assert overlaid.rules[2].destination_cidr == "0.0.0.0/0"
+    assert follower.refresh(config) is False  # no change, no reload
+
+    # a rule number AWS now uses that the inline rules use too: refused, the rules in use stay
+    set_rules(filter_id, [*WIDE, rule(500, "reject", "10.0.0.0/8")])
+    assert follower.refresh(config) is False
+    assert follower.failures == 1
+    assert "500" in follower.last_error
+    assert follower.overlay(config).filters["filter-a"].rules[2].destination_cidr == "0.0.0.0/0"
+
+    # the file now names another filter (a SIGHUP): the file wins
+    other = file_config(tmp_path, "tmf-0ffffffffffffffff", inline)
+    assert follower.overlay(other).filters["filter-a"].filter_id == "tmf-0ffffffffffffffff"
+
+
+def test_versions_do_not_depend_on_the_order_aws_lists_rules_in() -> None:
+    rules = rules_from_aws(
+        {"TrafficMirrorFilters": [{"TrafficMirrorFilterId": "tmf-1", "EgressFilterRules": WIDE}]},
+        "tmf-1",
+        "f",
+    )
+    assert rules_version(rules) == rules_version(list(reversed(rules)))
+    assert rules_version(rules) != rules_version(rules[:1])
