@@ -16,10 +16,12 @@ from collector.sessions import build_sessions
 
 def validate(config: Config) -> None:
     """Addresses, sink spec, sessions and filters (with their AWS JSON); a ConfigError names the key."""
-    for key, address in config.listeners:
-        parse_hostport(address, key)
-    if not config.listeners:
+    bound = {key: parse_hostport(address, key) for key, address in config.listeners}
+    if not bound:
         raise ConfigError("listen", "listen and geneve_listen are both off: nothing to receive")
+    if len(bound) == 2 and bound["listen"][1] == bound["geneve_listen"][1]:
+        # one port for both would put VXLAN and GENEVE datagrams in each other's sockets
+        raise ConfigError("geneve_listen", f"port {bound['listen'][1]} is listen's port too")
     parse_hostport(config.health, "health")
     make_sink(config.sink, config)
     if config.sink.startswith("kafka://"):

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from collector.checks import validate
 from collector.config import build_config
+from collector.errors import ConfigError
 from collector.metrics import Aggregate, WorkerSnapshot, WorkerView
 from collector.pipeline import MAX_ANONYMOUS_SESSION_LABELS, OTHER_VNI, Pipeline
 from collector.sessions import build_sessions
@@ -165,3 +168,11 @@ def test_metrics_per_encapsulation_session_and_endpoint() -> None:
     again = samples(aggregate.render().decode())
     assert again[(session, (("session", "web"), ("vni", str(VNI))))] == 2
     assert again[(received, (("encapsulation", "geneve"),))] == 2
+
+
+def test_one_port_for_both_listeners_is_refused_naming_geneve_listen() -> None:
+    same = build_config({"listen": "0.0.0.0:6081", "geneve_listen": "0.0.0.0:6081"})
+    with pytest.raises(ConfigError, match="geneve_listen"):
+        validate(same)
+    validate(build_config({"listen": "0.0.0.0:4789", "geneve_listen": "off"}))
+    validate(build_config({"listen": "", "geneve_listen": "0.0.0.0:6081"}))
