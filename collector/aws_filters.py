@@ -94,8 +94,6 @@ class _Fetched:
     filter_id: str
     rules: tuple[FilterRuleConfig, ...]
     """The rules AWS holds (without the table's inline ones)."""
-    version: str
-    """Version of the AWS rules alone, to tell a change in AWS."""
 
 
 class FilterFollower:
@@ -175,7 +173,7 @@ class FilterFollower:
                 raise LookupError(f"{filter_id} (filters.{name}) is not in the EC2 answer")
             document = {"TrafficMirrorFilters": [documents[filter_id]]}
             rules = tuple(rules_from_aws(document, filter_id, f"filters.{name}"))
-            fetched[name] = _Fetched(filter_id, rules, rules_version(rules))
+            fetched[name] = _Fetched(filter_id, rules)
         return fetched
 
     def _describe(self, filter_ids: list[str]) -> dict[str, Mapping[str, Any]]:
