@@ -270,7 +270,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ``off`` turns this listener off."""
     geneve_listen: str = "0.0.0.0:6081"
     """UDP address the workers receive GENEVE on (RFC 8926: what a Gateway Load Balancer sends its
-    targets); ``""`` or ``off`` turns this listener off. At least one of the two must be on."""
+    targets); ``""`` or ``off`` turns this listener off. At least one of the two must be on, and
+    on ports of their own."""
     health: str = "0.0.0.0:8080"
     """HTTP address of /healthz and /metrics."""
     workers: Annotated[int, msgspec.Meta(ge=0)] = 0
