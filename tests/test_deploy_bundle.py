@@ -103,3 +103,11 @@ def test_package_scripts_pass_shellcheck(script: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout
+
+
+def test_the_bundle_carries_the_pure_wheel_unless_told_otherwise() -> None:
+    build = (IMAGE / "build-bundle").read_text()
+    pure = 'COLLECTOR_BUILD_PURE=1 "$python" -m pip wheel'
+    assert pure in build
+    # the compiled wheel only on request (COMPILED=1), for the machine that builds it
+    assert build.index('if [ "${COMPILED:-0}" = 1 ]; then') < build.index(pure)
