@@ -20,6 +20,8 @@ COMPILED_MODULES = (
     "collector.flows",
     "collector.pipeline",
     "collector.io.kafka.partitioner",
+    "collector.encoders.goflow2",
+    "collector.encoders.ipfix",
 )
 
 

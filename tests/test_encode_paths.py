@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.encode import make_records
-from collector.encoders import goflow2, ipfix, ipv4
+from collector.encoders import goflow2, ipfix
 from collector.encoders.ipfix import (
     HEADER,
     SET_HEADER,
@@ -143,7 +143,8 @@ def inet_pton_value(text: str) -> int:
     ],
 )
 def test_a_dotted_quad_is_read_as_inet_pton_reads_it_and_nothing_else_is(text: str) -> None:
-    assert ipv4.ipv4_value(text) == inet_pton_value(text)
+    assert goflow2._ipv4_value(text) == inet_pton_value(text)
+    assert ipfix._ipv4_value(text) == inet_pton_value(text)
 
 
 @settings(max_examples=400, deadline=None)
@@ -155,7 +156,7 @@ def test_a_dotted_quad_is_read_as_inet_pton_reads_it_and_nothing_else_is(text: s
     )
 )
 def test_ipv4_texts_read_as_inet_pton_reads_them(text: str) -> None:
-    assert ipv4.ipv4_value(text) == inet_pton_value(text)
+    assert goflow2._ipv4_value(text) == ipfix._ipv4_value(text) == inet_pton_value(text)
 
 
 # ---- goflow2 ------------------------------------------------------------------------------------
@@ -364,6 +365,29 @@ def test_ipfix_connection_ids_of_another_length_are_cut_or_padded_alike_on_both_
     assert messages[0] == messages[1]
     octets = bytes.fromhex(flow_id)[:8].ljust(8, b"\x00")
     assert octets in messages[0][0][0]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"bytes": 2**64},
+        {"packets": -1},
+        {"src_port": 65536},
+        {"protocol": 256},
+        {"sequence": 2**64},
+    ],
+)
+def test_an_ipfix_value_its_field_cannot_hold_is_refused_alike_by_both_builds(
+    fields: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """struct refuses it on the packed path; the compiled written path's C conversion refuses it
+    too and says so as struct does (the written path run interpreted, which no build uses,
+    takes the low bits: it is held to the reference on values that fit)."""
+    record = make_record(flow_id="00ff10a0b0c0d0e0", **fields)
+    for written in (False, True) if ipfix.COMPILED else (False,):
+        monkeypatch.setattr(ipfix, "COMPILED", written)
+        with pytest.raises(struct.error):
+            new_encoder(1500, False, 32473).encode([record], 1.0)
 
 
 @pytest.mark.usefixtures("ipfix_path")

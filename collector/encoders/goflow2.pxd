@@ -2,7 +2,6 @@
 # Types for the compiled build of goflow2.py (Cython, pure Python mode): the .py is the source,
 # its first line turns bounds checks off (the buffer is longer than the longest message).
 cimport cython
-from collector.encoders.ipv4 cimport ipv4_value
 
 cdef bytearray _out
 cdef unsigned char[::1] _out_view
@@ -11,6 +10,9 @@ cdef unsigned int _IN_IF, _OUT_IF, _PROTO_NUM, _SRC_PORT_NUM, _DST_PORT_NUM, _FO
 cdef unsigned int _TCP_FLAGS_NUM, _ETYPE, _ICMP_TYPE_NUM, _ICMP_CODE_NUM, _DOMAIN
 cdef unsigned int _RECEIVED, _START, _END, _REJECTED, _ETYPE4, _ETYPE6
 cdef int _AF_INET, _AF_INET6
+
+@cython.locals(value="long long", octet=long, digits=long, dots=long, ch=Py_UCS4, c=long)
+cpdef long long _ipv4_value(str text) except -2
 cdef unsigned long long _NS
 cdef long long _MIN_MS, _MAX_MS
 cdef Py_ssize_t _AT_SEQUENCE, _AT_VNI, _AT_DIRECTION, _AT_IP_VERSION, _AT_PROTOCOL

@@ -17,7 +17,6 @@ from typing import Any
 
 from msgspec.structs import astuple
 
-from collector.encoders.ipv4 import ipv4_value
 from collector.records import FlowRecord
 
 CONTENT_TYPE = "application/x-protobuf; messageType=flowpb.FlowMessage; delimited=true"
@@ -442,10 +441,41 @@ def _address(slot: int, family: int, text: str) -> bytes:
     return packed
 
 
+def _ipv4_value(text: str) -> int:
+    """A dotted quad (four decimal octets, no leading zeros, nothing else: what inet_pton reads)
+    as a 32-bit number; -1 for any other text, left to inet_pton to read or refuse. A C loop
+    once compiled, where inet_pton costs a call with argument parsing and a bytes object (the
+    same function is in goflow2.py and ipfix.py: a compiled module calls only its own C
+    functions, so neither depends on the other being compiled)."""
+    value = 0
+    octet = 0
+    digits = 0
+    dots = 0
+    for ch in text:
+        c = ord(ch)
+        if 48 <= c <= 57:  # 0-9
+            if digits and not octet:  # a leading zero
+                return -1
+            octet = octet * 10 + (c - 48)
+            if octet > 255:
+                return -1
+            digits += 1
+        elif c == 46 and digits and dots < 3:  # a dot after an octet
+            value = (value << 8) | octet
+            octet = 0
+            digits = 0
+            dots += 1
+        else:
+            return -1
+    if dots != 3 or not digits:
+        return -1
+    return (value << 8) | octet
+
+
 def _put_address(o: int, tag: int, slot: int, family: int, text: str) -> int:
     """An address field: a dotted quad read in place, any other text by ``_address``."""
     if family == _AF_INET:
-        value = ipv4_value(text)
+        value = _ipv4_value(text)
         if value >= 0:
             _out_view[o] = tag
             _out_view[o + 1] = 4

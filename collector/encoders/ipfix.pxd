@@ -2,7 +2,6 @@
 # Types for the compiled build of ipfix.py (Cython, pure Python mode): the .py is the source, its
 # first line turns bounds checks off (a record is written only where the message has room for it).
 cimport cython
-from collector.encoders.ipv4 cimport ipv4_value
 
 cdef Py_ssize_t _AT_FLOW_ID, _AT_SEQUENCE, _AT_VNI, _AT_SESSION, _AT_INTERFACE_ID
 cdef Py_ssize_t _AT_DIRECTION, _AT_PROTOCOL, _AT_SRC_ADDR, _AT_DST_ADDR, _AT_SRC_PORT
@@ -11,6 +10,9 @@ cdef Py_ssize_t _AT_TCP_FLAGS, _AT_START_MS, _AT_END_MS, _AT_END_REASON, _AT_INS
 cdef Py_ssize_t _AT_SUBNET_ID, _AT_VPC_ID, _AT_AZ_ID, _AT_ACCOUNT_ID, _AT_REGION
 cdef Py_ssize_t _AT_ACTION, _AT_FILTER_RULE
 cdef int _AF_INET, _AF_INET6
+
+@cython.locals(value="long long", octet=long, digits=long, dots=long, ch=Py_UCS4, c=long)
+cpdef long long _ipv4_value(str text) except -2
 cdef unsigned char[::1] _view
 
 

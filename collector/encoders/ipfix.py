@@ -18,69 +18,29 @@ from collections.abc import Callable, Iterable
 from msgspec.structs import astuple
 
 from collector.encoders.ipfix_elements import (
-    ACCOUNT_ID,
-    AZ_ID,
-    CONNECTION_ID,
-    DIRECTION,
     DIRECTIONS,
-    DST_PORT,
-    DST_V4,
-    DST_V6,
-    EGRESS_IF,
-    END_REASON,
     END_REASONS,
-    EXPORTER_SEQUENCE,
-    FILTER_RULE,
-    FLOW_END_MS,
-    FLOW_START_MS,
     FORWARDING,
-    FORWARDING_STATUS,
     HEADER,
-    ICMP_V4,
-    ICMP_V6,
-    INGRESS_IF,
-    INSTANCE_ID,
-    INTERFACE_NAME,
     MAX_MESSAGE_BYTES,
     MAX_STRING_BYTES,
-    OCTETS,
-    PACKETS,
-    PROTOCOL,
-    REGION,
-    SEGMENT,
     SEGMENT_TYPE_VXLAN,
-    SESSION_NAME,
     SET_HEADER,
-    SRC_PORT,
-    SRC_V4,
-    SRC_V6,
-    SUBNET_ID,
-    TCP_FLAGS,
     TEMPLATE_SET_ID,
     TEMPLATE_V4,
     TEMPLATE_V6,
     VERSION,
-    VPC_ID,
     Element,
+    reference_data_record,
+    string_field,
     template_elements,
     template_record,
 )
-from collector.encoders.ipv4 import ipv4_value
 from collector.records import FlowRecord
 
 
 def _set(set_id: int, body: bytes) -> bytes:
     return SET_HEADER.pack(set_id, SET_HEADER.size + len(body)) + body
-
-
-def _string(value: str | None) -> bytes:
-    """A variable-length string field (section 7): one length byte, UTF-8, cut to the bound."""
-    if not value:
-        return b"\x00"
-    data = value.encode()
-    if len(data) > MAX_STRING_BYTES:
-        data = data[:MAX_STRING_BYTES].decode(errors="ignore").encode()
-    return bytes((len(data),)) + data
 
 
 # The longest record: fixed part, two IPv6 addresses, the ids, every string at its bound.
@@ -208,7 +168,7 @@ class MessageEncoder:
         if self.enterprise:  # the filter rule follows the forwarding status
             fixed += struct.pack(">H", strings[0] or 0)
             strings = strings[1:]
-        context = b"".join([_string(s if isinstance(s, str) else None) for s in strings])
+        context = b"".join([string_field(s if isinstance(s, str) else None) for s in strings])
         record = _record_struct(v4, self.enterprise, len(context))
         kind = record.pack_into, record.size, fixed, context, _Last()
         kinds = self._kinds4 if v4 else self._kinds6
@@ -279,9 +239,20 @@ class MessageEncoder:
             set_id, set_start = family_set, o
             o += SET_HEADER.size
             if COMPILED:
-                o, count, set_start, sequence = _fill_written(
-                    self, items, family_set, messages, o, count, set_start, sequence, export_time
-                )
+                try:
+                    o, count, set_start, sequence = _fill_written(
+                        self,
+                        items,
+                        family_set,
+                        messages,
+                        o,
+                        count,
+                        set_start,
+                        sequence,
+                        export_time,
+                    )
+                except OverflowError as exc:  # a value its field cannot hold: as struct says it
+                    raise struct.error(str(exc)) from exc
             else:
                 o, count, set_start, sequence = _fill_packed(
                     self, items, family_set, messages, o, count, set_start, sequence, export_time
@@ -294,43 +265,8 @@ class MessageEncoder:
     def reference_data_record(self, r: FlowRecord) -> bytes:
         """One data record written field by field in template order: the readable definition
         of the records ``encode`` packs."""
-        values: dict[Element, bytes] = {}
-        put = values.__setitem__
-        put(FLOW_START_MS, struct.pack(">Q", r.start_ms))
-        put(FLOW_END_MS, struct.pack(">Q", r.end_ms))
-        put(OCTETS, struct.pack(">Q", r.bytes))
-        put(PACKETS, struct.pack(">Q", r.packets))
-        put(SRC_PORT, struct.pack(">H", r.src_port))
-        put(DST_PORT, struct.pack(">H", r.dst_port))
-        put(PROTOCOL, struct.pack(">B", r.protocol))
-        put(TCP_FLAGS, struct.pack(">H", r.tcp_flags))
-        icmp = 0 if r.icmp_type is None else (r.icmp_type << 8) | (r.icmp_code or 0)
-        put(ICMP_V4 if r.ip_version == 4 else ICMP_V6, struct.pack(">H", icmp))
-        put(END_REASON, struct.pack(">B", END_REASONS[r.end_reason]))
-        put(DIRECTION, struct.pack(">B", DIRECTIONS[r.direction]))
-        put(SEGMENT, struct.pack(">Q", (SEGMENT_TYPE_VXLAN << 56) | r.vni))
-        put(INGRESS_IF, struct.pack(">I", r.vni if r.direction == "egress" else 0))
-        put(EGRESS_IF, struct.pack(">I", r.vni if r.direction == "ingress" else 0))
-        put(FORWARDING_STATUS, struct.pack(">B", FORWARDING[r.action]))
-        put(FILTER_RULE, struct.pack(">H", r.filter_rule or 0))
-        put(EXPORTER_SEQUENCE, struct.pack(">Q", r.sequence))
-        for v4_element, v6_element, text in (
-            (SRC_V4, SRC_V6, r.src_addr),
-            (DST_V4, DST_V6, r.dst_addr),
-        ):
-            packed = socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
-            put(v4_element if r.ip_version == 4 else v6_element, packed)
-        put(CONNECTION_ID, bytes.fromhex(r.flow_id))
-        put(INTERFACE_NAME, _string(r.interface_id))
-        put(SESSION_NAME, _string(r.session))
-        put(INSTANCE_ID, _string(r.instance_id))
-        put(SUBNET_ID, _string(r.subnet_id))
-        put(VPC_ID, _string(r.vpc_id))
-        put(AZ_ID, _string(r.az_id))
-        put(ACCOUNT_ID, _string(r.account_id))
-        put(REGION, _string(r.region))
         tid = TEMPLATE_V4 if r.ip_version == 4 else TEMPLATE_V6
-        return b"".join(values[element] for element in self._templates[tid])
+        return reference_data_record(r, self._templates[tid])
 
     def templates_due(self, now: float, refresh_s: float | None) -> bool:
         """True before the first data of a session and, with ``refresh_s``, every refresh_s."""
@@ -531,6 +467,37 @@ _AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
 _view = memoryview(bytearray(1))  # the buffer of the encoder being filled
 
 
+def _ipv4_value(text: str) -> int:
+    """A dotted quad (four decimal octets, no leading zeros, nothing else: what inet_pton reads)
+    as a 32-bit number; -1 for any other text, left to inet_pton to read or refuse. A C loop
+    once compiled, where inet_pton costs a call with argument parsing and a bytes object (the
+    same function is in goflow2.py and ipfix.py: a compiled module calls only its own C
+    functions, so neither depends on the other being compiled)."""
+    value = 0
+    octet = 0
+    digits = 0
+    dots = 0
+    for ch in text:
+        c = ord(ch)
+        if 48 <= c <= 57:  # 0-9
+            if digits and not octet:  # a leading zero
+                return -1
+            octet = octet * 10 + (c - 48)
+            if octet > 255:
+                return -1
+            digits += 1
+        elif c == 46 and digits and dots < 3:  # a dot after an octet
+            value = (value << 8) | octet
+            octet = 0
+            digits = 0
+            dots += 1
+        else:
+            return -1
+    if dots != 3 or not digits:
+        return -1
+    return (value << 8) | octet
+
+
 def _put_u64(o: int, value: int) -> int:
     """``value`` big-endian in 8 bytes at ``o``; returns the offset after it."""
     for i in range(7, -1, -1):
@@ -656,7 +623,7 @@ def _fill_written(
             o = set_start + SET_HEADER.size
         # an address is read in place if a dotted quad, else parsed again unless it is the text
         # its kind saw last
-        src_value = ipv4_value(fields[_AT_SRC_ADDR]) if v4 else -1
+        src_value = _ipv4_value(fields[_AT_SRC_ADDR]) if v4 else -1
         if src_value < 0:
             text = fields[_AT_SRC_ADDR]
             if text is last.src_text:
@@ -664,7 +631,7 @@ def _fill_written(
             else:
                 src = last.src = _pton(family, text)
                 last.src_text = text
-        dst_value = ipv4_value(fields[_AT_DST_ADDR]) if v4 else -1
+        dst_value = _ipv4_value(fields[_AT_DST_ADDR]) if v4 else -1
         if dst_value < 0:
             text = fields[_AT_DST_ADDR]
             if text is last.dst_text:
