@@ -27,6 +27,13 @@ RUNBOOK = ROOT / "deploy" / "README.md"
 READY = ROOT / "deploy" / "image" / "collector-ready"
 NLB = {"TargetType": "network-load-balancer"}
 ENI = {"TargetType": "network-interface"}
+# The GWLB target with a spool volume of its own: the longest user data the stack renders.
+GWLB_SPOOL = {
+    "TargetType": "gwlb-endpoint",
+    "SubnetACidr": "10.20.0.0/24",
+    "SubnetBCidr": "10.20.1.0/24",
+    "SpoolVolumeSize": "100",
+}
 
 
 def render(**overrides: str) -> Resolver:
@@ -539,8 +546,9 @@ def test_runbook_corrections() -> None:
                 "arn:aws:secretsmanager:eu-west-1:123456789012:secret:AmazonMSK_collector-AbCdEf"
             ),
         },
+        GWLB_SPOOL,
     ],
-    ids=["nlb", "eni", "scram"],
+    ids=["nlb", "eni", "scram", "gwlb-spool-volume"],
 )
 def test_user_data_is_valid_bash_within_the_ec2_limit(
     overrides: dict[str, str], tmp_path: Path
@@ -570,7 +578,7 @@ SCRIPTS = [
 
 def test_boot_scripts_and_user_data_pass_shellcheck(tmp_path: Path) -> None:
     rendered = []
-    for mode in (NLB, ENI):
+    for mode in (NLB, ENI, GWLB_SPOOL):
         script = render(
             **mode,
             KafkaAuth="sasl-scram",
