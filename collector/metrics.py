@@ -57,6 +57,8 @@ class WorkerSnapshot(msgspec.Struct, kw_only=True):
     geneve_drops: list[int] = msgspec.field(default_factory=lambda: [0] * DROP_COUNT)
     """Of ``drops``: those of GENEVE datagrams."""
     session_datagrams: dict[int, int] = msgspec.field(default_factory=dict)
+    session_names: dict[int, str] = msgspec.field(default_factory=dict)
+    """VNI -> the session's name, for the named ones of ``session_datagrams``."""
     """Per VNI (-1: anonymous VNIs past the worker's label bound): packets of the session's
     flows, counted as their records are made."""
     endpoint_records: dict[str, int] = msgspec.field(default_factory=dict)
@@ -127,6 +129,7 @@ class Totals:
         self.geneve_drops = [0] * DROP_COUNT
         self.records: dict[str, int] = {}
         self.session_datagrams: dict[int, int] = {}
+        self.session_names: dict[int, str] = {}
         self.endpoint_records: dict[str, int] = {}
         # what a worker held when it exited without flushing (crash, kill): lost for good
         self.lost_flows = 0
@@ -147,6 +150,9 @@ class Totals:
         for i, n in enumerate(snap.geneve_drops):
             self.geneve_drops[i] += n
         fold_labels(self.session_datagrams, snap.session_datagrams, OTHER_VNI)
+        self.session_names.update(
+            (vni, name) for vni, name in snap.session_names.items() if vni in self.session_datagrams
+        )
         fold_labels(self.endpoint_records, snap.endpoint_records, OTHER_ENDPOINT)
         if not snap.stopping:
             self.lost_flows += snap.flows_active
@@ -483,9 +489,14 @@ class Aggregate(Collector):
             ' session; vni "other" holds such VNIs past the label bound.',
             labels=["session", "vni"],
         )
-        names = self.session_names
+        # the names the workers saw (sessions learned from the EC2 API too), the configured
+        # ones over them
+        names = dict(self.retired.session_names)
+        for snap in self._live():
+            names.update(snap.session_names)
+        names.update(self.session_names)
         counts = self.session_datagrams()
-        for vni in names:  # a configured session has its series from the start, at 0
+        for vni in self.session_names:  # a configured session's series starts at 0
             counts.setdefault(vni, 0)
         for vni, n in sorted(counts.items()):
             if vni == OTHER_VNI:

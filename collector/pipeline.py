@@ -51,6 +51,7 @@ class Stats:
         "records",
         "rx_bytes",
         "session_datagrams",
+        "session_names",
     )
 
     def __init__(self) -> None:
@@ -63,6 +64,9 @@ class Stats:
         self.session_datagrams: dict[int, int] = {}
         """Per VNI (OTHER_VNI: anonymous VNIs past the label bound): the packets of the session's
         flows, counted when their record is made (the flow ended: timeouts, FIN/RST, eviction)."""
+        self.session_names: dict[int, str] = {}
+        """The name of each named session in ``session_datagrams`` (configured or learned from
+        the EC2 API), as its records carry it."""
         self.endpoint_records: dict[str, int] = {}
         """Records per GWLB endpoint id (NO_ENDPOINT: VXLAN; OTHER_ENDPOINT past the bound)."""
 
@@ -276,6 +280,7 @@ class Pipeline:
         stats = self.stats
         counts = stats.records
         per_session = stats.session_datagrams
+        session_names = stats.session_names
         per_endpoint = stats.endpoint_records
         sequence = self.sequence
         make = self._records.make
@@ -292,6 +297,9 @@ class Pipeline:
             ):
                 vni = OTHER_VNI  # configured sessions always have their own count
             per_session[vni] = per_session.get(vni, 0) + flow.packets
+            name = session.name
+            if name is not None and session_names.get(vni) is not name:
+                session_names[vni] = name
             endpoint = session.gwlb_endpoint_id or NO_ENDPOINT
             if endpoint not in per_endpoint and len(per_endpoint) >= MAX_ENDPOINT_LABELS:
                 endpoint = OTHER_ENDPOINT

@@ -124,6 +124,7 @@ class Worker:
             geneve_datagrams=stats.geneve_datagrams,
             geneve_drops=list(stats.geneve_drops),
             session_datagrams=dict(stats.session_datagrams),
+            session_names=dict(stats.session_names),
             endpoint_records=dict(stats.endpoint_records),
             enrich_refreshes=self.enricher.refreshes if self.enricher else 0,
             enrich_failures=self.enricher.failures if self.enricher else 0,

@@ -145,6 +145,7 @@ def test_metrics_per_encapsulation_session_and_endpoint() -> None:
         geneve_datagrams=stats.geneve_datagrams,
         geneve_drops=list(stats.geneve_drops),
         session_datagrams=dict(stats.session_datagrams),
+        session_names=dict(stats.session_names),
         endpoint_records=dict(stats.endpoint_records),
     )
     aggregate.workers[0] = WorkerView(index=0, alive=True, responsive=True, snapshot=snapshot)
@@ -176,3 +177,29 @@ def test_one_port_for_both_listeners_is_refused_naming_geneve_listen() -> None:
         validate(same)
     validate(build_config({"listen": "0.0.0.0:4789", "geneve_listen": "off"}))
     validate(build_config({"listen": "", "geneve_listen": "0.0.0.0:6081"}))
+
+
+def test_a_session_only_the_workers_know_is_named_by_them() -> None:
+    """A session learned from the EC2 API is in no config file: its name comes from the worker
+    that counted it."""
+    p = pipeline(FILTERED)
+    payload = packets.geneve(packets.tcp(VNI, ENI, PEER, 40000, 443, "S"), ENI)
+    feed_geneve(p, payload)
+    p.flush()
+    assert p.stats.session_names == {VNI: "web"}
+    aggregate = Aggregate(read_process=lambda _pid: None)  # no configured sessions
+    snapshot = WorkerSnapshot(
+        index=0,
+        pid=1,
+        started=T0,
+        session_datagrams=dict(p.stats.session_datagrams),
+        session_names=dict(p.stats.session_names),
+    )
+    aggregate.workers[0] = WorkerView(index=0, alive=True, responsive=True, snapshot=snapshot)
+    got = samples(aggregate.render().decode())
+    session = "collector_session_datagrams_total"
+    assert got[(session, (("session", "web"), ("vni", str(VNI))))] == 1
+    aggregate.retired.add(snapshot)
+    aggregate.workers.clear()
+    got = samples(aggregate.render().decode())
+    assert got[(session, (("session", "web"), ("vni", str(VNI))))] == 1
