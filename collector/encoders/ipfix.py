@@ -209,8 +209,9 @@ class MessageEncoder:
         IPv4 records go in sets of the IPv4 template, IPv6 ones in sets of the IPv6 template, each
         family in the records' order: a message takes records while the next one fits, as
         ``reference_data_record`` lays each out (tests/test_encode_paths.py), and its set headers
-        and header are written when it is full. The records are packed in place, one struct per
-        record kind.
+        and header are written when it is full. The records are packed in place: one struct per
+        record kind interpreted (``_fill_packed``), each field written once compiled
+        (``_fill_written``).
         """
         export_time = int(now)
         sequence = self.sequence
