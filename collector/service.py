@@ -416,14 +416,16 @@ class Supervisor:
             ) from exc
         for key, address in self.config.listeners:  # fail fast, naming the listener's key
             open_socket(address, 4096, key=key).close()
+        if self.config.aws.follow_filters and FilterFollower.followed(self.config):
+            # before any worker starts: no boto3 or no region is a config error (exit 2)
+            self.filter_follower = FilterFollower(self.config.aws)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.begin_shutdown)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         for slot in self.slots.values():
             self.spawn(slot)
         follow = None
-        if self.config.aws.follow_filters and FilterFollower.followed(self.config):
-            self.filter_follower = FilterFollower(self.config.aws)
+        if self.filter_follower is not None:
             follow = asyncio.create_task(self._follow_filters(self.filter_follower))
         log.info(
             "collector started",
