@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from moto.server import ThreadedMotoServer
 from collector.aws_filters import FilterFollower, rules_version
 from collector.config import AwsConfig, Config, load_config
 from collector.filter import rules_from_aws
-from tests.service_harness import Collector, free_port, tcp, wait_for
+from tests.service_harness import Collector, clean_environ, free_port, tcp, wait_for
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
 SOURCE = "10.0.0.5"
@@ -319,3 +322,51 @@ def test_versions_do_not_depend_on_the_order_aws_lists_rules_in() -> None:
     )
     assert rules_version(rules) == rules_version(list(reversed(rules)))
     assert rules_version(rules) != rules_version(rules[:1])
+
+
+def test_following_without_a_region_is_a_config_error_before_any_worker(tmp_path: Path) -> None:
+    (tmp_path / "filter-a.json").write_text(
+        json.dumps({"TrafficMirrorFilters": [{"TrafficMirrorFilterId": "tmf-1"}]})
+    )
+    config = tmp_path / "collector.toml"
+    config.write_text(
+        """
+[aws]
+follow_filters = true
+
+[filters.filter-a]
+aws_json = "filter-a.json"
+filter_id = "tmf-1"
+"""
+    )
+    env = {k: v for k, v in clean_environ().items() if not k.startswith("AWS_")}
+    env["AWS_CONFIG_FILE"] = str(tmp_path / "no-aws-config")  # no region from a profile either
+    vxlan_port = free_port(socket.SOCK_DGRAM)
+    geneve_port = free_port(socket.SOCK_DGRAM)
+    while geneve_port == vxlan_port:
+        geneve_port = free_port(socket.SOCK_DGRAM)
+    ran = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "collector",
+            "run",
+            "--config",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{vxlan_port}",
+            "--geneve-listen",
+            f"127.0.0.1:{geneve_port}",
+            "--health",
+            f"127.0.0.1:{free_port()}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 2, ran.stdout + ran.stderr
+    assert "aws.region" in ran.stderr
+    assert "Traceback" not in ran.stderr
+    assert "worker started" not in ran.stdout + ran.stderr
