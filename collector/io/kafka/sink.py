@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from functools import partial
 from typing import Any
 
@@ -115,10 +116,13 @@ class KafkaSink(Watching):
         self._error = ""
         self._error_s = -RECENT_S
         self._problem = ""
-        self._kept_chunk: SpoolChunk | None = None  # read, then interrupted: replayed first
+        # a spool read the pump was cancelled in (or a chunk it failed on): replayed first
+        self._kept_read: asyncio.Future[SpoolChunk | None] | None = None
         self._problem_s = -RECENT_S
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._queued: dict[int, deque[Batch]] = {}  # per partition, not handed over yet
+        self._senders: dict[int, asyncio.Task[None]] = {}
         self._connect_task: asyncio.Task[None] | None = None
         self._end_marker_task: asyncio.Task[None] | None = None
         self._ratelimited = RateLimitedLog(log, LOG_EVERY_S)
@@ -187,7 +191,7 @@ class KafkaSink(Watching):
         self.batch_bytes = opened.batch_bytes
         self.delivery.max_record_bytes = opened.batch_bytes - client.RECORD_BATCH_HEADER_BYTES
         self.delivery.partitions = opened.partitions
-        direct = self.spool.is_empty() and not c.wal
+        direct = self.spool.is_empty() and not c.wal and self._kept_read is None
         self.state = State.DIRECT if direct else State.REPLAYING
         self._last_ack_s = time.monotonic()
         self._connect_error = ""
@@ -199,23 +203,6 @@ class KafkaSink(Watching):
             c.acks,
             c.compression,
         )
-
-    def _end_marker_due(self) -> bool:
-        """The slot's previous exporter died (see exporter_end) and the records it left in the
-        spool are delivered (so they are not taken for lost): time to say where it ended."""
-        return (
-            self._config.end_markers
-            and self.spool.previous_end is not None
-            and self.state in CONNECTED
-            and (self._end_marker_task is None or self._end_marker_task.done())
-            and not self.spool.holds_inherited()
-        )
-
-    async def _publish_end_marker(self) -> None:
-        """Kept for a later try when the broker does not take it."""
-        end = self.spool.previous_end
-        if end is not None and await client.publish_end_marker(self._producer, self._topic, end):
-            self.spool.previous_end = None
 
     async def _connect_loop(self) -> None:
         backoff = BACKOFF_MIN_S
@@ -258,6 +245,7 @@ class KafkaSink(Watching):
             try:
                 with contextlib.suppress(asyncio.CancelledError):
                     await pump
+                await self._stop_senders()
                 await self._stop_producer(producer, graceful=graceful)
             except Exception:  # the old producer is dropped anyway: carry on with a new one
                 log.exception("error stopping the old Kafka producer")
@@ -305,6 +293,7 @@ class KafkaSink(Watching):
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._stop_senders()
         if self._retiring is not None:  # close() interrupted a reset
             retiring, self._retiring = self._retiring, None
             await self._stop_producer(retiring, graceful=False)
@@ -398,7 +387,7 @@ class KafkaSink(Watching):
             try:
                 batches = await self._next_batches()
                 if batches:
-                    await self._dispatch(batches)
+                    self._dispatch(batches)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug must not stop delivery for good; records taken for the
@@ -478,11 +467,9 @@ class KafkaSink(Watching):
         while delivery.pending:  # pending records are newer than the spool: they queue behind it
             self.spool.park(delivery.encode_pending(SPILL_SLICE_RECORDS))
         limit = min(room, CYCLE_RECORDS)
-        chunk, self._kept_chunk = self._kept_chunk, None
         parked_before = self.spool.parked_total
         try:
-            if chunk is None:
-                chunk = await self._read_chunk(limit)
+            chunk = await self._read_chunk(limit)
         except SpoolReadError as exc:  # transient: the same segment is read again, nothing skipped
             self._failures += 1
             self._spool_retry_at = time.monotonic() + BACKOFF_MAX_S
@@ -503,24 +490,25 @@ class KafkaSink(Watching):
         try:
             batches = delivery.from_chunk(records, first_s, chunk.segment, created_ms)
         except Exception:  # a bug: the chunk is read (the spool moved on), keep it for later
-            self._kept_chunk = chunk
+            kept: asyncio.Future[SpoolChunk | None] = asyncio.get_running_loop().create_future()
+            kept.set_result(chunk)
+            self._kept_read = kept
             raise
         return self._built(batches)
 
     async def _read_chunk(self, limit: int) -> SpoolChunk | None:
         """The spool's next chunk. A producer reset or close that cancels the pump meanwhile
-        does not lose it: the spool has moved past it, so it is kept for the next pump (its
-        records stay on disk until acknowledged: a crash loses nothing either)."""
-        read = asyncio.ensure_future(self.spool.next_chunk(limit))
+        does not lose it: the spool moves past it all the same, so the read is kept and the next
+        pump takes its chunk first (its records stay on disk until acknowledged: a crash loses
+        nothing either)."""
+        read, self._kept_read = self._kept_read, None
+        if read is None:
+            read = asyncio.ensure_future(self.spool.next_chunk(limit))
         try:
             return await asyncio.shield(read)
         except asyncio.CancelledError:
-            read.add_done_callback(self._keep_chunk)
+            self._kept_read = read
             raise
-
-    def _keep_chunk(self, read: asyncio.Future[SpoolChunk | None]) -> None:
-        if not read.cancelled() and read.exception() is None:
-            self._kept_chunk = read.result()
 
     def _built(self, batches: list[Batch]) -> list[Batch]:
         """Account for the records the core refused to batch: too large for the topic, or the
@@ -546,29 +534,43 @@ class KafkaSink(Watching):
             )
         return batches
 
-    async def _dispatch(self, batches: list[Batch]) -> None:
-        """Hand batches to the producer: partitions side by side, each partition in order."""
-        by_partition: dict[int, list[Batch]] = {}
+    def _dispatch(self, batches: list[Batch]) -> None:
+        """Queue batches per partition; one sender task per partition hands them to the producer
+        in order. A partition the producer makes wait (no leader: aiokafka holds its next batch
+        until the previous one is through) holds only its own records."""
         for batch in batches:
-            by_partition.setdefault(batch.partition, []).append(batch)
-        await asyncio.gather(*(self._send_in_order(group) for group in by_partition.values()))
+            self._queued.setdefault(batch.partition, deque()).append(batch)
+        for partition in {batch.partition for batch in batches}:
+            task = self._senders.get(partition)
+            if task is None or task.done():
+                self._senders[partition] = asyncio.create_task(
+                    self._send_queued(partition), name=f"kafka-send-{partition}"
+                )
 
-    async def _send_in_order(self, batches: list[Batch]) -> None:
-        producer = self._producer
-        for i, batch in enumerate(batches):
-            if batch.abandoned:
+    async def _send_queued(self, partition: int) -> None:
+        queue = self._queued[partition]
+        while queue and self._producer is not None:
+            batch = queue.popleft()  # in neither queue nor retry while handed over
+            if batch.abandoned or batch not in self.delivery.unacked:
                 continue
             try:
-                future = await producer.send_batch(
-                    batch.builder, self._topic, partition=batch.partition
+                future = await self._producer.send_batch(
+                    batch.builder, self._topic, partition=partition
                 )
-            except Exception as exc:  # not handed over: this batch and the rest retry, in order
-                for rest in batches[i:]:
-                    if not rest.abandoned:
-                        self._on_failure(rest, exc)
-                return
+            except Exception as exc:  # not handed over: it and the queue behind it retry
+                self._on_failure(batch, exc)
+                continue
             batch.sent_s = time.monotonic()
             future.add_done_callback(partial(self._on_done, batch))
+
+    def _hold_queued(self, partition: int) -> None:
+        """A batch of ``partition`` failed: the batches queued behind it (not handed to the
+        producer yet) wait for its retry, in order (Delivery keeps the retries sorted)."""
+        queue = self._queued.get(partition)
+        while queue:
+            batch = queue.popleft()
+            if not batch.abandoned and batch in self.delivery.unacked:
+                self.delivery.to_retry(batch)
 
     def _on_done(self, batch: Batch, future: asyncio.Future[Any]) -> None:
         """The producer's verdict on ``batch``. An unexpected exception while handling it (a
@@ -588,7 +590,7 @@ class KafkaSink(Watching):
             exc: BaseException | None = KafkaConnectionError("delivery cancelled")
         else:
             exc = future.exception()
-        if batch.abandoned:
+        if batch.abandoned or batch not in self.delivery.unacked:  # taken back meanwhile
             return
         if exc is not None:
             self._on_failure(batch, exc)
@@ -605,9 +607,12 @@ class KafkaSink(Watching):
 
     def _on_failure(self, batch: Batch, exc: BaseException) -> None:
         delivery = self.delivery
+        if batch.abandoned or batch not in delivery.unacked:  # taken back: retried already
+            return
         self._failures += 1
         self._last_error = client.describe(exc)
         if isinstance(exc, client.TOO_LARGE_ERRORS) and delivery.split_for_retry(batch):
+            self._hold_queued(batch.partition)
             self._ratelimited(
                 "split",
                 logging.WARNING,
@@ -635,6 +640,7 @@ class KafkaSink(Watching):
         elif not _known_retriable(exc) and batch.attempts + 1 >= UNKNOWN_ERROR_ATTEMPTS:
             self._dead_letter(batch, exc)
         else:
+            self._hold_queued(batch.partition)
             if not _known_retriable(exc):  # unknown: retried a bounded number of times
                 batch.attempts += 1
                 self._refresh_partitions = True

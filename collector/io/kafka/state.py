@@ -159,8 +159,9 @@ class Reporting:
             state, detail = health(
                 self.state, spool_bytes, self._connect_error, retrying, self._last_error
             )
-            if state == "ok" and self._problem_s > recent:  # see _degrade
-                state, detail = "degraded", self._problem
+            if self._problem_s > recent:  # see _degrade: said first, never 'failed'
+                state = "degraded"
+                detail = f"{self._problem}; {detail}" if detail else self._problem
         if delivery is None:
             return SinkStatus(state=state, detail=detail, dropped=self.spool.dropped)
         observations, delivery.latencies = delivery.latencies, []

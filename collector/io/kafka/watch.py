@@ -1,11 +1,12 @@
 """The Kafka sink's watch: a stalled broker, the topic's partitions, and the sink's own tasks.
 
 Every WATCH_INTERVAL_S the watch notices a broker that stopped acknowledging (and spools
-meanwhile), reads the topic's partitions again when due, and checks that the tasks delivery
-depends on are alive: the pump, the connect loop, aiokafka's sender task. One that died is logged,
-counted (``failures``, ``task_restarts``), replaced, and /healthz says 'degraded' for a while. The
-watch itself is checked by the receive path (KafkaSink.submit). A part of KafkaSink, kept here to
-keep sink.py about moving records.
+meanwhile), reads the topic's partitions again when due, publishes a dead exporter's end marker
+when due, and checks that the tasks delivery depends on are alive: the pump, each partition's
+sender, the connect loop, aiokafka's sender task. One that died is logged, counted (``failures``,
+``task_restarts``), replaced, and /healthz says 'degraded' for a while. The watch itself is
+checked by the receive path (KafkaSink.submit). A part of KafkaSink, kept here to keep sink.py
+about moving records.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any
 
 from aiokafka.errors import KafkaError
 
 from collector.errors import SinkError
 from collector.io.kafka import client, workarounds
+from collector.io.kafka.delivery import Batch
 from collector.io.kafka.spooling import RateLimitedLog
 from collector.io.kafka.state import CONNECTED, Reporting, State
 
@@ -47,6 +51,8 @@ class Watching(Reporting):
     _refresh_partitions: bool
     _ratelimited: RateLimitedLog
     _tasks: list[asyncio.Task[None]]
+    _queued: dict[int, deque[Batch]]
+    _senders: dict[int, asyncio.Task[None]]
     _connect_task: asyncio.Task[None] | None
     _end_marker_task: asyncio.Task[None] | None
     task_restarts: int
@@ -58,17 +64,39 @@ class Watching(Reporting):
     def _reset_producer(self, reason: str, *, graceful: bool = True) -> None:
         raise NotImplementedError
 
-    def _end_marker_due(self) -> bool:
-        raise NotImplementedError
-
-    async def _publish_end_marker(self) -> None:
-        raise NotImplementedError
-
     async def _pump(self) -> None:
         raise NotImplementedError
 
     async def _connect_loop(self) -> None:
         raise NotImplementedError
+
+    async def _send_queued(self, partition: int) -> None:
+        raise NotImplementedError
+
+    def _end_marker_due(self) -> bool:
+        """The slot's previous exporter died (see exporter_end) and the records it left in the
+        spool are delivered (so they are not taken for lost): time to say where it ended."""
+        return (
+            self._config.end_markers
+            and self.spool.previous_end is not None
+            and self.state in CONNECTED
+            and (self._end_marker_task is None or self._end_marker_task.done())
+            and not self.spool.holds_inherited()
+        )
+
+    async def _publish_end_marker(self) -> None:
+        """Kept for a later try when the broker does not take it."""
+        end = self.spool.previous_end
+        if end is not None and await client.publish_end_marker(self._producer, self._topic, end):
+            self.spool.previous_end = None
+
+    async def _stop_senders(self) -> None:
+        senders = list(self._senders.values())
+        for task in senders:
+            task.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+        self._senders.clear()
+        self._queued.clear()
 
     async def _watch(self) -> None:
         """The watch loop; an unexpected error in one round is logged and counted, the next
@@ -128,6 +156,12 @@ class Watching(Reporting):
                 self._connect_task = self._restarted(connecting, self._connect_loop)
             else:
                 self._connect_task = asyncio.create_task(self._connect_loop(), name="kafka-connect")
+        for partition, queue in self._queued.items():
+            sender = self._senders.get(partition)
+            if queue and sender is not None and sender.done():
+                self._senders[partition] = self._restarted(
+                    sender, partial(self._send_queued, partition)
+                )
         if self.state in CONNECTED and workarounds.producer_broken(self._producer):
             self._failures += 1
             self.task_restarts += 1
