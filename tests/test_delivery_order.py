@@ -4,16 +4,24 @@ overtakes them. Batches are aiokafka's own BatchBuilder; the records read back w
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
+import pytest
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
-from kafka_fixtures import make_records
+from fault_proxy import FaultProxy
+from kafka_fixtures import KafkaBroker, make_records, read_topic, unique_topic, wait_until
 
+from collector.config import KafkaConfig, RecordsConfig
 from collector.encoders import CONTENT_TYPES, encoder_for
+from collector.io.kafka import KafkaSink, State
 from collector.io.kafka.delivery import Batch, Delivery
 from collector.records import decode
 
 JSON = CONTENT_TYPES["json"]
 NOW_MS = 1_764_100_000_000
+UNKNOWN_SERVER_ERROR = -1
 
 
 def delivery(partitions: int = 1) -> Delivery:
@@ -71,3 +79,72 @@ def test_failures_reported_out_of_order_are_retried_in_submission_order() -> Non
     core.take_back_unacked()
     assert [b.sequences[0] for b in core.retry][:1] == [1]
     assert [b.sequences[0] for b in core.retry] == sorted(b.sequences[0] for b in core.retry)
+
+
+@pytest.mark.kafka
+async def test_per_partition_order_survives_forced_resets_retries_and_replays(
+    proxied_kafka_broker: tuple[KafkaBroker, FaultProxy], tmp_path: Path
+) -> None:
+    """Records keep coming while, three times over, the broker fails a few batches (retries
+    waiting), the producer is replaced at once (its in-flight batches taken back behind those
+    retries) and the records submitted meanwhile spill to the spool and are replayed. Per
+    partition, the first copy of every sequence comes after every smaller one: nothing newer
+    overtook a retry, a batch taken back, or the spool."""
+    broker, proxy = proxied_kafka_broker
+    topic = unique_topic("order-resets")
+    exporter = "order/w0/1"
+    config = KafkaConfig(spool_dir=str(tmp_path / "spool"), linger_ms=5, topic_partitions=3)
+    sink = KafkaSink([broker.bootstrap], topic, config, RecordsConfig())
+    await sink.start()
+    emitted = 0
+    flooding = True
+
+    async def flood() -> None:
+        nonlocal emitted
+        while flooding:
+            sink.submit(make_records(200, exporter, start=emitted + 1))
+            emitted += 200
+            await asyncio.sleep(0.01)
+
+    flood_task = asyncio.create_task(flood())
+    try:
+        for round_ in range(3):
+            await wait_until(
+                lambda: sink.state is State.DIRECT and sink.status().delivered > 0,
+                60,
+                f"direct publishing before round {round_}",
+            )
+            proxy.rewrite_produce(UNKNOWN_SERVER_ERROR, limit=3)
+            await wait_until(lambda: sink.delivery.retry_count > 0, 30, "batches to retry")
+            sink._reset_producer(f"forced by the test (round {round_})", graceful=False)
+            await wait_until(lambda: sink.status().spool_bytes > 0, 30, "records spilled")
+    finally:
+        flooding = False
+        await flood_task
+        proxy.stop_rewriting()
+    await wait_until(
+        lambda: sink.state is State.DIRECT and sink.status().queue_records == 0,
+        120,
+        "everything delivered",
+    )
+    await sink.flush(30)
+    status = sink.status()
+    await sink.close()
+    # the books: emitted == delivered (+ dropped, failed, dead-lettered, spooled: none)
+    assert (status.delivered, status.dropped, status.failed, status.dead_lettered) == (
+        emitted,
+        0,
+        0,
+        0,
+    )
+    assert status.spool_bytes == 0
+    messages = await read_topic(broker.bootstrap, topic, emitted)
+    last: dict[int, int] = {}
+    seen: set[int] = set()
+    for message in sorted(messages, key=lambda m: (m.partition, m.offset)):
+        sequence = int(dict(message.headers)["sequence"])
+        if sequence not in seen:  # a repeat is a batch stored whose answer was rewritten
+            assert sequence > last.get(message.partition, 0), (message.partition, sequence)
+            last[message.partition] = sequence
+        seen.add(sequence)
+    assert seen == set(range(1, emitted + 1))
