@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LISTEN ?= 127.0.0.1:4789
+GENEVE_LISTEN ?= 127.0.0.1:6081
 HEALTH ?= 127.0.0.1:8080
 TOPIC ?= flows
 KAFKA ?= 127.0.0.1:9092
@@ -134,7 +135,8 @@ kafka-stop:
 	deploy/kafka/kafkactl stop
 
 run: install kafka
-	$(PY) -m collector run --listen $(LISTEN) --health $(HEALTH) --sink kafka://$(KAFKA)/$(TOPIC)
+	$(PY) -m collector run --listen $(LISTEN) --geneve-listen $(GENEVE_LISTEN) --health $(HEALTH) \
+	  --sink kafka://$(KAFKA)/$(TOPIC)
 
 replay-demo: install
 	$(PY) -m collector replay tests/data/demo.pcap
