@@ -76,3 +76,47 @@ async def test_a_spool_chunk_read_when_a_reset_cancels_the_pump_is_not_stranded(
     assert (status.delivered, status.dropped, status.failed, status.spool_bytes) == (3000, 0, 0, 0)
     messages = await read_topic(kafka_broker.bootstrap, topic, 3000)
     assert {int(dict(m.headers)["sequence"]) for m in messages} == set(range(1, 3001))
+
+
+@pytest.mark.kafka
+async def test_records_spilled_during_the_last_replay_read_are_replayed_too(
+    kafka_broker: KafkaBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replay's last read (the one that finds nothing unread) is slow, and records arrive
+    while it runs: they spill behind the spool after the read began, so the read does not see
+    them. The sink must not go direct with them left on disk: after flush the spool is empty and
+    everything is delivered."""
+    topic = unique_topic("late-spill")
+    exporter = "late/w0/1"
+    config = KafkaConfig(spool_dir=str(tmp_path / "spool"), linger_ms=5, connect_timeout_s=3.0)
+    await spool_while_away(config, topic, exporter, 3000)
+    last_read = threading.Event()
+    read = Spool.read
+
+    def slow_last_read(self: Spool, limit: int) -> Any:
+        if not self.has_unread() and not last_read.is_set():
+            last_read.set()
+            time.sleep(1.0)  # a slow disk: records arrive meanwhile
+        return read(self, limit)
+
+    monkeypatch.setattr(Spool, "read", slow_last_read)
+    sink = KafkaSink([kafka_broker.bootstrap], topic, config, JSON)
+    await sink.start()
+    try:
+        assert sink.state is State.REPLAYING
+        await wait_until(last_read.is_set, 60, "the replay's last read")
+        sink.submit(make_records(500, exporter, start=3001))
+        await wait_until(
+            lambda: sink.state is State.DIRECT and sink.status().queue_records == 0,
+            60,
+            "the replay to finish",
+        )
+        await sink.flush(30)
+        status = sink.status()
+    finally:
+        await sink.close()
+    # the books: emitted == delivered, nothing left in the spool or counted
+    assert (status.spool_bytes, status.dropped, status.failed) == (0, 0, 0)
+    assert status.delivered == 3500
+    messages = await read_topic(kafka_broker.bootstrap, topic, 3500)
+    assert {int(dict(m.headers)["sequence"]) for m in messages} == set(range(1, 3501))
