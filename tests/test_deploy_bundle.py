@@ -105,9 +105,14 @@ def test_package_scripts_pass_shellcheck(script: str) -> None:
     assert result.returncode == 0, result.stdout
 
 
-def test_the_bundle_carries_the_pure_wheel_unless_told_otherwise() -> None:
+def test_the_bundle_carries_the_compiled_wheel_beside_the_pure_one() -> None:
     build = (IMAGE / "build-bundle").read_text()
     pure = 'COLLECTOR_BUILD_PURE=1 "$python" -m pip wheel'
     assert pure in build
-    # the compiled wheel only on request (COMPILED=1), for the machine that builds it
-    assert build.index('if [ "${COMPILED:-0}" = 1 ]; then') < build.index(pure)
+    # the compiled wheel too, unless asked not to, and only if Amazon Linux 2023's glibc loads it
+    assert 'if [ "${PURE_ONLY:-0}" != 1 ]; then' in build
+    assert "objdump -T" in build
+    assert "2.34" in build
+    installer = (IMAGE / "install-collector").read_text()
+    assert '--find-links "$here/wheels" vpc-mirror-collector' in installer
+    assert '"$prefix/venv/bin/python" -m collector.build' in installer
