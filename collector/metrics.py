@@ -84,6 +84,7 @@ SINK_COUNTERS = (
     "dead_lettered",
     "quarantined_segments",
     "failures",
+    "task_restarts",
 )
 
 KERNEL_DROPS_WRAP = 1 << 32  # /proc/net/udp prints sk_drops, an atomic_t, as %u
@@ -526,6 +527,12 @@ class Aggregate(Collector):
             "Failed sink operations (a batch the broker did not take, a failed write); what became"
             " of their records is counted as retried, failed or dropped.",
             self.total("failures"),
+        )
+        yield _counter(
+            "collector_sink_task_restarts",
+            "Tasks of the sink found dead and replaced (its pump, watch, a partition's sender, the"
+            " connect loop, the Kafka client's sender); no record is lost with them.",
+            self.total("task_restarts"),
         )
         yield _counter(
             "collector_sink_records_retried",

@@ -79,6 +79,7 @@ async def test_a_dead_sender_pump_or_watch_is_replaced_and_nothing_is_lost(
     finally:
         await sink.close()
     assert status.failures >= 4
+    assert status.task_restarts == sink.task_restarts  # collector_sink_task_restarts_total
     # the books: emitted == delivered (+ dropped, failed, spooled: none)
     assert (status.delivered, status.dropped, status.failed, status.spool_bytes) == (
         emitted,

@@ -30,6 +30,9 @@ class SinkStatus(msgspec.Struct, kw_only=True):
     quarantined_segments: int = 0
     """Spool segments found damaged and moved aside to quarantine/ (kept, not replayed)."""
     failures: int = 0
+    task_restarts: int = 0
+    """Tasks of the sink found dead and replaced (Kafka: pump, watch, a partition's sender, the
+    connect loop, aiokafka's sender task)."""
     unwritten_records: int = -1
     """Records held only in memory (neither acknowledged nor on disk): what a crash of the process
     would lose now; -1 when the sink cannot tell (then queue_records is the bound)."""

@@ -92,6 +92,7 @@ class Reporting:
     _problem: str
     _problem_s: float
     _failures: int
+    task_restarts: int
 
     @property
     def delivery(self) -> Delivery:
@@ -177,6 +178,7 @@ class Reporting:
             dead_lettered=self.spool.dead_lettered,
             quarantined_segments=self.spool.quarantined_segments,
             failures=self._failures,
+            task_restarts=self.task_restarts,
             unwritten_records=self.unwritten_records,
             latency_observations=observations,
         )
