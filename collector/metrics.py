@@ -132,6 +132,7 @@ class Totals:
         self.session_datagrams: dict[int, int] = {}
         self.session_names: dict[int, str] = {}
         self.endpoint_records: dict[str, int] = {}
+        self.dead_lettered_by_error: dict[str, int] = {}
         # what a worker held when it exited without flushing (crash, kill): lost for good
         self.lost_flows = 0
         self.lost_queued = 0
@@ -148,6 +149,8 @@ class Totals:
             self.drops[i] += n
         for reason, n in snap.records.items():
             self.records[reason] = self.records.get(reason, 0) + n
+        for error, n in snap.sink.dead_lettered_by_error.items():
+            self.dead_lettered_by_error[error] = self.dead_lettered_by_error.get(error, 0) + n
         for i, n in enumerate(snap.geneve_drops):
             self.geneve_drops[i] += n
         fold_labels(self.session_datagrams, snap.session_datagrams, OTHER_VNI)
@@ -348,6 +351,14 @@ class Aggregate(Collector):
         out = dict(self.retired.endpoint_records)
         for snap in self._live():
             fold_labels(out, snap.endpoint_records, OTHER_ENDPOINT)
+        return out
+
+    def dead_lettered_by_error(self) -> dict[str, int]:
+        """Records dead-lettered per broker error over live and exited workers."""
+        out = dict(self.retired.dead_lettered_by_error)
+        for snap in self._live():
+            for error, n in snap.sink.dead_lettered_by_error.items():
+                out[error] = out.get(error, 0) + n
         return out
 
     def records(self) -> dict[str, int]:
@@ -559,6 +570,15 @@ class Aggregate(Collector):
             " dead-letter spool drops them: counted as dropped).",
             self.total("dead_lettered"),
         )
+        by_error = CounterMetricFamily(
+            "collector_sink_records_dead_lettered_by_error",
+            "Of the dead-lettered records: per broker error (an error the sink does not know is"
+            " retried 5 times first).",
+            labels=["error"],
+        )
+        for error, n in sorted(self.dead_lettered_by_error().items()):
+            by_error.add_metric([error], n)
+        yield by_error
         yield _counter(
             "collector_spool_quarantined_segments",
             "Damaged spool segments moved to quarantine/: their good records were replayed, the"

@@ -105,6 +105,10 @@ async def test_unknown_broker_errors_are_retried_a_bounded_number_of_times_then_
     assert status.spool_bytes == 0
     dead = dead_letters(spool_dir, topic)
     assert len(dead) == len(set(dead)) == status.dead_lettered
+    # counted per error (collector_sink_records_dead_lettered_by_error_total)
+    by_error = status.dead_lettered_by_error
+    assert set(by_error) == {"UnknownError", "UnsupportedVersionError", "InvalidTopicError"}
+    assert sum(by_error.values()) == status.dead_lettered
     assert set(dead) <= set(range(1001, 7001))
     for name in ("UnknownError", "UnsupportedVersion", "InvalidTopic"):  # once per reason
         logged = [r for r in caplog.records if "refuses records" in r.getMessage()]

@@ -27,6 +27,8 @@ class SinkStatus(msgspec.Struct, kw_only=True):
     dead_lettered: int = 0
     """Records the broker refused for good (authorization, policy, timestamp), kept in the
     dead-letter spool directory instead of being retried forever."""
+    dead_lettered_by_error: dict[str, int] = msgspec.field(default_factory=dict)
+    """Of ``dead_lettered``: per broker error (its class name; a bounded set)."""
     quarantined_segments: int = 0
     """Spool segments found damaged and moved aside to quarantine/ (kept, not replayed)."""
     failures: int = 0

@@ -93,6 +93,7 @@ class Reporting:
     _problem_s: float
     _failures: int
     task_restarts: int
+    dead_lettered_by_reason: dict[str, int]
 
     @property
     def delivery(self) -> Delivery:
@@ -176,6 +177,7 @@ class Reporting:
             failed=delivery.failed,
             dropped=self.spool.dropped,
             dead_lettered=self.spool.dead_lettered,
+            dead_lettered_by_error=dict(self.dead_lettered_by_reason),
             quarantined_segments=self.spool.quarantined_segments,
             failures=self._failures,
             task_restarts=self.task_restarts,
