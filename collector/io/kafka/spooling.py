@@ -332,11 +332,19 @@ class SinkSpool:
                 self.drop(count, f"cannot open the dead-letter spool: {exc}")
                 return
             self._dead = dead
-        written = self._dead.append(
-            parked.content_type, parked.keys, parked.values, parked.exporters, parked.sequences
-        )
-        self._dead.rotate()  # each is closed (fsynced) at once: they are rare and must survive
+        try:
+            written = self._dead.append(
+                parked.content_type, parked.keys, parked.values, parked.exporters, parked.sequences
+            )
+        except Exception as exc:  # a bug: what did not reach the disk is counted, not lost
+            log.exception("dead-letter write failed unexpectedly")
+            self.drop(count, f"the dead-letter write failed: {type(exc).__name__}: {exc}")
+            return
         self.dead_lettered += written
+        try:  # each is closed (fsynced) at once: they are rare and must survive
+            self._dead.rotate()
+        except Exception:  # written: kept, counted; the next one closes the segment
+            log.exception("closing the dead-letter segment failed")
         if written < count:
             self.drop(count - written, f"the dead-letter spool {self.dead_letter_path} is full")
 
