@@ -13,9 +13,17 @@ from typing import Any
 
 import pytest
 from fault_proxy import FaultProxy
-from kafka_fixtures import KafkaBroker, make_records, read_topic, unique_topic, wait_until
+from kafka_fixtures import (
+    KafkaBroker,
+    make_records,
+    read_topic,
+    unique_topic,
+    unused_port,
+    wait_until,
+)
 
 from collector.config import KafkaConfig, RecordsConfig
+from collector.errors import ConfigError
 from collector.io.kafka import KafkaSink
 from collector.io.kafka.delivery import partitions_for
 from collector.io.spool import Spool
@@ -186,3 +194,21 @@ async def test_a_partition_without_a_leader_holds_only_its_own_records(
             last[message.partition] = sequence
         seen.add(sequence)
     assert seen == set(range(1, emitted + 1))
+
+
+@pytest.mark.parametrize(
+    "topic", ["__consumer_offsets", "__transaction_state", "flows log", "a" * 250, "..", "bad:"]
+)
+async def test_a_topic_kafka_refuses_by_name_is_a_config_error_at_start(
+    topic: str, tmp_path: Path
+) -> None:
+    """A topic named so that every Produce would answer INVALID_TOPIC_EXCEPTION (Kafka's internal
+    topics, characters or a length Kafka does not allow) is a config error naming the key at
+    start (exit 2), not a sink that starts and then dead-letters everything."""
+    config = KafkaConfig(spool_dir=str(tmp_path / "spool"), connect_timeout_s=1.0)
+    sink = KafkaSink([f"127.0.0.1:{unused_port()}"], topic, config, JSON)
+    with pytest.raises(ConfigError) as caught:
+        await sink.start()
+    assert caught.value.key == "sink"
+    assert caught.value.exit_status == 2
+    assert not (tmp_path / "spool").exists() or not any((tmp_path / "spool").rglob("*.seg"))
