@@ -36,7 +36,7 @@ from aiokafka.errors import KafkaConnectionError
 from collector.config import KafkaConfig, RecordsConfig
 from collector.encoders import CONTENT_TYPES, encoder_for
 from collector.errors import SinkError
-from collector.io.kafka import client, workarounds
+from collector.io.kafka import client, outcomes, workarounds
 from collector.io.kafka.delivery import Batch, Delivery, Parked, wall_ms
 from collector.io.kafka.spooling import RateLimitedLog, SinkSpool
 from collector.io.kafka.state import (
@@ -63,10 +63,6 @@ BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
 LOG_EVERY_S = 10.0
 """Repeated warnings (drops, retries, reconnects) are logged at most this often, with a count."""
-UNKNOWN_ERROR_ATTEMPTS = 5
-"""Attempts at a batch the broker refuses with an error the sink does not know (neither known
-retriable nor known permanent): then it goes to the dead-letter spool, so it cannot block what
-follows it forever. With the retry backoff that is about 6 s."""
 CLOSE_TIMEOUT_S = 5.0
 
 
@@ -147,6 +143,7 @@ class KafkaSink(Watching):
         """
         self._loop = asyncio.get_running_loop()
         c = self._config
+        outcomes.check_topic_name(self._topic)
         client.check_producer_settings(c, self._records.format, self._records.vpc_flow_log_format)
         if c.compression == "lz4":
             workarounds.use_fast_lz4()
@@ -444,7 +441,7 @@ class KafkaSink(Watching):
                         return batches
                     continue
                 wait_s = oldest + linger_s - now
-            if delivery.retry and self.state in CONNECTED:  # the next retry is due then
+            if delivery.retry and self.state in CONNECTED and delivery.partitions:  # due then
                 due_s = max(0.0, self._retry_after - now)
                 wait_s = due_s if wait_s is None else min(wait_s, due_s)
             if wait_s is None:
@@ -637,11 +634,14 @@ class KafkaSink(Watching):
                 self._last_error,
             )
             self.spool.ack(batch.segment, count)
-        elif not _known_retriable(exc) and batch.attempts + 1 >= UNKNOWN_ERROR_ATTEMPTS:
+        elif (
+            not outcomes.known_retriable(exc)
+            and batch.attempts + 1 >= outcomes.UNKNOWN_ERROR_ATTEMPTS
+        ):
             self._dead_letter(batch, exc)
         else:
             self._hold_queued(batch.partition)
-            if not _known_retriable(exc):  # unknown: retried a bounded number of times
+            if not outcomes.known_retriable(exc):  # unknown: retried a bounded number of times
                 batch.attempts += 1
                 self._refresh_partitions = True
             count = delivery.to_retry(batch)
@@ -668,7 +668,7 @@ class KafkaSink(Watching):
 
     def _dead_letter(self, batch: Batch, exc: BaseException) -> None:
         """Records the broker refuses for a reason waiting does not fix (authorization, policy,
-        timestamp), or for one the sink does not know after UNKNOWN_ERROR_ATTEMPTS, go to the
+        timestamp), or for one the sink does not know after outcomes.UNKNOWN_ERROR_ATTEMPTS, go to the
         dead-letter spool, so the rest keep flowing behind them; counted per reason."""
         reason = type(exc).__name__
         self.dead_lettered_by_reason[reason] = self.dead_lettered_by_reason.get(reason, 0) + len(
@@ -683,11 +683,3 @@ class KafkaSink(Watching):
         self.spool.ack(batch.segment, count)
         where = self.spool.dead_letter_path
         self._degrade(f"{count} records dead-lettered to {where}: {type(exc).__name__}")
-
-
-def _known_retriable(exc: BaseException) -> bool:
-    """Errors waiting fixes, retried without a bound (the sink spools meanwhile: see _watch):
-    the network, timeouts, a leader moving, a producer session or topic to replace."""
-    return isinstance(
-        exc, (*client.TOPIC_GONE_ERRORS, *client.PRODUCER_FATAL)
-    ) or client.is_retriable(exc)
