@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka_fixtures import make_records, unused_port
+from kafka_fixtures import make_records, unused_port, wait_until
 
 from collector.config import KafkaConfig, RecordsConfig
 from collector.io.kafka import KafkaSink, State
@@ -60,7 +60,10 @@ async def test_a_stuck_spool_write_keeps_memory_under_queue_bytes_and_counts_the
     peak = 0
     list_bytes = 0
     try:
-        for start in range(1, TOTAL + 1, LIST):
+        sink.submit(make_records(LIST, exporter))  # the spool thread takes it, and hangs
+        await wait_until(stuck.is_set, 30, "the spool thread's first write")
+        peak = held_bytes(sink)
+        for start in range(LIST + 1, TOTAL + 1, LIST):
             records = make_records(LIST, exporter, start=start)
             sink.submit(records)
             list_bytes = max(list_bytes, int(LIST * sink.delivery.record_bytes))
