@@ -1,4 +1,6 @@
-"""The Kafka sink's one state: what it does with records right now (see ``State``)."""
+"""The Kafka sink's one state (what it does with records right now, see ``State``), the bound on
+what it holds in memory (kafka.queue_bytes and its shares) and what it says of itself (status,
+health: 'failed' only for what makes this instance unable to work, see Reporting._degrade)."""
 
 from __future__ import annotations
 
