@@ -122,9 +122,10 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Producer settings for ``kafka://`` sinks."""
 
     acks: Literal["all", "1", "0"] = "all"
-    """Acknowledgements the broker must give before a record counts as delivered. ``1`` needs
-    ``allow_unsafe_acks``; ``0`` is refused (the broker acknowledges nothing, so no record could
-    be counted as delivered)."""
+    """Acknowledgements the broker must give before a record counts as delivered. ``1`` and ``0``
+    need ``allow_unsafe_acks`` (and idempotence off); with ``0`` the broker acknowledges nothing,
+    so no record is ever counted delivered: each is counted "sent, unacknowledged"
+    (``collector_records_sent_unacknowledged_total``)."""
     enable_idempotence: bool = True
     """Idempotent producer: broker-side de-duplication of retried batches. Turning it off needs
     ``allow_unsafe_acks``."""
@@ -357,21 +358,20 @@ def listener_on(address: str) -> bool:
 
 
 def check_delivery_settings(c: KafkaConfig) -> None:
-    """Kafka settings that can lose acknowledged records or store them twice are accepted only
-    with ``kafka.allow_unsafe_acks``, and ``acks = "0"`` not at all; a ConfigError names the key
-    that asks for them."""
-    if c.acks == "0":
+    """Kafka settings that can lose records or store them twice are accepted only with
+    ``kafka.allow_unsafe_acks``; a ConfigError names the key that asks for them."""
+    if c.acks == "0" and not c.allow_unsafe_acks:
         raise ConfigError(
             "kafka.acks",
-            "acks = '0' is refused: the broker acknowledges nothing, and the sink counts a record"
-            " as delivered only once the broker acknowledged it; use 'all' (or '1' with"
-            " enable_idempotence = false and allow_unsafe_acks = true)",
+            "acks = '0': the broker acknowledges nothing, so a record lost on the way is lost"
+            " uncounted and none can be counted delivered (only sent, unacknowledged); set"
+            " kafka.allow_unsafe_acks = true (and enable_idempotence = false) to accept that",
         )
     if c.enable_idempotence and c.acks != "all":
         raise ConfigError(
             "kafka.acks",
-            f"the idempotent producer needs acks = 'all', not {c.acks!r} (acks = '1' also needs"
-            " enable_idempotence = false and allow_unsafe_acks = true)",
+            f"the idempotent producer needs acks = 'all', not {c.acks!r} (acks = '1' and '0'"
+            " also need enable_idempotence = false and allow_unsafe_acks = true)",
         )
     if c.acks != "all" and not c.allow_unsafe_acks:
         raise ConfigError(

@@ -78,6 +78,7 @@ COUNTER_FIELDS = (
 )
 SINK_COUNTERS = (
     "delivered",
+    "sent_unacknowledged",
     "retried",
     "failed",
     "dropped",
@@ -532,6 +533,12 @@ class Aggregate(Collector):
             "collector_records_delivered",
             "Records the sink acknowledged (Kafka: the broker; file, stdout: written).",
             self.total("delivered"),
+        )
+        yield _counter(
+            "collector_records_sent_unacknowledged",
+            "Records written to the broker with kafka.acks = 0: the broker acknowledges nothing, so"
+            " they are sent but never counted delivered (0 with any other acks).",
+            self.total("sent_unacknowledged"),
         )
         yield _counter(
             "collector_sink_failures",

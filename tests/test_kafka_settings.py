@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from kafka_fixtures import ROOT, KafkaBroker, describe_topic, unique_topic
+from kafka_fixtures import ROOT, KafkaBroker, describe_topic, make_records, read_topic, unique_topic
 
-from collector.config import KafkaConfig
+from collector.config import KafkaConfig, RecordsConfig
 from collector.errors import ConfigError, SinkError
-from collector.io.kafka import client
+from collector.io.kafka import KafkaSink, client
 
 
 def check_config(tmp_path: Path, kafka: str) -> subprocess.CompletedProcess[str]:
@@ -43,12 +43,8 @@ def check_config(tmp_path: Path, kafka: str) -> subprocess.CompletedProcess[str]
 
 UNSAFE = {
     "acks-1": ("acks = '1'\nenable_idempotence = false", "kafka.acks", "allow_unsafe_acks"),
-    "acks-0": ("acks = '0'\nenable_idempotence = false", "kafka.acks", "refused"),
-    "acks-0-even-when-unsafe-is-allowed": (
-        "acks = '0'\nenable_idempotence = false\nallow_unsafe_acks = true",
-        "kafka.acks",
-        "counts a record as delivered only once the broker acknowledged it",
-    ),
+    "acks-0": ("acks = '0'\nenable_idempotence = false", "kafka.acks", "allow_unsafe_acks"),
+    "acks-0-idempotent": ("acks = '0'\nallow_unsafe_acks = true", "kafka.acks", "idempotent"),
     "idempotence-off": (
         "enable_idempotence = false",
         "kafka.enable_idempotence",
@@ -74,6 +70,7 @@ def test_unsafe_delivery_settings_are_config_errors_naming_the_key(
     "kafka",
     [
         "acks = '1'\nenable_idempotence = false\nallow_unsafe_acks = true",
+        "acks = '0'\nenable_idempotence = false\nallow_unsafe_acks = true",
         "enable_idempotence = false\nallow_unsafe_acks = true",
         "",
     ],
@@ -204,3 +201,39 @@ async def wait_until_gone(bootstrap: str, topic: str) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"topic {topic} was not deleted")
+
+
+async def test_acks_0_counts_records_sent_never_delivered(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """With acks = 0 (allowed by name) the broker answers nothing: every record the producer wrote
+    is counted sent, unacknowledged, none delivered; the identity holds with it in delivered's
+    place, and (on a healthy broker) the records are in the topic."""
+    topic = unique_topic("settings-acks0")
+    config = KafkaConfig(
+        spool_dir=str(tmp_path / "spool"),
+        acks="0",
+        enable_idempotence=False,
+        allow_unsafe_acks=True,
+        linger_ms=5,
+        connect_timeout_s=15.0,
+    )
+    sink = KafkaSink([kafka_broker.bootstrap], topic, config, RecordsConfig())
+    await sink.start()
+    records = make_records(5_000, "acks0/w0/1")
+    for first in range(0, len(records), 500):
+        sink.submit(records[first : first + 500])
+        await asyncio.sleep(0)
+    await sink.flush(60)
+    status = sink.status()
+    await sink.close()
+    assert status.delivered == 0
+    assert status.sent_unacknowledged == len(records)
+    assert (status.failed, status.dropped, status.dead_lettered, status.queue_records) == (
+        0,
+        0,
+        0,
+        0,
+    )
+    messages = await read_topic(kafka_broker.bootstrap, topic, len(records))
+    assert len(messages) == len(records)

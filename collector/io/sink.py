@@ -21,6 +21,9 @@ class SinkStatus(msgspec.Struct, kw_only=True):
     queue_records: int = 0
     spool_bytes: int = 0
     delivered: int = 0
+    sent_unacknowledged: int = 0
+    """Records written to the broker with acks = 0: sent, never acknowledged, so never counted
+    delivered (the broker may not have them)."""
     retried: int = 0
     failed: int = 0
     dropped: int = 0

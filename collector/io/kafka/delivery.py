@@ -105,6 +105,9 @@ class Delivery:
         self.retry_count = 0
         self.retry_bytes = 0
         self.delivered = 0
+        self.unacknowledged = False
+        """acks = 0: the broker answers nothing, so "acked" batches were only sent."""
+        self.sent_unacknowledged = 0
         self.retried = 0
         self.failed = 0
         self.dead_lettered = 0
@@ -386,9 +389,14 @@ class Delivery:
         return count
 
     def acked(self, batch: Batch, now: float) -> int:
-        """The broker acknowledged ``batch``: its records are delivered; returns how many."""
+        """The broker acknowledged ``batch``: its records are delivered; returns how many. With
+        acks = 0 the producer reports a batch done once written to the socket: sent, not
+        delivered."""
         count = self._untrack(batch)
-        self.delivered += count
+        if self.unacknowledged:
+            self.sent_unacknowledged += count
+        else:
+            self.delivered += count
         if len(self.latencies) < MAX_LATENCY_OBSERVATIONS:
             self.latencies.append(now - batch.first_s)
         return count

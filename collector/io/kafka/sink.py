@@ -152,6 +152,7 @@ class KafkaSink(Watching):
         self._producer_kwargs = client.producer_kwargs(c, self._servers, self._client)
         encode = encoder_for(self._records.format, self._records.vpc_flow_log_format)
         self._delivery = Delivery(self._new_builder, encode, self._content_type)
+        self._delivery.unacknowledged = c.acks == "0"
         spool = self.spool
         await spool.open()
         try:

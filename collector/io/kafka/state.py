@@ -175,6 +175,7 @@ class Reporting:
             queue_records=delivery.memory_records() + self.spool.parking,
             spool_bytes=spool_bytes,
             delivered=delivery.delivered,
+            sent_unacknowledged=delivery.sent_unacknowledged,
             retried=delivery.retried,
             failed=delivery.failed,
             dropped=self.spool.dropped,
