@@ -11,11 +11,9 @@ incarnation had counted is kept (``Totals``); the kernel's 32-bit per-socket dro
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import NamedTuple, TypeVar
+from collections.abc import Iterator
+from typing import TypeVar
 
 import msgspec
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -25,6 +23,7 @@ from prometheus_client.registry import Collector
 from collector import __version__
 from collector.build import compiled
 from collector.io.sink import SinkStatus
+from collector.proc import ProcessCounters, ProcessReader, ProcessSample, read_process
 from collector.records import END_REASONS
 from collector.wire.drops import DROP_COUNT, Drop
 
@@ -86,6 +85,7 @@ SINK_COUNTERS = (
     "quarantined_segments",
     "failures",
     "task_restarts",
+    "topic_recreations",
 )
 
 KERNEL_DROPS_WRAP = 1 << 32  # /proc/net/udp prints sk_drops, an atomic_t, as %u
@@ -183,82 +183,6 @@ def fold_labels(total: dict[_Label, int], counts: dict[_Label, int], other: _Lab
     for label, n in counts.items():
         key = label if label in total or len(total) < bound else other
         total[key] = total.get(key, 0) + n
-
-
-# ---- process metrics ---------------------------------------------------------------------------
-class ProcessSample(NamedTuple):
-    """What /proc says of one process."""
-
-    cpu_seconds: float
-    resident_bytes: int
-    open_fds: int
-    start_time_s: float
-
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
-
-
-@functools.cache  # read once: the boot time does not change while the host runs
-def _boot_time() -> float:
-    """Seconds since the epoch at boot (proc(5): the ``btime`` line of /proc/stat)."""
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith("btime "):
-            return float(line.split()[1])
-    raise ValueError("/proc/stat has no btime line")
-
-
-def read_process(pid: int) -> ProcessSample | None:
-    """CPU time, resident memory, open fds and start time of a process (None once it is gone)."""
-    proc = Path("/proc") / str(pid)
-    try:
-        stat = (proc / "stat").read_text()
-        # statm's resident count is summed exactly; stat's rss field may lag behind (per-CPU caches)
-        rss_pages = int((proc / "statm").read_text().split()[1])
-        fds = len(os.listdir(proc / "fd"))
-        boot = _boot_time()
-    except (OSError, ValueError, IndexError):
-        return None
-    # proc(5): the command name in field 2 may hold spaces and parentheses; fields after it split
-    fields = stat[stat.rindex(")") + 2 :].split()
-    try:
-        utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15, in clock ticks
-        start_ticks = int(fields[19])  # field 22
-    except (IndexError, ValueError):
-        return None
-    return ProcessSample(
-        cpu_seconds=(utime + stime) / _CLOCK_TICKS,
-        resident_bytes=rss_pages * _PAGE_BYTES,
-        open_fds=fds,
-        start_time_s=boot + start_ticks / _CLOCK_TICKS,
-    )
-
-
-ProcessReader = Callable[[int], ProcessSample | None]
-
-
-class ProcessCounters:
-    """Per worker slot, CPU seconds that carry over restarts: the count of a new process starts
-    from what the slot's earlier processes were last seen to use (what a crashed worker used after
-    the last scrape is not counted, but the count never goes backwards)."""
-
-    def __init__(self) -> None:
-        self._base: dict[int, float] = {}  # slot -> CPU seconds of its earlier processes
-        self._last: dict[int, tuple[int, float]] = {}  # slot -> (pid, CPU seconds last seen)
-
-    def cpu(self, index: int, pid: int | None, sample: ProcessSample | None) -> float:
-        """The slot's CPU seconds given its current process (None: no process right now)."""
-        last_pid, last_cpu = self._last.get(index, (0, 0.0))
-        base = self._base.get(index, 0.0)
-        if pid is None or sample is None:
-            return base + last_cpu
-        if pid != last_pid:
-            base += last_cpu
-            self._base[index] = base
-            last_cpu = 0.0
-        cpu = max(sample.cpu_seconds, last_cpu)
-        self._last[index] = (pid, cpu)
-        return base + cpu
 
 
 class WorkerView(msgspec.Struct, kw_only=True):
@@ -533,6 +457,12 @@ class Aggregate(Collector):
             "collector_records_delivered",
             "Records the sink acknowledged (Kafka: the broker; file, stdout: written).",
             self.total("delivered"),
+        )
+        yield _counter(
+            "collector_sink_topic_recreations",
+            "Times the Kafka topic was created again after it was deleted while the collector ran"
+            " (kafka.create_topic on; what was delivered before the deletion is gone with it).",
+            self.total("topic_recreations"),
         )
         yield _counter(
             "collector_records_sent_unacknowledged",

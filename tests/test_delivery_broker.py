@@ -241,6 +241,7 @@ async def test_a_topic_deleted_mid_run_is_recreated_and_delivery_resumes(
     status = sink.status()
     await sink.close()
     assert (status.dropped, status.failed, status.dead_lettered, status.spool_bytes) == (0, 0, 0, 0)
+    assert status.topic_recreations == 1  # logged, and counted for /metrics
     messages = await read_topic(kafka_broker.bootstrap, topic, emitted - acked_before)
     sequences = set(in_order(messages, upto=emitted))
     tail = set(range(min(sequences), emitted + 1))

@@ -20,11 +20,10 @@ from collector.io.sink import SinkStatus
 from collector.metrics import (
     KERNEL_DROPS_WRAP,
     Aggregate,
-    ProcessSample,
     WorkerSnapshot,
     WorkerView,
-    read_process,
 )
+from collector.proc import ProcessSample, read_process
 from collector.wire.drops import DROP_COUNT, Drop
 from tests.service_harness import Collector, udp, wait_for
 

@@ -36,6 +36,9 @@ class SinkStatus(msgspec.Struct, kw_only=True):
     """Spool segments found damaged and moved aside to quarantine/ (kept, not replayed)."""
     failures: int = 0
     task_restarts: int = 0
+    topic_recreations: int = 0
+    """Kafka: times this process created the topic again after it was deleted while the collector
+    ran (only with kafka.create_topic on; records delivered before the deletion are gone)."""
     """Tasks of the sink found dead and replaced (Kafka: pump, watch, a partition's sender, the
     connect loop, aiokafka's sender task)."""
     unwritten_records: int = -1

@@ -49,6 +49,7 @@ from collector.io.kafka.state import (
     State,
 )
 from collector.io.kafka.watch import WATCH_INTERVAL_S, Watching
+from collector.io.sink import SinkStatus
 from collector.io.spool import SpoolChunk, SpoolReadError
 from collector.records import FlowRecord
 
@@ -339,6 +340,11 @@ class KafkaSink(Watching):
         if self._tasks and self._tasks[1].done():  # who watches the watcher: the receive path
             self._tasks[1] = self._restarted(self._tasks[1], self._watch)
         self._wake.set()
+
+    def status(self) -> SinkStatus:
+        status = super().status()
+        status.topic_recreations = client.topic_recreations(self._topic)
+        return status
 
     def _undelivered(self) -> bool:
         """Records wait for delivery: in memory, or (write-ahead) in the spool."""
