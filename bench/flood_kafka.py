@@ -82,10 +82,11 @@ def flood_point(bootstrap: str, rate: int, seconds: float, *, pure: bool) -> dic
         while True:
             metrics = collector.metrics()
             received = _total(metrics, "collector_datagrams_received_total")
+            arrived = received + _total(metrics, "collector_kernel_drops_total")
             emitted = _total(metrics, "collector_records_emitted_total")
             delivered = _total(metrics, "collector_records_delivered_total")
             active = _total(metrics, "collector_flows_active")
-            if received >= sent.sent and active == 0 and delivered >= emitted:
+            if arrived >= sent.sent and active == 0 and delivered >= emitted:
                 break  # the last acknowledgement came within this poll (50 ms)
             if time.monotonic() > deadline:
                 break
