@@ -117,7 +117,8 @@ REQUIRE_COMPILED := $(shell command -v cc >/dev/null 2>&1 && echo 1)
 PURE_TESTS := tests/test_build.py tests/test_flows.py \
   tests/test_golden.py tests/test_fuzz.py tests/test_filter.py tests/test_sessions.py \
   tests/test_records.py tests/test_encode_paths.py tests/test_replay.py tests/test_ingest_paths.py \
-  tests/test_rejected_records.py tests/test_geneve.py tests/test_partitioner.py
+  tests/test_rejected_records.py tests/test_geneve.py tests/test_geneve_pipeline.py \
+  tests/test_geneve_replay.py tests/test_partitioner.py
 test: install system-deps $(PROMTOOL) lint lint-deploy
 	COLLECTOR_REQUIRE_COMPILED=$(REQUIRE_COMPILED) $(PY) -m pytest -q --durations=15
 	COLLECTOR_PURE_PYTHON=1 $(PY) -m pytest -q $(wildcard $(PURE_TESTS))
