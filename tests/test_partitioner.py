@@ -116,6 +116,7 @@ def other_keys(rng: random.Random) -> list[bytes]:
     return sorted(keys)
 
 
+@pytest.mark.kafka
 async def test_partitions_agree_with_the_java_client(
     kafka_broker: KafkaBroker, tmp_path: Path
 ) -> None:
