@@ -408,7 +408,9 @@ def make_receiver(
     if name == "collector":
         return CollectorReceiver(1, env=settings)
     if name == "collector-pure":  # the pure-Python build: what a machine without cc runs
-        return CollectorReceiver(1, env={**settings, "COLLECTOR_PURE_PYTHON": "1"})
+        receiver = CollectorReceiver(1, env={**settings, "COLLECTOR_PURE_PYTHON": "1"})
+        receiver.name = name
+        return receiver
     if name == "collector-2w":
         return CollectorReceiver(2, env=settings)
     mode = name.removeprefix("collector-")
