@@ -17,7 +17,13 @@ COMPILED_MODULES = runpy.run_path(os.path.join("collector", "build.py"))["COMPIL
 
 
 class OptionalBuildExt(build_ext):
-    """Builds what the C compiler can; a failure leaves that module interpreted (loudly)."""
+    """Builds what the C compiler can, one module per core; a failure leaves that module
+    interpreted (loudly)."""
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if not self.parallel:
+            self.parallel = os.cpu_count() or 1
 
     def run(self) -> None:
         try:
