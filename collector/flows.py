@@ -15,15 +15,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from itertools import islice
+from typing import TYPE_CHECKING
 
 import msgspec
 from msgspec.structs import replace
+
+if TYPE_CHECKING:
+    from collector import nocython as cython  # what mypy checks the decorators against
+else:
+    try:
+        import cython
+    except ImportError:  # a deployed collector has no Cython: the same decorators, as no-ops
+        from collector import nocython as cython
 
 from collector.config import FlowsConfig
 from collector.records import FlowRecord, address_text, endpoints_flow_id
 from collector.sessions import Session
 from collector.terms import (
     ACTIVE_TIMEOUT,
+    DIRECTIONS,
     EVICTED,
     INACTIVE_TIMEOUT,
     REJECT,
@@ -57,7 +67,11 @@ EXPIRY_STEP = 1000
 
 
 class Flow(msgspec.Struct, gc=False):
-    """One accepted flow: counters, first/last packet time, and the decision it was admitted with."""
+    """One accepted flow: counters, first/last packet time, and the decision it was admitted with.
+
+    This is the pure build's entry; the compiled build's is ``CompiledFlow`` (same fields, C
+    numbers), which takes this name when the module runs compiled (see the end of the module).
+    """
 
     packets: int
     bytes: int
@@ -66,6 +80,49 @@ class Flow(msgspec.Struct, gc=False):
     last: float
     session: Session
     direction: Direction
+
+
+_DIRECTION_CODES = {direction: code for code, direction in enumerate(DIRECTIONS)}
+
+
+@cython.no_gc  # it holds a session and numbers, never a flow: it cannot be part of a cycle
+@cython.cclass
+class CompiledFlow:
+    """``Flow`` for the compiled build: the same fields, constructor and behaviour, as C fields of
+    an extension type (typed in flows.pxd) that the garbage collector does not track, like the
+    ``gc=False`` struct. The counters and times are C numbers updated in place (no int or float
+    object per packet, none kept per flow) and the direction is one octet: 64 bytes per flow
+    against the struct's 80 plus the number objects it holds.
+    """
+
+    def __init__(
+        self,
+        packets: int,
+        bytes: int,
+        tcp_flags: int,
+        first: float,
+        last: float,
+        session: Session,
+        direction: Direction,
+    ) -> None:
+        self.packets = packets
+        self.bytes = bytes
+        self.tcp_flags = tcp_flags
+        self.first = first
+        self.last = last
+        self.session = session
+        self.direction_code = _DIRECTION_CODES[direction]
+
+    @property
+    def direction(self) -> Direction:
+        return DIRECTIONS[self.direction_code]  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return (
+            f"Flow(packets={self.packets}, bytes={self.bytes}, tcp_flags={self.tcp_flags}, "
+            f"first={self.first}, last={self.last}, session={self.session!r}, "
+            f"direction={self.direction!r})"
+        )
 
 
 class NotKept(msgspec.Struct, gc=False):
@@ -150,6 +207,9 @@ class FlowTable:
         flows = self._flows
         ended = self._ended
 
+        @cython.locals(
+            flow=CompiledFlow, now=cython.double, ip_len=cython.long, tcp_flags=cython.long
+        )
         def account(
             buf: bytes | bytearray | memoryview,
             n: int,
@@ -207,6 +267,9 @@ class FlowTable:
         flows = self._flows
         ended = self._ended
 
+        @cython.locals(
+            flow=CompiledFlow, now=cython.double, ip_len=cython.long, tcp_flags=cython.long
+        )
         def account(
             buf: bytes | bytearray | memoryview,
             n: int,
@@ -344,6 +407,7 @@ class FlowTable:
         for _ in self.expire_steps(now, step=max(1, len(self._flows) + len(self._not_kept))):
             pass
 
+    @cython.locals(flow=CompiledFlow, idle_before=cython.double, started_before=cython.double)
     def expire_steps(self, now: float, step: int = EXPIRY_STEP) -> Iterator[None]:
         """``expire(now)`` in steps of at most ``step`` flows, yielding after each.
 
@@ -399,6 +463,10 @@ class FlowTable:
         ended = self._ended[:]
         self._ended.clear()  # the same list: ``count`` holds it
         return ended
+
+
+if cython.compiled:  # the compiled build's entry takes the name (see CompiledFlow)
+    Flow = CompiledFlow  # type: ignore[assignment,misc]
 
 
 def _tcp_end(tcp_flags: int) -> EndReason:

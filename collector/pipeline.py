@@ -323,6 +323,19 @@ class Pipeline:
         self._records.forget_sessions()
 
 
+def account_batch(
+    account: Account,
+    slots: list[memoryview],
+    names: list[memoryview],
+    sizes: tuple[int, ...],
+    now: float,
+) -> None:
+    """``account`` each datagram of one recvmmsg(2) call: ``sizes[i]`` bytes in ``slots[i]``, from
+    the raw sockaddr ``names[i]``. The loop of the receive path, here so that it runs compiled."""
+    for i in range(len(sizes)):
+        account(slots[i], sizes[i], now, names[i])
+
+
 def packed_address(text: str) -> bytes | None:
     """Packed form of an address string (outer source from a socket), None if not an address."""
     for family in (socket.AF_INET, socket.AF_INET6):

@@ -14,6 +14,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from pipeline_support import tcp
+
 from collector import build
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +67,39 @@ def test_this_run_has_the_build_it_asks_for() -> None:
         assert build.describe().startswith(
             "compiled build:" if all(modules.values()) else "PURE-PYTHON BUILD:"
         )
+
+
+def test_the_pure_build_runs_where_cython_is_not_installed() -> None:
+    """A deployed collector has no Cython: the pure build's ``import cython`` falls back to
+    collector.nocython, and flows are counted and recorded as usual (the compiled build imports
+    nothing at run time: Cython resolves ``import cython`` when it compiles)."""
+    first, last = (
+        tcp(7, "10.0.1.10", "198.51.100.7", 40000, 443),
+        tcp(7, "10.0.1.10", "198.51.100.7", 40000, 443, flags="FA"),
+    )
+    script = (
+        "import sys; sys.modules['cython'] = None\n"  # import cython -> ImportError
+        "from collector import flows, nocython\n"
+        "assert flows.cython is nocython, flows.cython\n"
+        "from collector.config import build_config\n"
+        "from collector.pipeline import Pipeline\n"
+        "from collector.sessions import build_sessions\n"
+        "c = build_config({'flows': {'accept_unknown_vni': True}})\n"
+        "p = Pipeline(c, build_sessions(c), exporter='t/w0/1')\n"
+        f"p.feed(bytes.fromhex('{first.hex()}'), {len(first)}, 1000.0, b'\\x0a\\0\\0\\x09')\n"
+        f"p.feed(bytes.fromhex('{last.hex()}'), {len(last)}, 1001.0, b'\\x0a\\0\\0\\x09')\n"
+        "(r,) = p.collect()\n"
+        "print(r.packets, r.end_reason)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "COLLECTOR_PURE_PYTHON": "1"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.split() == ["2", "tcp_fin"], out
 
 
 def test_no_compiled_module_is_older_than_its_source() -> None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from collector.config import parse_hostport
 from collector.errors import ConfigError
+from collector.pipeline import account_batch
 
 if TYPE_CHECKING:
     from collector.pipeline import Pipeline
@@ -486,8 +487,7 @@ class MmsgIngest:
                 drained = True
                 break
             sizes = lengths[k].unpack_from(msgs_view)
-            for slot, name, n in zip(slots, names, sizes, strict=False):
-                account(slot, n, now, name)
+            account_batch(account, slots, names, sizes, now)
             stats.datagrams += k
             if self.geneve:
                 stats.geneve_datagrams += k
