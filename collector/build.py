@@ -19,6 +19,7 @@ COMPILED_MODULES = (
     "collector.wire.geneve",
     "collector.flows",
     "collector.pipeline",
+    "collector.sessions",
     "collector.io.kafka.partitioner",
     "collector.encoders.goflow2",
     "collector.encoders.ipfix",

@@ -15,6 +15,13 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 compiled = False
+NULL: Any = None
+
+
+def address(thing: Any) -> Any:
+    """``cython.address(x)``: ``&x`` in the compiled build (never reached in the pure one)."""
+    return thing
+
 # the C types the decorators name (Cython's own stand-ins are Python types too)
 double: Any = float
 long: Any = int
