@@ -22,6 +22,7 @@ def address(thing: Any) -> Any:
     """``cython.address(x)``: ``&x`` in the compiled build (never reached in the pure one)."""
     return thing
 
+
 # the C types the decorators name (Cython's own stand-ins are Python types too)
 double: Any = float
 long: Any = int

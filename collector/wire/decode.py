@@ -153,9 +153,7 @@ def decode(buf: bytes | bytearray | memoryview, n: int, start: int = 0) -> Decod
     return decode_walk(buf, n, start)
 
 
-def _decode_v4_octets(
-    buf: bytes | bytearray | memoryview, n: int, start: int
-) -> Decoded | None:
+def _decode_v4_octets(buf: bytes | bytearray | memoryview, n: int, start: int) -> Decoded | None:
     """The compiled build's read of the commonest datagram (VXLAN, untagged Ethernet, IPv4
     without options and not a later fragment, TCP or UDP): the fields ``_FAST_V4`` reads, at the
     same offsets, straight from the buffer's memory, and the key written octet by octet; None for
@@ -172,7 +170,7 @@ def _decode_v4_octets(
     proto = q[31]
     ip_len = q[24] << 8 | q[25]
     if (
-        (proto != _TCP_PROTO and proto != _UDP_PROTO)
+        proto not in (_TCP_PROTO, _UDP_PROTO)
         or ip_len < _IPV4_MIN
         or (q[28] << 8 | q[29]) & _IPV4_FRAGMENT
     ):
