@@ -147,7 +147,22 @@ Ended = tuple[FlowKey, Flow | NotKept, EndReason]
 
 
 class FlowTable:
-    """Accepted flows plus a cache of flows the filter did not keep (so the filter runs once)."""
+    """Accepted flows plus a cache of flows the filter did not keep (so the filter runs once).
+
+    An extension type in the compiled build (flows.pxd): its dicts are C fields, and ``add`` and
+    ``reject`` are C calls from the new-flow decision.
+    """
+
+    __slots__ = (
+        "_ended",
+        "_flows",
+        "_not_kept",
+        "active_timeout_s",
+        "evictions",
+        "inactive_timeout_s",
+        "max_flows",
+        "rejected_evictions",
+    )
 
     def __init__(
         self, *, active_timeout_s: float, inactive_timeout_s: float, max_flows: int
@@ -322,7 +337,7 @@ class FlowTable:
         direction: Direction,
     ) -> None:
         """Start a flow with its first packet, evicting the oldest flows when the table is full."""
-        flow = Flow(1, ip_len, tcp_flags, now, now, session, direction)
+        flow = _new_flow_entry(ip_len, tcp_flags, now, session, direction)
         if tcp_flags & _ENDS_FLOW:  # ends with its first packet: takes no slot
             self._ended.append((key, flow, _tcp_end(tcp_flags)))
             return
@@ -467,6 +482,24 @@ class FlowTable:
 
 if cython.compiled:  # the compiled build's entry takes the name (see CompiledFlow)
     Flow = CompiledFlow  # type: ignore[assignment,misc]
+
+
+def _new_flow_entry(
+    ip_len: int, tcp_flags: int, now: float, session: Session, direction: Direction
+) -> Flow:
+    """A flow's entry at its first packet (compiled: the C fields set without ``__init__``'s
+    argument parsing, once per new flow)."""
+    if cython.compiled:
+        entry = CompiledFlow.__new__(CompiledFlow)
+        entry.packets = 1
+        entry.bytes = ip_len
+        entry.tcp_flags = tcp_flags
+        entry.first = now
+        entry.last = now
+        entry.session = session
+        entry.direction_code = _DIRECTION_CODES[direction]
+        return entry  # type: ignore[return-value]
+    return Flow(1, ip_len, tcp_flags, now, now, session, direction)
 
 
 def _tcp_end(tcp_flags: int) -> EndReason:

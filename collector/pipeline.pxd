@@ -6,3 +6,17 @@ cdef long _UNKNOWN_VNI, _FILTER_REJECT, _UNKNOWN_DIRECTION
 
 @cython.locals(i=Py_ssize_t)
 cpdef void account_batch(object account, list slots, list names, tuple sizes, object now)
+
+# The pipeline as an extension type: the new-flow decision's caches and flow table as C fields,
+# _decide and the table's add/reject as C calls.
+from collector.flows cimport FlowTable
+
+cdef class Pipeline:
+    cdef public object sessions, exporter, sequence, stats
+    cdef public FlowTable table
+    cdef public object account, account_geneve
+    cdef list _drops, _geneve_drops
+    cdef dict _endpoint_sessions, _outer_cache, _session_cache
+    cdef object _records
+    cpdef long _decide(self, bytes key, long ip_len, long tcp_flags, double now, object session,
+                       object outer_src) except? -1

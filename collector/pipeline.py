@@ -77,7 +77,27 @@ class Stats:
 
 
 class Pipeline:
-    """One worker's sans-IO pipeline."""
+    """One worker's sans-IO pipeline.
+
+    An extension type in the compiled build (pipeline.pxd): the new-flow decision reads its
+    caches and the flow table from C fields and calls ``_decide`` and the table as C functions.
+    """
+
+    __slots__ = (
+        "_drops",
+        "_endpoint_sessions",
+        "_geneve_drops",
+        "_outer_cache",
+        "_records",
+        "_session_cache",
+        "account",
+        "account_geneve",
+        "exporter",
+        "sequence",
+        "sessions",
+        "stats",
+        "table",
+    )
 
     def __init__(self, config: Config, sessions: SessionMap, exporter: str) -> None:
         self.sessions = sessions
