@@ -28,7 +28,13 @@ from kafka_fixtures import (
 
 from collector.config import KafkaConfig, RecordsConfig
 from collector.io.kafka import KafkaSink
-from collector.io.kafka.partitioner import kafka_hash, murmur2, partition_for, partitions_for
+from collector.io.kafka.partitioner import (
+    kafka_hash,
+    murmur2,
+    murmur2_octets,
+    partition_for,
+    partitions_for,
+)
 from collector.records import decode
 
 PARTITIONS = 7  # not a power of two: a modulo bug shows
@@ -51,6 +57,7 @@ KAFKA_VECTORS = {
 def test_murmur2_matches_kafkas_own_vectors() -> None:
     for key, java_int in KAFKA_VECTORS.items():
         assert murmur2(key) == java_int & 0xFFFFFFFF, key
+        assert murmur2_octets(key) == java_int & 0xFFFFFFFF, key
         assert kafka_hash(key) == java_int & 0x7FFFFFFF, key
 
 
@@ -65,6 +72,8 @@ def test_murmur2_matches_aiokafkas_reference_for_every_length_and_the_flow_id_ta
     keys += [b"_" + rng.randbytes(8).hex()[1:].encode() for _ in range(50)]
     keys += [b"+" + rng.randbytes(8).hex()[1:].encode() for _ in range(50)]
     expected = [(aiokafka_murmur2(k) & 0x7FFFFFFF) % PARTITIONS for k in keys]
+    # the compiled build's octet-by-octet hash, in either build (partitions_for uses it compiled)
+    assert [(murmur2_octets(k) & 0x7FFFFFFF) % PARTITIONS for k in keys] == expected
     assert [kafka_hash(k) % PARTITIONS for k in keys] == expected
     assert [partition_for(k, range(PARTITIONS)) for k in keys] == expected
     assert partitions_for(keys, list(range(PARTITIONS))) == expected

@@ -23,3 +23,10 @@ cpdef unsigned long long murmur2(bytes key)
     h=cython.ulonglong, table=list, chosen=list,
 )
 cpdef list partitions_for(object keys, object partitions)
+
+@cython.locals(
+    length=cython.Py_ssize_t, m=cython.ulonglong, mask=cython.ulonglong, shift=cython.int,
+    h=cython.ulonglong, k=cython.ulonglong, whole=cython.Py_ssize_t, rest=cython.Py_ssize_t,
+    i=cython.Py_ssize_t,
+)
+cpdef unsigned long long murmur2_octets(bytes key)

@@ -17,6 +17,15 @@ from __future__ import annotations
 import functools
 import struct
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collector import nocython as cython  # what mypy checks the names against
+else:
+    try:
+        import cython
+    except ImportError:  # a deployed collector has no Cython: the pure build needs none of it
+        from collector import nocython as cython
 
 SEED = 0x9747B28C
 MULTIPLIER = 0x5BD1E995
@@ -112,10 +121,37 @@ def partition_for(key: bytes, partitions: Sequence[int]) -> int:
     return partitions[kafka_hash(key) % len(partitions)]
 
 
+def murmur2_octets(key: bytes) -> int:
+    """``murmur2`` with each word read octet by octet: the compiled build's hash (C reads of the
+    key's octets and 64-bit C arithmetic, tens of nanoseconds per key); interpreted, the word
+    unpacking and the table of ``murmur2`` and ``partitions_for`` are faster."""
+    m, mask, shift = MULTIPLIER, MASK, SHIFT  # C locals when compiled
+    length = len(key)
+    h = SEED ^ length
+    whole = length & ~3
+    for i in range(0, whole, 4):
+        k = key[i] | key[i + 1] << 8 | key[i + 2] << 16 | key[i + 3] << 24
+        k = (k * m) & mask
+        k = ((k ^ (k >> shift)) * m) & mask
+        h = ((h * m) & mask) ^ k
+    rest = length & 3
+    if rest:
+        if rest == 3:
+            h ^= key[whole + 2] << 16
+        if rest >= 2:
+            h ^= key[whole + 1] << 8
+        h = ((h ^ key[whole]) * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    return h ^ (h >> 15)
+
+
 def partitions_for(keys: Sequence[bytes], partitions: Sequence[int]) -> list[int]:
     """``partition_for`` of every key, in order (one call per batch of records; the flow-id hash
     is inlined here: a call per record would cost what the table saves)."""
     count = len(partitions)
+    if cython.compiled:
+        return [partitions[(murmur2_octets(key) & POSITIVE) % count] for key in keys]
     table = _hex_word_table()
     m = MULTIPLIER
     start16 = _START16
