@@ -18,5 +18,7 @@ cdef class Pipeline:
     cdef list _drops, _geneve_drops
     cdef dict _endpoint_sessions, _outer_cache, _session_cache
     cdef object _records
+    cpdef object _outer_address(self, object outer)
+    cpdef object _session_of(self, bytes key)
     cpdef long _decide(self, bytes key, long ip_len, long tcp_flags, double now, object session,
                        object outer_src) except? -1
