@@ -11,6 +11,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from collector.config import Config
 from collector.flows import Account, FlowTable, RecordMaker
@@ -20,6 +21,14 @@ from collector.terms import UNKNOWN
 from collector.wire.drops import DROP_COUNT, Drop
 from collector.wire.flowkey import PORTS_KEY_V4, FlowKey, key_vni, unpack_key
 from collector.wire.geneve import endpoint_text, gwlb_options, locate
+
+if TYPE_CHECKING:
+    from collector import nocython as cython  # what mypy checks the names against
+else:
+    try:
+        import cython
+    except ImportError:  # a deployed collector has no Cython: the pure build needs none of it
+        from collector import nocython as cython
 
 MAX_OUTER_SOURCES = (
     4096  # outer source (text, sockaddr) -> packed caches; spoofed sources cannot grow them
@@ -87,6 +96,10 @@ class Pipeline:
         "_drops",
         "_endpoint_sessions",
         "_geneve_drops",
+        "_last_outer",
+        "_last_outer_word",
+        "_last_session",
+        "_last_vni",
         "_outer_cache",
         "_records",
         "_session_cache",
@@ -118,6 +131,12 @@ class Pipeline:
         self._records = RecordMaker(exporter)
         self._outer_cache: dict[str | bytes, bytes | None] = {}
         self._session_cache: dict[bytes, Session] = {}  # VNI octets of a key -> its session
+        # the compiled build's one-entry caches (no slice, no dict): the last new flow's VNI and
+        # session, the last IPv4 sender read from a raw sockaddr and its packed address
+        self._last_vni = -1
+        self._last_session: Session | None = None
+        self._last_outer_word = -1
+        self._last_outer: bytes | None = None
 
     def feed(
         self,
@@ -201,12 +220,19 @@ class Pipeline:
         outer_src: bytes | str | memoryview | None,
     ) -> None:
         # once per flow, and under a flood of new flows once per packet: lookups are cached
-        session = self._session_cache.get(key[:3])
+        session = None
+        if cython.compiled and key[0] << 16 | key[1] << 8 | key[2] == self._last_vni:
+            session = self._last_session
         if session is None:
-            session = self._session_of(key)
+            session = self._session_cache.get(key[:3])
             if session is None:
-                self._drops[_UNKNOWN_VNI] += 1
-                return
+                session = self._session_of(key)
+                if session is None:
+                    self._drops[_UNKNOWN_VNI] += 1
+                    return
+            if cython.compiled:
+                self._last_vni = key[0] << 16 | key[1] << 8 | key[2]
+                self._last_session = session
         if outer_src is not None and outer_src.__class__ is not bytes:
             outer_src = self._outer_address(outer_src)  # type: ignore[arg-type]
         self._decide(key, ip_len, tcp_flags, now, session, outer_src)
@@ -265,6 +291,10 @@ class Pipeline:
     def _outer_address(self, outer: str | memoryview) -> bytes | None:
         """The packed outer source of a text address or a raw sockaddr (None: not an address),
         cached: one cache for both, a text and a sockaddr's bytes never being equal keys."""
+        if cython.compiled and outer.__class__ is memoryview:
+            packed = self._last_ipv4_sender(outer)  # type: ignore[arg-type]
+            if packed is not None:
+                return packed
         cache = self._outer_cache
         key = outer.tobytes() if isinstance(outer, memoryview) else outer
         packed = cache.get(key, _MISSING)
@@ -275,6 +305,24 @@ class Pipeline:
                 sockaddr_address(outer) if isinstance(outer, memoryview) else packed_address(outer)
             )
         return packed  # type: ignore[return-value]
+
+    def _last_ipv4_sender(self, raw: memoryview) -> bytes | None:
+        """The compiled build's read of an IPv4 ``struct sockaddr_in`` (recvmmsg's), octet by
+        octet: its packed address, the same bytes object while the sender stays the same (an
+        NLB's few addresses); None for anything else (``_outer_address`` goes on as the pure build
+        does). Never called in the pure build."""
+        size = 0
+        q = _buffer_octets(raw, cython.address(size))  # type: ignore[name-defined]  # noqa: F821
+        if q == cython.NULL or size < _SOCKADDR_IN_LEN:
+            return None
+        family = q[0] | q[1] << 8 if _LITTLE_ENDIAN else q[0] << 8 | q[1]
+        if family != _AF_INET:
+            return None
+        word = q[4] << 24 | q[5] << 16 | q[6] << 8 | q[7]
+        if word != self._last_outer_word or self._last_outer is None:
+            self._last_outer = bytes(raw[4:8])
+            self._last_outer_word = word
+        return self._last_outer
 
     def expire(self, now: float) -> list[FlowRecord]:
         """Records of the flows that ended by ``now``."""
@@ -338,6 +386,8 @@ class Pipeline:
         """Swap the session map (reload, EC2 enrichment); cached not-kept decisions are remade."""
         self.sessions = sessions
         self._session_cache.clear()
+        self._last_vni = -1
+        self._last_session = None
         self._endpoint_sessions.clear()
         self.table.forget_decisions()
         self._records.forget_sessions()
@@ -368,6 +418,8 @@ def packed_address(text: str) -> bytes | None:
 
 _AF_INET = socket.AF_INET.value
 _AF_INET6 = socket.AF_INET6.value
+_SOCKADDR_IN_LEN = 8  # family, port, IPv4 address: what _last_ipv4_sender reads
+_LITTLE_ENDIAN = sys.byteorder == "little"  # a sockaddr's family is in host order
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 
 

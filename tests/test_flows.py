@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import socket
+import struct
 from typing import Any
 
 from hypothesis import given, settings
@@ -17,7 +19,7 @@ from collector.config import build_config
 from collector.flows import Flow, FlowTable, RecordMaker
 from collector.pipeline import Pipeline
 from collector.records import FlowRecord, address_text, flow_id
-from collector.sessions import Session
+from collector.sessions import Session, build_sessions
 from collector.wire.drops import Drop
 from collector.wire.flowkey import pack_key, unpack_key
 
@@ -678,3 +680,52 @@ def test_record_maker_caches_are_bounded(monkeypatch: Any) -> None:
         )
         assert (record.vni, record.src_addr) == (i, f"10.0.0.{i}")
         assert len(maker._texts) <= 8 and len(maker._templates) <= 4
+
+
+def sockaddr(address: str, port: int = 4789) -> memoryview:
+    """A ``struct sockaddr_in``/``sockaddr_in6`` as recvmmsg(2) fills it in (28 octets)."""
+    raw = bytearray(28)
+    if ":" in address:
+        struct.pack_into("=H", raw, 0, socket.AF_INET6)
+        raw[8:24] = socket.inet_pton(socket.AF_INET6, address)
+    else:
+        struct.pack_into("=H", raw, 0, socket.AF_INET)
+        raw[4:8] = socket.inet_pton(socket.AF_INET, address)
+    struct.pack_into("!H", raw, 2, port)
+    return memoryview(raw)
+
+
+def test_each_new_flow_takes_its_own_sender_and_session_through_changes_and_a_reload() -> None:
+    """New flows as the receive path hands them (the sender as a raw sockaddr): the direction
+    follows each datagram's own sender and the session its own VNI, however they alternate,
+    IPv4, IPv6 and IPv4-mapped senders alike; after a reload new flows take the new session."""
+    pipeline = make_pipeline({"flows": {"accept_unknown_vni": True}})
+    cases = [  # (vni, sender, source port, expected direction of A -> B)
+        (VNI, A, 40000, "egress"),
+        (VNI, B, 40001, "ingress"),
+        (VNI, B, 40002, "ingress"),
+        (VNI + 1, B, 40003, "ingress"),
+        (VNI + 1, A, 40004, "egress"),
+        (VNI, C, 40005, "unknown"),
+        (VNI, "::ffff:" + A, 40006, "egress"),
+        (VNI, "2001:db8::99", 40007, "unknown"),
+        (VNI, A, 40008, "egress"),
+    ]
+    for vni, sender, port, _ in cases:
+        data = tcp(vni, A, B, port, 443)
+        pipeline.account(data, len(data), T0, sockaddr(sender))
+    config = build_config(
+        {"sessions": [{"vni": VNI, "name": "reloaded"}], "flows": {"accept_unknown_vni": True}}
+    )
+    pipeline.reconfigure(config, build_sessions(config))
+    data = tcp(VNI, A, B, 40009, 443)
+    pipeline.account(data, len(data), T0, sockaddr(B))
+    records = {r.src_port: r for r in pipeline.flush()}
+    assert {port: records[port].direction for _, _, port, _ in cases} == {
+        port: direction for _, _, port, direction in cases
+    }
+    assert {port: records[port].vni for _, _, port, _ in cases} == {
+        port: vni for vni, _, port, _ in cases
+    }
+    assert (records[40009].session, records[40009].direction) == ("reloaded", "ingress")
+    assert records[40008].session is None
