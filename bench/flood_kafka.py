@@ -1,6 +1,6 @@
 """The record rate of a port scan: every datagram a new flow, every flow a record, through Kafka.
 
-    python -m bench.flood_kafka [--rates 100000,200000,300000,400000] [--seconds 5]
+    python -m bench.flood_kafka [--rates 100000,125000,150000,200000,300000,400000] [--seconds 5]
         [--naive-records 200000] [--bootstrap 127.0.0.1:9092] [--pure] [--json]
 
 One collector worker (``python -m collector run --workers 1``) publishes to a fresh topic of the
@@ -134,7 +134,7 @@ def flood_point(bootstrap: str, rate: int, seconds: float, *, pure: bool) -> dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rates", default="100000,200000,300000,400000")
+    parser.add_argument("--rates", default="100000,125000,150000,200000,300000,400000")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--naive-records", type=int, default=200_000)
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
