@@ -292,9 +292,9 @@ class Pipeline:
         """The packed outer source of a text address or a raw sockaddr (None: not an address),
         cached: one cache for both, a text and a sockaddr's bytes never being equal keys."""
         if cython.compiled and outer.__class__ is memoryview:
-            packed = self._last_ipv4_sender(outer)  # type: ignore[arg-type]
-            if packed is not None:
-                return packed
+            last = self._last_ipv4_sender(outer)
+            if last is not None:
+                return last
         cache = self._outer_cache
         key = outer.tobytes() if isinstance(outer, memoryview) else outer
         packed = cache.get(key, _MISSING)

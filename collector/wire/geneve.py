@@ -174,7 +174,7 @@ def decode_gwlb(buf: bytes | bytearray | memoryview, n: int) -> Decoded | int:
     if cython.compiled and _gwlb_layout_octets(buf, n):  # compiled: IPv4 TCP/UDP read in C
         found = _decode_v4_octets(buf, n, _GWLB_FAST_LEN)  # type: ignore[name-defined]  # noqa: F821
         if found is not None:
-            return found
+            return found  # type: ignore[no-any-return]
     if n >= _GWLB_DECODE_LEN:
         (
             head,
