@@ -13,8 +13,7 @@ cpdef unsigned long long _flow_id_hash(bytes key, list table)
 
 @cython.locals(
     length=cython.Py_ssize_t, m=cython.ulonglong, h=cython.ulonglong, a=cython.ulonglong,
-    b=cython.ulonglong, c=cython.ulonglong, d=cython.ulonglong, k=cython.ulonglong,
-    whole=cython.Py_ssize_t, rest=cython.Py_ssize_t, i=cython.Py_ssize_t,
+    b=cython.ulonglong, c=cython.ulonglong, d=cython.ulonglong,
 )
 cpdef unsigned long long murmur2(bytes key)
 

@@ -88,21 +88,8 @@ def murmur2(key: bytes) -> int:
         d = (d * m) & MASK
         d = ((d ^ (d >> SHIFT)) * m) & MASK
         h = ((h * m) & MASK) ^ d
-    else:
-        h = SEED ^ length
-        whole = length & ~3
-        for i in range(0, whole, 4):
-            k = int.from_bytes(key[i : i + 4], "little")
-            k = (k * m) & MASK
-            k = ((k ^ (k >> SHIFT)) * m) & MASK
-            h = ((h * m) & MASK) ^ k
-        rest = length & 3
-        if rest:
-            if rest == 3:
-                h ^= key[whole + 2] << 16
-            if rest >= 2:
-                h ^= key[whole + 1] << 8
-            h = ((h ^ key[whole]) * m) & MASK
+    else:  # any other length: the general loop
+        return murmur2_octets(key)
     h ^= h >> 13
     h = (h * m) & MASK
     return h ^ (h >> 15)
@@ -122,9 +109,10 @@ def partition_for(key: bytes, partitions: Sequence[int]) -> int:
 
 
 def murmur2_octets(key: bytes) -> int:
-    """``murmur2`` with each word read octet by octet: the compiled build's hash (C reads of the
-    key's octets and 64-bit C arithmetic, tens of nanoseconds per key); interpreted, the word
-    unpacking and the table of ``murmur2`` and ``partitions_for`` are faster."""
+    """``murmur2`` with each word read octet by octet, for any length: ``murmur2``'s general
+    loop, and the compiled build's hash of every key (C reads of the key's octets and 64-bit C
+    arithmetic, tens of nanoseconds per key; interpreted, ``murmur2``'s unrolled 16-byte path and
+    the table of ``partitions_for`` are faster)."""
     m, mask, shift = MULTIPLIER, MASK, SHIFT  # C locals when compiled
     length = len(key)
     h = SEED ^ length
