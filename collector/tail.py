@@ -116,11 +116,18 @@ class SequenceTracker:
         return inner + max(0, self.end - self.last)
 
     def gaps(self, limit: int = 3) -> list[tuple[int, int]]:
-        """The first ``limit`` missing ranges (inclusive), the lost tail included."""
+        """Missing ranges (inclusive), at most ``limit``: the first ones between the first and
+        the last sequence seen, and always the lost tail up to an end marker's last sequence (a
+        dead exporter's tail is what its end marker is there to show)."""
         out = [(self.ends[i] + 1, self.starts[i + 1] - 1) for i in range(len(self.starts) - 1)]
         if self.end > self.last:
-            out.append((self.last + 1, self.end))
+            return [*out[: max(0, limit - 1)], (self.last + 1, self.end)]
         return out[:limit]
+
+    @property
+    def gap_count(self) -> int:
+        """How many missing ranges there are (``gaps`` shows at most its ``limit``)."""
+        return len(self.starts) - 1 + (self.end > self.last)
 
 
 @dataclass
@@ -167,7 +174,10 @@ class TailStats:
             )
             for name in sorted(self.exporters):
                 t = self.exporters[name]
-                gaps = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in t.gaps())
+                shown = t.gaps()
+                gaps = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in shown)
+                if t.gap_count > len(shown):
+                    gaps += f" ({t.gap_count - len(shown)} more ranges)"
                 lines.append(
                     f"  {name:<{width}}  {t.records:>8}  {t.first:>8}  {t.last:>8}"
                     f"  {t.lost:>6}  {t.duplicates:>10}" + (f"  missing: {gaps}" if gaps else "")

@@ -26,7 +26,7 @@ from collector.encoders import CONTENT_TYPES
 from collector.encoders.flowlog import FlowLogFormat
 from collector.io.kafka import KafkaSink
 from collector.records import FlowRecord, encode
-from collector.tail import SequenceTracker, decode_value, table_header, table_row
+from collector.tail import SequenceTracker, TailStats, decode_value, table_header, table_row
 
 ROOT = Path(__file__).resolve().parent.parent
 GUARD_S = 180.0  # only keeps a broken tail from hanging the suite; nothing asserts on time
@@ -47,6 +47,23 @@ def test_sequence_tracker_counts_gaps_and_duplicates() -> None:
     assert tracker.lost == 2  # 4 and 8
     assert tracker.gaps() == [(4, 4), (8, 8)]
     assert len(tracker.starts) == 3  # memory follows the gaps, not the records
+
+
+def test_the_lost_tail_of_an_end_marker_is_always_shown_among_the_gaps() -> None:
+    """Records of a killed worker can miss here and there (its partitions were delivered unevenly)
+    as well as at the end: the summary row names the tail up to the end marker's last sequence
+    whatever comes before it, and says how many ranges it leaves out."""
+    stats = TailStats()
+    for sequence in (1, 3, 5, 7, 9, 11, 12):
+        stats.track("w/0/1", sequence)
+    stats.mark_end("w/0/1", 20)
+    tracker = stats.exporters["w/0/1"]
+    assert tracker.gap_count == 6
+    assert tracker.gaps() == [(2, 2), (4, 4), (13, 20)]
+    assert tracker.gaps(limit=10) == [(2, 2), (4, 4), (6, 6), (8, 8), (10, 10), (13, 20)]
+    assert tracker.gaps(limit=1) == [(13, 20)]
+    assert "missing: 2, 4, 13-20 (3 more ranges)" in stats.summary()
+    assert tracker.lost == 5 + 8
 
 
 @given(st.lists(st.integers(1, 200), max_size=300), st.randoms(use_true_random=False))
